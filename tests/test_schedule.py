@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from conftest import load_npz
+from dps_jax import schedule
+
+FIELDS = ["betas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_variance",
+          "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2"]
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_schedules_match_official(name):
+    ref = load_npz("diffusion_schedules.npz")
+    tables = schedule.make_tables(schedule.get_named_beta_schedule(name, 1000))
+    for field in FIELDS:
+        got, want = getattr(tables, field), ref[f"{name}_{field}"]
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=0, err_msg=f"{name}_{field}")
+
+
+@pytest.mark.parametrize("spec", ["1000", "250", "100", "10", "ddim50", "ddim100", "10,20,30", "5,5"])
+def test_respacing_matches_official(spec):
+    ref = load_npz("diffusion_schedules.npz")
+    tables = schedule.build_tables("linear", 1000, spec)
+    np.testing.assert_array_equal(tables.timestep_map, ref[f"respace_{spec}"])
+    np.testing.assert_allclose(tables.betas, ref[f"respace_{spec}_betas"], rtol=1e-10, atol=0)
+
+
+def test_respacing_keeps_alphas_cumprod_at_kept_steps():
+    full = schedule.build_tables("linear", 1000)
+    sub = schedule.build_tables("linear", 1000, "ddim50")
+    np.testing.assert_allclose(sub.alphas_cumprod, full.alphas_cumprod[sub.timestep_map], rtol=1e-12)
+
+
+def test_linear_schedule_scales_with_step_count():
+    b = schedule.get_named_beta_schedule("linear", 250)
+    assert b[0] == pytest.approx(4e-4) and b[-1] == pytest.approx(0.08)
+
+
+def test_section_counts_as_list_and_int():
+    np.testing.assert_array_equal(schedule.space_timesteps(1000, [10, 20, 30]),
+                                  schedule.space_timesteps(1000, "10,20,30"))
+    # One section of 100 steps kept 10 times: stride (100 - 1) / (10 - 1) = 11, so 0, 11, ..., 99.
+    np.testing.assert_array_equal(schedule.space_timesteps(100, 10), np.arange(0, 100, 11))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (("quadratic", 1000, None), "unknown beta schedule 'quadratic'"),
+    (("linear", 0, None), "num_timesteps must be a positive integer, got 0"),
+    (("linear", 1000, "2000"), "section 0 has 1000 steps, cannot keep 2000"),
+    (("linear", 1000, "ddim999"), "no integer stride gives exactly 999"),
+    (("linear", 1000, "ten"), "bad respacing 'ten'"),
+    (("linear", 1000, "ddimx"), "bad respacing 'ddimx'"),
+    (("linear", 1000, "0"), "at least one step"),
+])
+def test_bad_schedule_arguments(bad, match):
+    with pytest.raises(ValueError, match=match):
+        schedule.build_tables(*bad)

@@ -1,0 +1,92 @@
+"""Forward operators A of the paper's inverse problems, as pure functions of one image.
+
+An `Operator` is a pytree: its `name` is static (it picks the functions, so it is part of what jit
+compiles) and its `params` are arrays (mask, kernel, resize matrices), so one compiled sampler serves
+every measurement of the same shapes. Images are one (H, W, C) array in [-1, 1]; batch with `vmap`.
+
+    op = operators.build("super_resolution", (256, 256, 3), scale_factor=4)
+    y = op(x)                      # A(x), (64, 64, 3)
+    x_p = op.project(x, y_noisy)   # replace the measured part of x by y_noisy (linear operators)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import flax.struct
+
+from dps_jax.operators import blur, identity, inpainting, phase_retrieval, super_resolution
+
+
+class OperatorSpec(NamedTuple):
+    make: Callable[..., Dict[str, Any]]            # (image_shape, **options) -> params (host side)
+    forward: Callable                              # (x, params) -> A(x)
+    project: Optional[Callable] = None             # (x, y, params) -> x with A(x) replaced by y
+    transpose: Optional[Callable] = None           # (y, params) -> an image-shaped view of y
+    linear: bool = True
+
+
+# Nonlinear blur (the paper's BKSE operator) will register here as "nonlinear_blur".
+REGISTRY: Dict[str, OperatorSpec] = {
+    "super_resolution": OperatorSpec(super_resolution.make, super_resolution.forward,
+                                     super_resolution.project, super_resolution.transpose),
+    "inpainting": OperatorSpec(inpainting.make, inpainting.forward, inpainting.project,
+                               inpainting.transpose),
+    "gaussian_blur": OperatorSpec(blur.make_gaussian, blur.forward, blur.project, blur.transpose),
+    "motion_blur": OperatorSpec(blur.make_motion, blur.forward, blur.project, blur.transpose),
+    "phase_retrieval": OperatorSpec(phase_retrieval.make, phase_retrieval.forward,
+                                    phase_retrieval.project, phase_retrieval.transpose, linear=False),
+    "identity": OperatorSpec(identity.make, identity.forward, identity.project, identity.transpose),
+}
+
+
+def spec(name: str) -> OperatorSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown operator {name!r}; expected one of {sorted(REGISTRY)}") from None
+
+
+@flax.struct.dataclass
+class Operator:
+    """A forward model A with its data.
+
+    `name` and `static` (Python numbers such as a padding, as sorted (key, value) pairs) are part of
+    the compiled program; `arrays` (mask, kernel, matrices) are its arguments.
+    """
+    name: str = flax.struct.field(pytree_node=False)
+    arrays: Dict[str, Any] = flax.struct.field(default_factory=dict)
+    static: Tuple[Tuple[str, Any], ...] = flax.struct.field(pytree_node=False, default=())
+
+    @property
+    def params(self) -> Dict[str, Any]:
+        return {**dict(self.static), **self.arrays}
+
+    def __call__(self, x):
+        """A(x) for one image x of shape (H, W, C)."""
+        return spec(self.name).forward(x, self.params)
+
+    def project(self, x, y):
+        """x with its measured part replaced by y, so that A(project(x, y)) = y."""
+        fn = spec(self.name).project
+        if fn is None:
+            raise ValueError(f"operator {self.name!r} has no projection; use guidance 'ps'")
+        return fn(x, y, self.params)
+
+    def transpose(self, y):
+        """An image-shaped view of a measurement (the official code's A^T; for display)."""
+        return spec(self.name).transpose(y, self.params)
+
+    @property
+    def linear(self) -> bool:
+        return spec(self.name).linear
+
+
+def build(name: str, image_shape, **options) -> Operator:
+    """Build the operator `name` for images of shape (H, W, C); options are checked and named in errors."""
+    if len(image_shape) != 3:
+        raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}")
+    params = spec(name).make(tuple(int(s) for s in image_shape), **options)
+    static = tuple(sorted((k, v) for k, v in params.items() if isinstance(v, (int, float, str))))
+    arrays = {k: v for k, v in params.items() if not isinstance(v, (int, float, str))}
+    return Operator(name=name, arrays=arrays, static=static)

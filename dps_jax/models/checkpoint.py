@@ -1,0 +1,86 @@
+"""The dps_jax checkpoint format: one msgpack file holding the UNet config and its params.
+
+    save_checkpoint("ffhq256.msgpack", params, config)      # atomic: temp file, then rename
+    model, params, config = load_checkpoint("ffhq256.msgpack")
+
+`checkpoints_convert` writes this format from the published PyTorch checkpoints; the shipped prior
+uses it too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import flax.serialization
+import jax
+import numpy as np
+
+from dps_jax.models.unet import UNet, UNetConfig, param_shapes
+
+FORMAT = "dps_jax.adm_unet"
+VERSION = 1
+
+
+class CheckpointFormatError(ValueError):
+    """A dps_jax checkpoint that is missing, corrupt or does not match its config."""
+
+
+def save_checkpoint(path: str, params, config: UNetConfig, extra: dict | None = None) -> None:
+    """Write params and config to `path` atomically (a failure leaves no partial file)."""
+    payload = {"format": FORMAT, "version": VERSION, "config": config.to_json(),
+               "extra": dict(extra or {}),
+               "params": jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(params))}
+    data = flax.serialization.msgpack_serialize(payload)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".msgpack", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def check_params(params, config: UNetConfig, where: str = "params") -> None:
+    """Raise, listing every problem at once, if `params` does not have the tree and shapes of `config`."""
+    expected = {jax.tree_util.keystr(p): l.shape for p, l in
+                jax.tree_util.tree_flatten_with_path(param_shapes(config))[0]}
+    got = {jax.tree_util.keystr(p): np.shape(l) for p, l in jax.tree_util.tree_flatten_with_path(params)[0]}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if tuple(expected[k]) != tuple(got[k]))
+    if missing or unexpected or wrong:
+        lines = [f"{where} do not match the model config:"]
+        lines += [f"  missing {k}" for k in missing] + [f"  unexpected {k}" for k in unexpected]
+        lines += [f"  {k}: shape {got[k]}, expected {expected[k]}" for k in wrong]
+        raise CheckpointFormatError("\n".join(lines))
+
+
+def load_checkpoint(path: str, dtype=None):
+    """(UNet module, params, UNetConfig) from a dps_jax checkpoint; `dtype` sets the compute dtype."""
+    if not os.path.isfile(path):
+        raise CheckpointFormatError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        payload = flax.serialization.msgpack_restore(data)
+    except Exception as e:
+        raise CheckpointFormatError(f"{path}: not a readable dps_jax checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointFormatError(
+            f"{path}: not a dps_jax checkpoint (convert PyTorch files with `python -m checkpoints_convert`)")
+    if payload.get("version") != VERSION:
+        raise CheckpointFormatError(f"{path}: checkpoint format version {payload.get('version')}, expected {VERSION}")
+    try:
+        config = UNetConfig.from_json(payload["config"])
+    except Exception as e:
+        raise CheckpointFormatError(f"{path}: bad model config in checkpoint: {e}") from None
+    params = payload["params"]
+    check_params(params, config, where=f"{path}: params")
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+    import jax.numpy as jnp
+    return UNet(config, dtype or jnp.float32), params, config

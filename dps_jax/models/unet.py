@@ -1,0 +1,337 @@
+"""The ADM UNet of guided-diffusion (Dhariwal & Nichol 2021) in Flax, NHWC.
+
+Submodule names are the PyTorch module paths with '.' -> '_' ("input_blocks_1_0", "in_layers_2"),
+so a converted state_dict maps onto the params tree by name (see checkpoints_convert).
+
+    model = UNet(config)
+    out = model.apply({"params": params}, x, t)        # x (N, H, W, C) in [-1, 1], t (N,) -> (N, H, W, C_out)
+
+Compute is float32 by default (GroupNorm and the attention softmax always are); `dtype=bfloat16`
+runs convolutions and matrix products in bfloat16 with float32 parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
+                        64: (1, 2, 3, 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """The arguments of guided-diffusion's `UNetModel` (attention_resolutions as downsample rates)."""
+    image_size: int = 256
+    in_channels: int = 3
+    model_channels: int = 128
+    out_channels: int = 6
+    num_res_blocks: int = 1
+    attention_resolutions: Tuple[int, ...] = (16,)
+    dropout: float = 0.0
+    channel_mult: Tuple[float, ...] = (1, 1, 2, 2, 4, 4)
+    conv_resample: bool = True
+    num_classes: Optional[int] = None
+    use_checkpoint: bool = False
+    use_fp16: bool = False
+    num_heads: int = 1
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    use_new_attention_order: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "attention_resolutions", tuple(int(a) for a in self.attention_resolutions))
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        for name in ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"UNetConfig.{name} must be a positive integer, got {v!r}")
+        if not self.channel_mult:
+            raise ValueError("UNetConfig.channel_mult must not be empty")
+        if self.num_head_channels == -1 and self.num_heads < 1:
+            raise ValueError(f"UNetConfig.num_heads must be >= 1, got {self.num_heads}")
+
+    @property
+    def learn_sigma(self) -> bool:
+        return self.out_channels == 2 * self.in_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown UNet config keys {unknown}; expected some of {sorted(known)}")
+        d = dict(d)
+        for k in ("attention_resolutions", "channel_mult"):
+            if k in d and d[k] is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "UNetConfig":
+        return cls.from_dict(json.loads(s))
+
+
+def create_model_config(image_size: int, num_channels: int, num_res_blocks: int, channel_mult: str = "",
+                        learn_sigma: bool = False, class_cond: bool = False, use_checkpoint: bool = False,
+                        attention_resolutions: str = "16", num_heads: int = 1, num_head_channels: int = -1,
+                        num_heads_upsample: int = -1, use_scale_shift_norm: bool = False,
+                        dropout: float = 0.0, resblock_updown: bool = False, use_fp16: bool = False,
+                        use_new_attention_order: bool = False, in_channels: int = 3,
+                        num_classes: int = 1000) -> UNetConfig:
+    """A UNetConfig from guided-diffusion's `create_model` flags (the published checkpoints' settings).
+
+    `attention_resolutions` are feature-map sizes ("32,16,8"), converted to downsample rates;
+    `channel_mult` "" picks the default for the image size.
+    """
+    if channel_mult in ("", None):
+        if image_size not in DEFAULT_CHANNEL_MULT:
+            raise ValueError(f"no default channel_mult for image_size {image_size}; expected one of "
+                             f"{sorted(DEFAULT_CHANNEL_MULT)} or an explicit channel_mult like '1,2,2'")
+        mult = DEFAULT_CHANNEL_MULT[image_size]
+    elif isinstance(channel_mult, str):
+        mult = tuple(int(m) for m in channel_mult.split(","))
+    else:
+        mult = tuple(channel_mult)
+    res = [int(r) for r in str(attention_resolutions).split(",") if r.strip()]
+    for r in res:
+        if r < 1 or image_size % r:
+            raise ValueError(f"attention resolution {r} does not divide image_size {image_size}")
+    return UNetConfig(
+        image_size=image_size, in_channels=in_channels, model_channels=num_channels,
+        out_channels=2 * in_channels if learn_sigma else in_channels, num_res_blocks=num_res_blocks,
+        attention_resolutions=tuple(image_size // r for r in res), dropout=dropout, channel_mult=mult,
+        num_classes=num_classes if class_cond else None, use_checkpoint=use_checkpoint, use_fp16=use_fp16,
+        num_heads=num_heads, num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
+        use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
+        use_new_attention_order=use_new_attention_order)
+
+
+PRESETS = {
+    # ffhq_10m.pt, the DPS paper's FFHQ 256 prior.
+    "ffhq256": lambda: create_model_config(
+        image_size=256, num_channels=128, num_res_blocks=1, learn_sigma=True, attention_resolutions="16",
+        num_heads=4, num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True),
+    # 256x256_diffusion_uncond.pt, guided-diffusion's unconditional ImageNet 256 model.
+    "imagenet256_uncond": lambda: create_model_config(
+        image_size=256, num_channels=256, num_res_blocks=2, learn_sigma=True, attention_resolutions="32,16,8",
+        num_heads=4, num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True),
+}
+
+
+def preset(name: str) -> UNetConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}") from None
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+    """Sinusoidal embedding [cos(t w_i), sin(t w_i)], w_i = max_period^(-i / (dim // 2)); (N,) -> (N, dim)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+    return emb
+
+
+def GroupNorm32(name):
+    """GroupNorm with 32 groups, eps 1e-5, computed in float32 (as guided-diffusion does)."""
+    norm = nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=jnp.float32, use_fast_variance=False, name=name)
+    return lambda x: norm(x.astype(jnp.float32))
+
+
+def _conv(features, name, dtype, kernel=3, stride=1):
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                   dtype=dtype, name=name)
+
+
+def upsample_nearest(x):
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def avg_pool2(x):
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class ResBlock(nn.Module):
+    out_channels: int
+    dropout: float
+    use_scale_shift_norm: bool
+    up: bool = False
+    down: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, emb, deterministic: bool = True):
+        in_ch = x.shape[-1]
+        h = nn.silu(GroupNorm32(name="in_layers_0")(x)).astype(self.dtype)
+        if self.up:
+            h, x = upsample_nearest(h), upsample_nearest(x)
+        elif self.down:
+            h, x = avg_pool2(h), avg_pool2(x)
+        h = _conv(self.out_channels, "in_layers_2", self.dtype)(h)
+        emb_out = nn.Dense(2 * self.out_channels if self.use_scale_shift_norm else self.out_channels,
+                           dtype=self.dtype, name="emb_layers_1")(nn.silu(emb))
+        emb_out = emb_out[:, None, None, :].astype(jnp.float32)
+        if self.use_scale_shift_norm:
+            scale, shift = jnp.split(emb_out, 2, axis=-1)
+            h = GroupNorm32(name="out_layers_0")(h) * (1.0 + scale) + shift
+        else:
+            h = GroupNorm32(name="out_layers_0")(h.astype(jnp.float32) + emb_out)
+        h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic).astype(self.dtype)
+        h = _conv(self.out_channels, "out_layers_3", self.dtype)(h)
+        if self.out_channels != in_ch:
+            x = _conv(self.out_channels, "skip_connection", self.dtype, kernel=1)(x)
+        return x.astype(jnp.float32) + h.astype(jnp.float32)
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H*W positions; q and k each scaled by head_dim^(-1/4)."""
+    num_heads: int
+    new_order: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, hh, ww, c = x.shape
+        heads, ch = self.num_heads, c // self.num_heads
+        xs = x.reshape(b, hh * ww, c)
+        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(GroupNorm32(name="norm")(xs).astype(self.dtype))
+        if self.new_order:
+            # Channels of qkv ordered (q|k|v, head, ch): split q, k, v first.
+            q, k, v = (qkv.reshape(b, hh * ww, 3, heads, ch)[:, :, i] for i in range(3))
+        else:
+            # Legacy order (head, q|k|v, ch): split heads first.
+            q, k, v = (qkv.reshape(b, hh * ww, heads, 3, ch)[:, :, :, i] for i in range(3))
+        s = 1.0 / math.sqrt(math.sqrt(ch))
+        w = jnp.einsum("bthc,bshc->bhts", q * s, k * s)
+        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
+        a = jnp.einsum("bhts,bshc->bthc", w, v).reshape(b, hh * ww, c)
+        h = nn.Dense(c, dtype=self.dtype, name="proj_out")(a)
+        return (xs.astype(jnp.float32) + h.astype(jnp.float32)).reshape(b, hh, ww, c)
+
+
+class UNet(nn.Module):
+    """guided-diffusion's UNetModel. __call__(x (N, H, W, C), t (N,), y (N,) labels or None)."""
+    config: UNetConfig
+    dtype: Any = jnp.float32
+
+    def _heads(self, ch, upsample):
+        cfg = self.config
+        if cfg.num_head_channels != -1:
+            if ch % cfg.num_head_channels:
+                raise ValueError(f"{ch} channels are not divisible by num_head_channels {cfg.num_head_channels}")
+            return ch // cfg.num_head_channels
+        n = cfg.num_heads_upsample if (upsample and cfg.num_heads_upsample != -1) else cfg.num_heads
+        if ch % n:
+            raise ValueError(f"{ch} channels are not divisible by {n} attention heads")
+        return n
+
+    @nn.compact
+    def __call__(self, x, t, y=None, train: bool = False):
+        cfg, dt = self.config, self.dtype
+        if (y is None) != (cfg.num_classes is None):
+            raise ValueError("pass class labels y if and only if the model is class-conditional "
+                             f"(num_classes={cfg.num_classes})")
+        if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
+            raise ValueError(f"UNet input must be (N, H, W, {cfg.in_channels}), got {x.shape}")
+        f = cfg.downsample_factor
+        if x.shape[1] % f or x.shape[2] % f:
+            raise ValueError(f"image size {x.shape[1]} x {x.shape[2]} is not divisible by {f}, "
+                             f"the UNet's total downsampling ({len(cfg.channel_mult)} levels)")
+        det = not train
+        block = dict(dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm, dtype=dt)
+        Res = nn.remat(ResBlock, static_argnums=(3,)) if cfg.use_checkpoint else ResBlock
+
+        temb_dim = cfg.model_channels * 4
+        emb = timestep_embedding(jnp.broadcast_to(t, (x.shape[0],)), cfg.model_channels)
+        emb = nn.Dense(temb_dim, dtype=dt, name="time_embed_0")(emb)
+        emb = nn.Dense(temb_dim, dtype=dt, name="time_embed_2")(nn.silu(emb)).astype(jnp.float32)
+        if cfg.num_classes is not None:
+            emb = emb + nn.Embed(cfg.num_classes, temb_dim, name="label_emb")(y)
+
+        ch = int(cfg.channel_mult[0] * cfg.model_channels)
+        h = _conv(ch, "input_blocks_0_0", dt)(x.astype(dt)).astype(jnp.float32)
+        hs, chans, ds, idx = [h], [ch], 1, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                ch = int(mult * cfg.model_channels)
+                h = Res(ch, name=f"input_blocks_{idx}_0", **block)(h, emb, det)
+                if ds in cfg.attention_resolutions:
+                    h = AttentionBlock(self._heads(ch, False), cfg.use_new_attention_order, dt,
+                                       name=f"input_blocks_{idx}_1")(h)
+                hs.append(h); chans.append(ch); idx += 1
+            if level != len(cfg.channel_mult) - 1:
+                if cfg.resblock_updown:
+                    h = Res(ch, down=True, name=f"input_blocks_{idx}_0", **block)(h, emb, det)
+                elif cfg.conv_resample:
+                    h = _conv(ch, f"input_blocks_{idx}_0_op", dt, stride=2)(h.astype(dt)).astype(jnp.float32)
+                else:
+                    h = avg_pool2(h)
+                hs.append(h); chans.append(ch); idx += 1; ds *= 2
+
+        h = Res(ch, name="middle_block_0", **block)(h, emb, det)
+        h = AttentionBlock(self._heads(ch, False), cfg.use_new_attention_order, dt, name="middle_block_1")(h)
+        h = Res(ch, name="middle_block_2", **block)(h, emb, det)
+
+        idx = 0
+        for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
+            for i in range(cfg.num_res_blocks + 1):
+                chans.pop()
+                h = jnp.concatenate([h, hs.pop()], axis=-1)
+                ch = int(cfg.model_channels * mult)
+                h = Res(ch, name=f"output_blocks_{idx}_0", **block)(h, emb, det)
+                sub = 1
+                if ds in cfg.attention_resolutions:
+                    h = AttentionBlock(self._heads(ch, True), cfg.use_new_attention_order, dt,
+                                       name=f"output_blocks_{idx}_{sub}")(h)
+                    sub += 1
+                if level and i == cfg.num_res_blocks:
+                    if cfg.resblock_updown:
+                        h = Res(ch, up=True, name=f"output_blocks_{idx}_{sub}", **block)(h, emb, det)
+                    else:
+                        h = upsample_nearest(h)
+                        if cfg.conv_resample:
+                            h = _conv(ch, f"output_blocks_{idx}_{sub}_conv", dt)(h.astype(dt)).astype(jnp.float32)
+                    ds //= 2
+                idx += 1
+
+        h = nn.silu(GroupNorm32(name="out_0")(h)).astype(dt)
+        return _conv(cfg.out_channels, "out_2", dt)(h).astype(jnp.float32)
+
+
+def init_params(config: UNetConfig, key=None, dtype=jnp.float32):
+    """Randomly initialised params for `config` (Flax default initialisers)."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    s = config.image_size
+    x = jnp.zeros((1, s, s, config.in_channels), jnp.float32)
+    y = None if config.num_classes is None else jnp.zeros((1,), jnp.int32)
+    return UNet(config, dtype).init(key, x, jnp.zeros((1,), jnp.int32), y)["params"]
+
+
+def param_shapes(config: UNetConfig):
+    """The params tree as jax.ShapeDtypeStructs, without computing anything (jax.eval_shape)."""
+    return jax.eval_shape(lambda k: init_params(config, k), jax.random.PRNGKey(0))
+
+
+def count_params(tree) -> int:
+    return int(sum(math.prod(l.shape) for l in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,76 @@
+"""The Flax ADM UNet against the official PyTorch UNetModel's outputs."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from checkpoints_convert import convert_state_dict, load_state_dict
+from conftest import fixture_path, load_npz, nhwc
+from dps_jax.models.unet import UNet, UNetConfig, count_params, create_model_config, param_shapes, preset
+
+
+def _run(name, dtype=jnp.float32):
+    ref = load_npz(f"adm_{name}.npz")
+    cfg = UNetConfig.from_dict(json.loads(str(ref["config"])))
+    params = convert_state_dict(load_state_dict(fixture_path(f"adm_{name}.pt")), cfg)
+    y = jnp.asarray(ref["y"]) if "y" in ref.files else None
+    out = UNet(cfg, dtype).apply({"params": params}, jnp.asarray(nhwc(ref["x"])), jnp.asarray(ref["t"]), y)
+    return np.asarray(out), nhwc(ref["out"])
+
+
+@pytest.mark.parametrize("name", ["ffhq_like", "imagenet_like", "variants"])
+def test_unet_matches_official(name):
+    out, want = _run(name)
+    assert out.shape == want.shape
+    assert np.abs(out - want).max() <= 1e-4
+
+
+def test_bfloat16_compute_is_close():
+    out, want = _run("ffhq_like", jnp.bfloat16)
+    assert out.dtype == np.float32
+    assert np.abs(out - want).max() < 0.1 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("name, count", [("ffhq256", 93_563_910), ("imagenet256_uncond", 552_814_086)])
+def test_published_parameter_counts(name, count):
+    assert count_params(param_shapes(preset(name))) == count
+
+
+def test_create_model_flags():
+    cfg = create_model_config(image_size=256, num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8",
+                              learn_sigma=True)
+    assert cfg.attention_resolutions == (8, 16, 32) and cfg.channel_mult == (1, 1, 2, 2, 4, 4)
+    assert cfg.out_channels == 6
+    assert create_model_config(64, 32, 1).channel_mult == (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="no default channel_mult for image_size 48"):
+        create_model_config(48, 32, 1)
+
+
+def test_unet_composes_with_grad_vmap_and_checkpointing():
+    cfg = UNetConfig(image_size=8, in_channels=1, model_channels=32, out_channels=2, num_res_blocks=1,
+                     attention_resolutions=(2,), channel_mult=(1, 1), num_heads=2, use_checkpoint=True,
+                     resblock_updown=True, use_scale_shift_norm=True)
+    model = UNet(cfg)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))["params"]
+    f = lambda x: model.apply({"params": params}, x[None], jnp.array([5]))[0]
+    xs = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
+    np.testing.assert_allclose(jax.vmap(f)(xs), jnp.stack([f(x) for x in xs]), atol=1e-5)
+    g = jax.grad(lambda x: jnp.sum(f(x) ** 2))(xs[0])
+    assert g.shape == (8, 8, 1) and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_unet_rejects_bad_inputs():
+    cfg = UNetConfig(image_size=8, in_channels=1, model_channels=32, out_channels=1, num_res_blocks=1,
+                     attention_resolutions=(), channel_mult=(1, 1, 1))
+    model = UNet(cfg)
+    with pytest.raises(ValueError, match="image size 6 x 6 is not divisible by 4"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 1)), jnp.zeros((1,), jnp.int32))
+    with pytest.raises(ValueError, match=r"UNet input must be \(N, H, W, 1\), got \(1, 8, 8, 3\)"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,), jnp.int32))
+    with pytest.raises(ValueError, match="unknown model preset 'ffhq1024'"):
+        preset("ffhq1024")
+    with pytest.raises(ValueError, match="unknown UNet config keys \\['num_layers'\\]"):
+        UNetConfig.from_dict({"num_layers": 3})

@@ -1,0 +1,81 @@
+"""Image data: Fashion-MNIST from the Debian package's IDX files, or a folder of images (pillow).
+
+Arrays are NHWC float32 in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a uint8 array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def fashion_mnist(split: str = "train", root: str = FASHION_MNIST_DIR, image_size: int = 32) -> np.ndarray:
+    """Fashion-MNIST images (N, S, S, 1) in [-1, 1], zero-padded (black) from 28 to `image_size`."""
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    path = os.path.join(root, f"{prefix}-images-idx3-ubyte.gz")
+    if not os.path.exists(path):
+        path = path[:-3]
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found under {root}: install it with `apt-get install dataset-fashion-mnist`")
+    x = read_idx(path).astype(np.float32) / 127.5 - 1.0
+    pad = image_size - x.shape[1]
+    if pad < 0 or pad % 2:
+        raise ValueError(f"cannot pad 28 x 28 Fashion-MNIST to image_size {image_size}")
+    x = np.pad(x, ((0, 0), (pad // 2, pad // 2), (pad // 2, pad // 2)), constant_values=-1.0)
+    return x[..., None]
+
+
+def load_image(path: str, image_size: int | None = None, channels: int = 3) -> np.ndarray:
+    """One image file as (H, W, C) in [-1, 1]; centre-cropped to a square and resized if image_size."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    img = img.convert("L" if channels == 1 else "RGB")
+    if image_size is not None:
+        w, h = img.size
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        if s != image_size:
+            img = img.resize((image_size, image_size), Image.BICUBIC)
+    x = np.asarray(img, np.float32) / 127.5 - 1.0
+    return x[..., None] if x.ndim == 2 else x
+
+
+def list_images(root: str):
+    """The image files in a folder, sorted; a clear error if the folder is missing or has none."""
+    if not os.path.isdir(root):
+        raise ValueError(f"image folder not found: {root}")
+    files = sorted(os.path.join(root, f) for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {root}")
+    return files
+
+
+def image_folder(root: str, image_size: int, channels: int = 3) -> np.ndarray:
+    """All images of a folder as (N, S, S, C) in [-1, 1]."""
+    return np.stack([load_image(p, image_size, channels) for p in list_images(root)])

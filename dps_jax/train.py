@@ -1,0 +1,134 @@
+"""Train an ADM UNet as a DDPM prior (epsilon prediction, L_simple) with optax and an EMA of the weights.
+
+    python -m dps_jax.train --config=configs/train/fashion_mnist.py --workdir=runs/fmnist
+
+Checkpoints `workdir/state.msgpack` every few minutes (atomic) and resumes from it; exports the EMA
+weights as a dps_jax checkpoint `workdir/ema.msgpack` (the format `checkpoints_convert` writes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from dps_jax import data as data_lib
+from dps_jax import schedule
+from dps_jax.models.checkpoint import save_checkpoint
+from dps_jax.models.unet import UNet, UNetConfig, init_params
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and logs")
+
+
+def load_data(cfg) -> np.ndarray:
+    if cfg.data.name == "fashion_mnist":
+        return data_lib.fashion_mnist("train", cfg.data.root, cfg.data.image_size)
+    return data_lib.image_folder(cfg.data.root, cfg.data.image_size, cfg.data.channels)
+
+
+def make_optimizer(cfg):
+    lr = optax.linear_schedule(0.0, cfg.optim.lr, max(1, cfg.optim.warmup_steps))
+    return optax.chain(optax.clip_by_global_norm(cfg.optim.grad_clip),
+                       optax.adamw(lr, weight_decay=cfg.optim.weight_decay))
+
+
+def make_train_step(model: UNet, tx, sqrt_ac, sqrt_1m_ac, ema_decay: float):
+    num_t = sqrt_ac.shape[0]
+
+    def loss_fn(params, x0, key):
+        kt, kn, kd = jax.random.split(key, 3)
+        t = jax.random.randint(kt, (x0.shape[0],), 0, num_t)
+        eps = jax.random.normal(kn, x0.shape)
+        x_t = sqrt_ac[t][:, None, None, None] * x0 + sqrt_1m_ac[t][:, None, None, None] * eps
+        pred = model.apply({"params": params}, x_t, t, train=True, rngs={"dropout": kd})
+        return jnp.mean(jnp.square(pred - eps))
+
+    @jax.jit
+    def step(state, x0, key):
+        params, ema, opt_state, n = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, x0, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        return (params, ema, opt_state, n + 1), loss
+
+    return step
+
+
+def _atomic_write(path: str, data: bytes):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def train(cfg, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    model_cfg = UNetConfig.from_dict(dict(cfg.model))
+    model = UNet(model_cfg)
+    tables = schedule.build_tables(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
+    tx = make_optimizer(cfg)
+    key = jax.random.PRNGKey(cfg.seed)
+    params = init_params(model_cfg, jax.random.fold_in(key, 1))
+    state = (params, params, tx.init(params), jnp.zeros((), jnp.int32))
+    state_path = os.path.join(workdir, "state.msgpack")
+    if os.path.exists(state_path):
+        with open(state_path, "rb") as f:
+            state = flax.serialization.from_bytes(state, f.read())
+        print(f"resumed from {state_path} at step {int(state[3])}", flush=True)
+    step_fn = make_train_step(model, tx, jnp.asarray(tables.sqrt_alphas_cumprod, jnp.float32),
+                              jnp.asarray(tables.sqrt_one_minus_alphas_cumprod, jnp.float32),
+                              cfg.optim.ema_decay)
+    data = load_data(cfg)
+    rng = np.random.default_rng(cfg.seed + int(state[3]))
+    print(f"{len(data)} training images of shape {data.shape[1:]}; model {model_cfg.to_json()}", flush=True)
+
+    def save():
+        _atomic_write(state_path, flax.serialization.to_bytes(state))
+        save_checkpoint(os.path.join(workdir, "ema.msgpack"), jax.device_get(state[1]), model_cfg,
+                        extra={"step": int(state[3]), "var_type": "fixed_large",
+                               "schedule": cfg.diffusion.schedule, "num_timesteps": cfg.diffusion.num_timesteps})
+
+    t_start, last_save, losses = time.time(), time.time(), []
+    start_step = int(state[3])
+    while int(state[3]) < cfg.num_steps:
+        idx = rng.integers(0, len(data), cfg.batch_size)
+        x0 = jnp.asarray(data[idx])
+        if rng.random() < 0.5:      # horizontal flips
+            x0 = x0[:, :, ::-1]
+        state, loss = step_fn(state, x0, jax.random.fold_in(key, int(state[3])))
+        losses.append(float(loss))
+        n = int(state[3])
+        if n % cfg.log_every == 0 or n == cfg.num_steps:
+            rate = (n - start_step) / (time.time() - t_start)
+            eta = (cfg.num_steps - n) / max(rate, 1e-9)
+            print(f"step {n}/{cfg.num_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
+                  f"{rate:.2f} steps/s eta {eta / 60:.1f} min", flush=True)
+        if time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            save()
+            last_save = time.time()
+    save()
+    print(f"done: {int(state[3])} steps, final loss (mean of last {cfg.log_every}) "
+          f"{np.mean(losses[-cfg.log_every:]):.4f}, {(time.time() - t_start) / 60:.1f} min this run", flush=True)
+
+
+def main(argv):
+    del argv
+    if _WORKDIR.value is None:
+        print("error: --workdir is required", file=sys.stderr)
+        sys.exit(2)
+    train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -69,7 +69,8 @@ def task_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
     c.noise = ml_collections.ConfigDict(dict(name="gaussian", sigma=0.05, rate=1.0))
     c.data = ml_collections.ConfigDict(dict(
         root="",                         # "" = the test images shipped with dps_jax
-        image_size=size, num_images=0))  # 0 = every image in the folder
+        image_size=size,
+        num_images=0 if paper else 1))   # 0 = every image in the folder
     c.output = ml_collections.ConfigDict(dict(root="outputs", png_scale=4 if not paper else 1))
     c.distributed = False                # multi-host: call jax.distributed.initialize() first
     if task == "phase_retrieval":

@@ -95,9 +95,11 @@ def train(cfg, workdir: str) -> None:
 
     def save():
         _atomic_write(state_path, flax.serialization.to_bytes(state))
+        # The EMA weights in float16 storage: what ships with the package (a few MB).
         save_checkpoint(os.path.join(workdir, "ema.msgpack"), jax.device_get(state[1]), model_cfg,
                         extra={"step": int(state[3]), "var_type": "fixed_large",
-                               "schedule": cfg.diffusion.schedule, "num_timesteps": cfg.diffusion.num_timesteps})
+                               "schedule": cfg.diffusion.schedule, "num_timesteps": cfg.diffusion.num_timesteps},
+                        dtype=np.float16)
 
     t_start, last_save, losses = time.time(), time.time(), []
     start_step = int(state[3])

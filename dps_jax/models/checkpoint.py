@@ -26,11 +26,15 @@ class CheckpointFormatError(ValueError):
     """A dps_jax checkpoint that is missing, corrupt or does not match its config."""
 
 
-def save_checkpoint(path: str, params, config: UNetConfig, extra: dict | None = None) -> None:
-    """Write params and config to `path` atomically (a failure leaves no partial file)."""
+def save_checkpoint(path: str, params, config: UNetConfig, extra: dict | None = None, dtype=None) -> None:
+    """Write params and config to `path` atomically (a failure leaves no partial file).
+
+    `dtype` (e.g. np.float16) sets the storage dtype; loading always gives float32 params.
+    """
+    cast = (lambda a: np.asarray(a, dtype)) if dtype is not None else np.asarray
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_json(),
                "extra": dict(extra or {}),
-               "params": jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(params))}
+               "params": jax.tree_util.tree_map(cast, flax.core.unfreeze(params))}
     data = flax.serialization.msgpack_serialize(payload)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -58,6 +62,12 @@ def check_params(params, config: UNetConfig, where: str = "params") -> None:
         lines += [f"  missing {k}" for k in missing] + [f"  unexpected {k}" for k in unexpected]
         lines += [f"  {k}: shape {got[k]}, expected {expected[k]}" for k in wrong]
         raise CheckpointFormatError("\n".join(lines))
+
+
+def read_extra(path: str) -> dict:
+    """The `extra` metadata of a checkpoint (training step, variance type, source file)."""
+    with open(path, "rb") as f:
+        return dict(flax.serialization.msgpack_restore(f.read()).get("extra", {}))
 
 
 def load_checkpoint(path: str, dtype=None):

@@ -1,0 +1,266 @@
+"""Speed of one DPS step, dps_jax against the official PyTorch implementation, side by side in one run.
+
+    git -C <mirror> archive HEAD | tar -x -C /tmp/dps_official      # a clone of DPS2022/diffusion-posterior-sampling
+    pip install -e '.[bench]'
+    python benchmarks/step_speed.py --torch_repo /tmp/dps_official --model ffhq256 --out benchmarks/step_speed.json
+
+The step is what DPS repeats 1000 times: the UNet forward at x_t, x0_hat (Tweedie), the gradient of
+||y - A(x0_hat)|| with respect to x_t through the network, the DDPM update and the guidance update.
+Both sides use random weights of the published architecture (no checkpoint needed), super-resolution
+x4 as A (the official resizer) and Gaussian noise.
+
+  torch   the official UNetModel, its DDPM sampler (`p_sample`, `q_sample`) and its `ps` conditioning,
+          imported from --torch_repo (never copied); N = 4 runs four steps one after another, since its
+          batch would couple the samples through one norm.
+  jax     dps_jax's jitted step, N = 1 and N = 4 (vmapped).
+Runs alternate between the two after a warm-up; each figure is repeated --repeats times and the minimum
+and median are reported. Also: a whole K-step lax.scan run, compile time, peak resident memory
+(each side measured alone in a fresh process), achieved GFLOP/s (from XLA's cost analysis) next to the
+rate of a large float32 matrix product measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# guided-diffusion create_model arguments of the published checkpoints, and a tiny one for smoke tests.
+MODELS = {
+    "ffhq256": dict(image_size=256, num_channels=128, num_res_blocks=1, learn_sigma=True, attention_resolutions="16",
+                    num_heads=4, num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True),
+    "imagenet256": dict(image_size=256, num_channels=256, num_res_blocks=2, learn_sigma=True,
+                        attention_resolutions="32,16,8", num_heads=4, num_head_channels=64,
+                        use_scale_shift_norm=True, resblock_updown=True),
+    "tiny": dict(image_size=32, num_channels=32, num_res_blocks=1, learn_sigma=True, attention_resolutions="8",
+                 channel_mult="1,2", num_heads=4, num_head_channels=16, use_scale_shift_norm=True,
+                 resblock_updown=True),
+}
+SCALE, SIGMA, FACTOR, STEP_INDEX = 0.3, 0.05, 4, 500
+
+
+# ---- torch side --------------------------------------------------------------------------------
+
+def torch_step_fn(torch_repo: str, model_name: str, seed: int = 0):
+    """A function running one official DPS step on a (1, 3, S, S) tensor, and its inputs."""
+    import torch
+
+    sys.path.insert(0, torch_repo)
+    # The official util/img_utils imports the motion-blur package at module level; the step does not use it.
+    sys.modules.setdefault("motionblur", types.ModuleType("motionblur"))
+    mb = types.ModuleType("motionblur.motionblur")
+    mb.Kernel = None
+    sys.modules.setdefault("motionblur.motionblur", mb)
+    from guided_diffusion.condition_methods import get_conditioning_method
+    from guided_diffusion.gaussian_diffusion import create_sampler
+    from guided_diffusion.unet import create_model
+    from util.resizer import Resizer
+
+    torch.manual_seed(seed)
+    model = create_model(**MODELS[model_name]).eval()
+    with torch.no_grad():                 # random, non-zero weights everywhere (zero_module layers too);
+        for p in model.parameters():      # requires_grad stays on, as in the official sampling script
+            p.normal_(0, 0.02)
+    sampler = create_sampler(sampler="ddpm", steps=1000, noise_schedule="linear", model_mean_type="epsilon",
+                             model_var_type="learned_range", dynamic_threshold=False, clip_denoised=True,
+                             rescale_timesteps=False, timestep_respacing="1000")
+    size = MODELS[model_name]["image_size"]
+
+    class SR:                                # the official SR forward, without its torchvision import
+        def __init__(self):
+            self.down = Resizer((1, 3, size, size), 1 / FACTOR)
+
+        def forward(self, data, **kwargs):
+            return self.down(data)
+
+    noiser = types.SimpleNamespace(__name__="gaussian")
+    cond = get_conditioning_method("ps", SR(), noiser, scale=SCALE)
+    y = torch.randn(1, 3, size // FACTOR, size // FACTOR)
+    t = torch.tensor([STEP_INDEX])
+
+    def step(x):
+        x = x.requires_grad_()
+        out = sampler.p_sample(x=x, t=t, model=model)
+        noisy = sampler.q_sample(y, t=t)
+        x_next, dist = cond.conditioning(x_t=out["sample"], measurement=y, noisy_measurement=noisy, x_prev=x,
+                                         x_0_hat=out["pred_xstart"])
+        return x_next.detach_(), float(dist)
+
+    return step, lambda: torch.randn(1, 3, size, size)
+
+
+# ---- jax side ----------------------------------------------------------------------------------
+
+def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
+    import jax
+    import jax.numpy as jnp
+
+    from dps_jax import diffusion, operators, samplers, schedule
+    from dps_jax.models.unet import UNet, create_model_config, init_params
+
+    cfg = create_model_config(**MODELS[model_name])
+    model = UNet(cfg)
+    params = jax.tree_util.tree_map(lambda p: 0.02 * jax.random.normal(jax.random.PRNGKey(seed), p.shape),
+                                    init_params(cfg, jax.random.PRNGKey(seed)))
+    size = cfg.image_size
+    op = operators.build("super_resolution", (size, size, 3), scale_factor=FACTOR)
+    tables = schedule.build_tables("linear", 1000)
+    coefs = diffusion.step_coefficients(tables, reverse=False)
+    c = jax.tree_util.tree_map(lambda a: a[STEP_INDEX], coefs)
+    scfg = samplers.SamplerConfig(var_type="learned_range")
+    den = samplers.unet_denoise_fn(model)
+    y = jax.random.normal(jax.random.PRNGKey(1), (size // FACTOR, size // FACTOR, 3))
+
+    def one(params, x, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x_next, _, d = samplers.reverse_step(den, params, op, y, x, c, SCALE, scfg, jax.random.normal(k1, x.shape),
+                                             jax.random.normal(k2, y.shape), k3)
+        return x_next, d
+
+    f = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+    x = jax.random.normal(jax.random.PRNGKey(2), (num_samples, size, size, 3))
+    keys = jax.random.split(jax.random.PRNGKey(3), num_samples)
+    t0 = time.time()
+    compiled = f.lower(params, x, keys).compile()
+    compile_s = time.time() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    def run():
+        out = compiled(params, x, keys)
+        jax.block_until_ready(out)
+        return out
+
+    return run, compile_s, flops, (model, params, op, y, coefs, scfg)
+
+
+def jax_scan_run(parts, num_steps: int):
+    """Seconds per step of a K-step reverse run through lax.scan (compile excluded)."""
+    import jax
+
+    from dps_jax import samplers
+
+    model, params, op, y, coefs, scfg = parts
+    size = y.shape[0] * FACTOR
+    sub = jax.tree_util.tree_map(lambda a: a[STEP_INDEX:STEP_INDEX + num_steps][::-1], coefs)
+    f = jax.jit(lambda p, k: samplers.sample_one(samplers.unet_denoise_fn(model), p, op, y, k, sub, SCALE, scfg,
+                                                 (size, size, 3))["sample"])
+    jax.block_until_ready(f(params, jax.random.PRNGKey(0)))
+    t0 = time.time()
+    jax.block_until_ready(f(params, jax.random.PRNGKey(1)))
+    return (time.time() - t0) / num_steps
+
+
+def matmul_gflops(n=4096, repeats=3):
+    """The machine's float32 matrix-product rate (GFLOP/s), the practical ceiling for convolutions."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    best = min(_timed(lambda: jax.block_until_ready(f(a))) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn):
+    t0 = time.time()
+    fn()
+    return time.time() - t0
+
+
+def _peak_memory_child(side, torch_repo, model_name):
+    """Run one N = 1 step in this (fresh) process and print the peak resident set in MiB."""
+    if side == "torch":
+        step, make_x = torch_step_fn(torch_repo, model_name)
+        step(make_x())
+    else:
+        run, *_ = jax_step_fn(model_name, 1)
+        run()
+    # VmHWM belongs to this process image (ru_maxrss would carry the parent's peak across fork + exec).
+    with open("/proc/self/status") as fh:
+        hwm_kib = next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mib": hwm_kib / 1024}))
+
+
+def peak_memory(side, torch_repo, model_name):
+    proc = subprocess.run([sys.executable, __file__, "--_memory_child", side, "--torch_repo", torch_repo or "",
+                           "--model", model_name], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--torch_repo", required=True, help="path of a clone of DPS2022/diffusion-posterior-sampling")
+    ap.add_argument("--model", default="ffhq256", choices=sorted(MODELS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scan_steps", type=int, default=3)
+    ap.add_argument("--out", default="")
+    ap.add_argument("--_memory_child", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._memory_child:
+        return _peak_memory_child(args._memory_child, args.torch_repo, args.model)
+
+    mem = {side: peak_memory(side, args.torch_repo, args.model) for side in ("torch", "jax")}
+    import torch
+
+    step, make_x = torch_step_fn(args.torch_repo, args.model)
+    run1, compile1, flops1, parts = jax_step_fn(args.model, 1)
+    run4, compile4, flops4, _ = jax_step_fn(args.model, 4)
+    # Warm-up: first calls allocate and (torch) pick kernels.
+    step(make_x()); run1(); run4()
+
+    t = {"torch_n1": [], "torch_n4": [], "jax_n1": [], "jax_n4": []}
+    for r in range(args.repeats):
+        t["torch_n1"].append(_timed(lambda: step(make_x())))
+        t["jax_n1"].append(_timed(run1))
+        t["torch_n4"].append(_timed(lambda: [step(make_x()) for _ in range(4)]))
+        t["jax_n4"].append(_timed(run4))
+        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.items()),
+              file=sys.stderr, flush=True)
+    scan_per_step = jax_scan_run(parts, args.scan_steps)
+    limit = matmul_gflops()
+
+    stats = {k: {"min_s": min(v), "median_s": statistics.median(v), "per_sample_min_s": min(v) / (4 if "n4" in k else 1)}
+             for k, v in t.items()}
+    result = {
+        "model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__, "jax": __import__("jax").__version__, "repeats": args.repeats,
+        "steps": stats, "jax_scan_seconds_per_step": scan_per_step,
+        "compile_seconds": {"n1": compile1, "n4": compile4},
+        "gflop_per_step_n1": flops1 / 1e9,
+        "jax_gflops_n1": flops1 / 1e9 / stats["jax_n1"]["min_s"], "jax_gflops_n4": flops4 / 1e9 / stats["jax_n4"]["min_s"],
+        "matmul_gflops_limit": limit, "peak_rss_mib": mem,
+        "speedup_n1": stats["torch_n1"]["min_s"] / stats["jax_n1"]["min_s"],
+        "speedup_n4_per_sample": stats["torch_n4"]["min_s"] / stats["jax_n4"]["min_s"],
+    }
+    print(f"\nDPS step, {args.model}, {result['machine']}, torch {result['torch']}, jax {result['jax']}")
+    print(f"{'':<22}{'min s':>9}{'median s':>10}{'s / sample':>12}")
+    for k, v in stats.items():
+        print(f"{k:<22}{v['min_s']:9.2f}{v['median_s']:10.2f}{v['per_sample_min_s']:12.2f}")
+    print(f"speed-up N=1 {result['speedup_n1']:.2f}x, N=4 per sample {result['speedup_n4_per_sample']:.2f}x")
+    print(f"lax.scan run: {scan_per_step:.2f} s/step; compile {compile1:.1f}s (N=1), {compile4:.1f}s (N=4)")
+    print(f"XLA cost: {result['gflop_per_step_n1']:.0f} GFLOP/step; achieved {result['jax_gflops_n1']:.1f} GFLOP/s "
+          f"(N=1), {result['jax_gflops_n4']:.1f} (N=4); float32 matmul limit {limit:.1f} GFLOP/s")
+    print(f"peak RSS: torch {mem['torch']:.0f} MiB, jax {mem['jax']:.0f} MiB")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -56,7 +56,7 @@ def default_var_type(model_config, extra_var_type: str = "") -> str:
 def sample(model, params, op: Operator, y, *, num_samples: int = 4, steps: int = 100, respacing: str = "",
            sampler: str = "ddpm", eta: float = 0.0, guidance: str = "ps", scale: float = 1.0,
            noise: str = "gaussian", var_type: str = "", schedule_name: str = "linear",
-           num_timesteps: int = 1000, seed: int = 0, record_every: int = 0, progress=None):
+           num_timesteps: int = 1000, seed: int = 0, record_every: int = 0, progress=None, loop: str = "auto"):
     """N posterior samples of p(x | y) with DPS. Returns a dict of numpy arrays:
     samples (N, H, W, C), distance (N, T), and x_record / x0_hat_record if record_every > 0.
     """
@@ -69,7 +69,7 @@ def sample(model, params, op: Operator, y, *, num_samples: int = 4, steps: int =
     tables = schedule.build_tables(schedule_name, num_timesteps, respacing or steps)
     scfg = samplers.SamplerConfig(sampler=sampler, eta=eta, guidance=guidance, noise_model=noise,
                                   var_type=var_type or default_var_type(cfg), record_every=record_every)
-    f = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, image_shape, progress)
+    f = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, image_shape, progress, loop=loop)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_samples)
     out = f(params, op, jnp.asarray(y, jnp.float32), keys, diffusion.step_coefficients(tables), scale)
     out = jax.tree_util.tree_map(np.asarray, out)

@@ -63,7 +63,8 @@ def task_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
     c.sampler = ml_collections.ConfigDict(dict(
         name="ddpm", steps=1000 if paper else 100, respacing="",   # "" = `steps` evenly spaced
         eta=0.0, var_type="",            # "" = learned_range for 2C-output models, else the checkpoint's own
-        clip_denoised=True, record_every=0))
+        clip_denoised=True, record_every=0,   # 0 = every steps // 10 steps
+        loop="auto"))                    # "scan", "host" (a Python loop over the jitted step), "auto"
     c.guidance = ml_collections.ConfigDict(dict(method="ps", scale=PAPER_SCALE[task] if paper else SMALL_SCALE[task]))
     c.operator = _operator(task, size)
     c.noise = ml_collections.ConfigDict(dict(name="gaussian", sigma=0.05, rate=1.0))

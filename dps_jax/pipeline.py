@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dps_jax import api, config_defaults, data, diffusion, io, likelihoods, metrics, operators, samplers, schedule
+from dps_jax import (api, config_defaults, data, diffusion, guidance, io, likelihoods, metrics, operators, samplers,
+                     schedule)
+from dps_jax.models.checkpoint import read_extra
 from dps_jax.operators.inpainting import MASK_TYPES
 
 
@@ -41,6 +43,8 @@ def check_config(cfg) -> None:
         raise RunError(f"chunk_size must be >= 0 (0: all samples at once), got {cfg.chunk_size}")
     if not isinstance(cfg.sampler.steps, int) or cfg.sampler.steps < 1:
         raise RunError(f"sampler.steps must be a positive integer, got {cfg.sampler.steps!r}")
+    if cfg.sampler.loop not in samplers.LOOPS:
+        raise RunError(f"unknown sampler.loop {cfg.sampler.loop!r}; expected one of {samplers.LOOPS}")
     if cfg.sampler.steps > cfg.diffusion.num_timesteps and not cfg.sampler.respacing:
         raise RunError(f"sampler.steps {cfg.sampler.steps} exceeds diffusion.num_timesteps "
                        f"{cfg.diffusion.num_timesteps}")
@@ -80,6 +84,11 @@ def load_model(cfg):
     path = cfg.model.checkpoint or api.SHIPPED_PRIOR
     model, params, mcfg = api.load_prior(path, dtype=dtype)
     return model, params, mcfg, path
+
+
+def variance_type(cfg, mcfg, checkpoint_path) -> str:
+    """The configured variance type, else learned_range for 2C-output models, else what the checkpoint says."""
+    return cfg.sampler.var_type or api.default_var_type(mcfg, read_extra(checkpoint_path).get("var_type", ""))
 
 
 def load_images(cfg, mcfg):
@@ -150,11 +159,10 @@ def run(cfg, stream=sys.stderr) -> str:
     record_every = cfg.sampler.record_every if cfg.sampler.record_every > 0 else max(1, num_steps // 10)
     scfg = samplers.SamplerConfig(
         sampler=cfg.sampler.name, eta=cfg.sampler.eta, clip_denoised=cfg.sampler.clip_denoised,
-        var_type=cfg.sampler.var_type or api.default_var_type(mcfg), guidance=cfg.guidance.method,
+        var_type=variance_type(cfg, mcfg, ckpt_path), guidance=cfg.guidance.method,
         noise_model=cfg.noise.name, record_every=record_every)
 
     key = jax.random.PRNGKey(cfg.seed)
-    op_name, _ = operator_options(cfg, key)
     ops, ys = [], []
     for i, x in enumerate(images):
         k_op, k_noise = jax.random.split(jax.random.fold_in(key, i))
@@ -163,8 +171,7 @@ def run(cfg, stream=sys.stderr) -> str:
         ys.append(api.measure(op, x, k_noise, cfg.noise.name, cfg.noise.sigma, cfg.noise.rate))
         api.check_measurement(ys[-1])
         ops.append(op)
-    from dps_jax import guidance as guidance_lib
-    guidance_lib.check_method(cfg.guidance.method, ops[0])
+    guidance.check_method(cfg.guidance.method, ops[0])
 
     # Samples are sharded over all local devices; a chunk is a multiple of the device count.
     devices = jax.local_devices()
@@ -176,13 +183,12 @@ def run(cfg, stream=sys.stderr) -> str:
     replicated = NamedSharding(mesh, PartitionSpec())
 
     progress = Progress("compiling", stream)
-    f = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, image_shape, progress)
+    sampler = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, image_shape, progress,
+                                    loop=cfg.sampler.loop)
     coefs = diffusion.step_coefficients(tables)
     params = jax.device_put(params, replicated)
-    t0 = time.time()
     chunk_keys = jax.device_put(jax.random.split(key, chunk), key_sharding)
-    compiled = f.lower(params, ops[0], ys[0], chunk_keys, coefs, cfg.guidance.scale).compile()
-    compile_seconds = time.time() - t0
+    compile_seconds = sampler.compile(params, ops[0], ys[0], chunk_keys, coefs, cfg.guidance.scale)
 
     final = new_run_dir(cfg.output.root, cfg.task)
     partial = final + ".partial"
@@ -202,7 +208,7 @@ def run(cfg, stream=sys.stderr) -> str:
                 if len(ks) < chunk:    # pad the last chunk to the compiled size, drop the extra samples
                     ks = jnp.concatenate([ks, jax.random.split(jax.random.fold_in(ks[0], 7), chunk - len(ks))])
                 t1 = time.time()
-                out = compiled(params, op, y, jax.device_put(ks, key_sharding), coefs, cfg.guidance.scale)
+                out = sampler(params, op, y, jax.device_put(ks, key_sharding), coefs, cfg.guidance.scale)
                 out = jax.tree_util.tree_map(np.asarray, out)
                 sample_seconds += time.time() - t1
                 outs.append({k: v[:min(chunk, cfg.num_samples - start)] for k, v in out.items()})
@@ -219,7 +225,7 @@ def run(cfg, stream=sys.stderr) -> str:
     total_steps = num_steps * len(files) * math.ceil(cfg.num_samples / chunk)
     summary = {
         "task": cfg.task, "preset": cfg.preset, "checkpoint": ckpt_path, "num_images": len(files),
-        "num_samples": cfg.num_samples, "steps": num_steps, "devices": n_dev,
+        "num_samples": cfg.num_samples, "steps": num_steps, "devices": n_dev, "loop": sampler.loop,
         "compile_seconds": compile_seconds, "seconds_per_step": sample_seconds / max(total_steps, 1),
         "sampling_seconds": sample_seconds,
         "mean_psnr_of_mean": float(np.mean([r["mean"]["psnr"] for r in results])),

@@ -107,14 +107,23 @@ def reverse_step(denoise_fn, params, op: Operator, y, x_t, c: StepCoefficients, 
     return x_next, x0_hat, d
 
 
+def _draw_and_step(denoise_fn, params, op, y, x_t, c, step_key, scale, cfg, supplied=None):
+    """One step of the loop with its noise drawn from `step_key` (or taken from `supplied`)."""
+    kx, ky, kp = jax.random.split(step_key, 3)
+    nx = supplied["noise_x"] if supplied else jax.random.normal(kx, x_t.shape, x_t.dtype)
+    ny = supplied["noise_y"] if supplied else jax.random.normal(ky, jnp.shape(y), x_t.dtype)
+    return reverse_step(denoise_fn, params, op, y, x_t, c, scale, cfg, nx, ny, kp)
+
+
 def reverse_loop(denoise_fn, params, op: Operator, y, x_T, key, coefs: StepCoefficients, scale,
                  cfg: SamplerConfig, noise=None, progress: Optional[Callable] = None):
     """The whole reverse process for one image as one lax.scan.
 
-    x_T: (H, W, C) start; y: one measurement; key: PRNG key for the per-step noise;
-    coefs: stacked StepCoefficients in reverse order (leading axis T); noise: optional dict with
-    `noise_x` (T, H, W, C) and `noise_y` (T, *y.shape) used instead of drawing from `key` (tests);
-    progress: optional host function progress(step_done, num_steps, distance) called from the loop.
+    x_T: (H, W, C) start; y: one measurement; key: PRNG key for the per-step noise (step j uses
+    split(key, T)[j]); coefs: stacked StepCoefficients in reverse order (leading axis T); noise:
+    optional dict with `noise_x` (T, H, W, C) and `noise_y` (T, *y.shape) used instead of drawing
+    from `key` (tests); progress: optional host function progress(step_done, num_steps, distance)
+    called from inside the loop.
     Returns a dict: sample (H, W, C), distance (T,), and, if cfg.record_every > 0,
     x_record / x0_hat_record (ceil(T / k), H, W, C) of the steps j = 0, k, 2k, ...
     """
@@ -127,10 +136,7 @@ def reverse_loop(denoise_fn, params, op: Operator, y, x_T, key, coefs: StepCoeff
     def body(carry, xs):
         x_t, records = carry
         c, step_key, j, supplied = xs
-        kx, ky, kp = jax.random.split(step_key, 3)
-        nx = supplied["noise_x"] if supplied else jax.random.normal(kx, x_t.shape, x_t.dtype)
-        ny = supplied["noise_y"] if supplied else jax.random.normal(ky, jnp.shape(y), x_t.dtype)
-        x_next, x0_hat, d = reverse_step(denoise_fn, params, op, y, x_t, c, scale, cfg, nx, ny, kp)
+        x_next, x0_hat, d = _draw_and_step(denoise_fn, params, op, y, x_t, c, step_key, scale, cfg, supplied)
         if k:
             take = (j % k) == 0
             slot = j // k
@@ -147,11 +153,16 @@ def reverse_loop(denoise_fn, params, op: Operator, y, x_T, key, coefs: StepCoeff
     return out
 
 
+def start(key, image_shape):
+    """x_T ~ N(0, I) and the loop key of one sample, both from the sample's key."""
+    k_init, k_loop = jax.random.split(key)
+    return jax.random.normal(k_init, tuple(image_shape), jnp.float32), k_loop
+
+
 def sample_one(denoise_fn, params, op: Operator, y, key, coefs: StepCoefficients, scale, cfg: SamplerConfig,
                image_shape, progress: Optional[Callable] = None):
     """One posterior sample from one key: x_T ~ N(0, I) from the key, then the reverse loop."""
-    k_init, k_loop = jax.random.split(key)
-    x_T = jax.random.normal(k_init, tuple(image_shape), jnp.float32)
+    x_T, k_loop = start(key, image_shape)
     return reverse_loop(denoise_fn, params, op, y, x_T, k_loop, coefs, scale, cfg, progress=progress)
 
 
@@ -166,12 +177,76 @@ def posterior_samples(denoise_fn, params, op: Operator, y, keys, coefs: StepCoef
     return jax.vmap(run)(keys)
 
 
-def make_sampler(denoise_fn, cfg: SamplerConfig, image_shape, progress: Optional[Callable] = None):
-    """A jit-compiled `f(params, op, y, keys, coefs, scale) -> dict` drawing len(keys) samples.
+LOOPS = ("scan", "host", "auto")
 
-    Everything that changes between measurements of the same shapes is an argument, so calling f
-    for a new y, mask or kernel does not recompile.
+
+class Sampler:
+    """Draws len(keys) posterior samples: `sampler(params, op, y, keys, coefs, scale) -> dict`.
+
+    loop="scan": the whole reverse run is one jit-compiled lax.scan (`posterior_samples`).
+    loop="host": a Python loop over one jit-compiled, vmapped step. Same step, same keys, same
+    results; on XLA:CPU a step inside a while loop runs about 3x slower than as a program of its
+    own (benchmarks/RESULTS.md), so "auto" picks "host" on CPU and "scan" elsewhere.
+    Everything that changes between measurements of the same shapes is an argument: a new y, mask,
+    kernel or scale reuses the compiled program.
     """
-    def f(params, op, y, keys, coefs, scale):
-        return posterior_samples(denoise_fn, params, op, y, keys, coefs, scale, cfg, image_shape, progress)
-    return jax.jit(f)
+
+    def __init__(self, denoise_fn, cfg: SamplerConfig, image_shape, progress: Optional[Callable] = None,
+                 loop: str = "auto"):
+        if loop not in LOOPS:
+            raise ValueError(f"unknown loop {loop!r}; expected one of {LOOPS}")
+        self.loop = ("host" if jax.default_backend() == "cpu" else "scan") if loop == "auto" else loop
+        self.cfg, self.image_shape, self.progress = cfg, tuple(image_shape), progress
+        self._compiled = None
+        if self.loop == "scan":
+            self._run = jax.jit(lambda params, op, y, keys, coefs, scale: posterior_samples(
+                denoise_fn, params, op, y, keys, coefs, scale, cfg, image_shape, progress))
+        else:
+            def init(keys, num_steps):
+                x_T, loop_keys = jax.vmap(lambda k: start(k, image_shape))(keys)
+                return x_T, jax.vmap(lambda k: jax.random.split(k, num_steps))(loop_keys)
+
+            def step(params, op, y, x, coefs, j, step_keys, scale):
+                c = jax.tree_util.tree_map(lambda a: a[j], coefs)
+                one = lambda x_t, k: _draw_and_step(denoise_fn, params, op, y, x_t, c, k, scale, cfg)
+                return jax.vmap(one)(x, step_keys)
+
+            self._init = jax.jit(init, static_argnums=1)
+            self._step = jax.jit(step)
+
+    def compile(self, params, op, y, keys, coefs, scale) -> float:
+        """Compile ahead of time for these shapes; returns the seconds it took."""
+        import time
+        t0 = time.time()
+        if self.loop == "scan":
+            self._compiled = self._run.lower(params, op, y, keys, coefs, scale).compile()
+        else:
+            x_T, step_keys = self._init(keys, coefs.index.shape[0])
+            jax.block_until_ready(self._step(params, op, y, x_T, coefs, 0, step_keys[:, 0], scale))
+        return time.time() - t0
+
+    def __call__(self, params, op, y, keys, coefs, scale):
+        if self.loop == "scan":
+            return (self._compiled or self._run)(params, op, y, keys, coefs, scale)
+        num_steps = coefs.index.shape[0]
+        k = self.cfg.record_every
+        x, step_keys = self._init(keys, num_steps)
+        distances, x_rec, x0_rec = [], [], []
+        for j in range(num_steps):
+            x, x0_hat, d = self._step(params, op, y, x, coefs, j, step_keys[:, j], scale)
+            distances.append(d)
+            if k and j % k == 0:
+                x_rec.append(x)
+                x0_rec.append(x0_hat)
+            if self.progress is not None:
+                self.progress(j + 1, num_steps, d)
+        out = {"sample": x, "distance": jnp.stack(distances, axis=1)}
+        if k:
+            out["x_record"], out["x0_hat_record"] = jnp.stack(x_rec, axis=1), jnp.stack(x0_rec, axis=1)
+        return out
+
+
+def make_sampler(denoise_fn, cfg: SamplerConfig, image_shape, progress: Optional[Callable] = None,
+                 loop: str = "auto") -> Sampler:
+    """A `Sampler` for this denoiser, config and image shape (see `Sampler`)."""
+    return Sampler(denoise_fn, cfg, image_shape, progress, loop)

@@ -86,12 +86,13 @@ def _mask_op(seed=0):
     return operators.build("inpainting", SHAPE, key=jax.random.PRNGKey(seed), mask_type="random", drop_fraction=0.5)
 
 
-def test_vmap_equals_separate_runs_and_is_deterministic(coefs):
+@pytest.mark.parametrize("loop", ["scan", "host"])
+def test_vmap_equals_separate_runs_and_is_deterministic(coefs, loop):
     cfg = samplers.SamplerConfig(var_type="fixed_small")
     op = _mask_op()
     y = op(jnp.full(SHAPE, 0.5))
     keys = jax.random.split(jax.random.PRNGKey(3), 4)
-    f = samplers.make_sampler(linear_denoiser, cfg, SHAPE)
+    f = samplers.make_sampler(linear_denoiser, cfg, SHAPE, loop=loop)
     out = f(PARAMS, op, y, keys, coefs, 1.0)
     assert out["sample"].shape == (4,) + SHAPE and out["distance"].shape == (4, 10)
     for i in range(4):
@@ -115,7 +116,22 @@ def test_each_sample_has_its_own_norm(coefs):
     np.testing.assert_allclose(three[:2], two, rtol=1e-5, atol=1e-6)
 
 
-def test_new_measurement_does_not_retrace(coefs):
+def test_host_loop_equals_scan(coefs):
+    """The two loop strategies run the same step with the same keys."""
+    cfg = samplers.SamplerConfig(var_type="fixed_small", record_every=4)
+    op = _mask_op()
+    y = op(jnp.full(SHAPE, 0.5))
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    a = samplers.make_sampler(gaussian_prior_denoiser, cfg, SHAPE, loop="scan")({"s": 0.5}, op, y, keys, coefs, 1.0)
+    b = samplers.make_sampler(gaussian_prior_denoiser, cfg, SHAPE, loop="host")({"s": 0.5}, op, y, keys, coefs, 1.0)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].shape == b[k].shape, k
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("loop", ["scan", "host"])
+def test_new_measurement_does_not_retrace(coefs, loop):
     traces = []
 
     def counting_denoiser(params, x, t):
@@ -123,7 +139,7 @@ def test_new_measurement_does_not_retrace(coefs):
         return linear_denoiser(params, x, t)
 
     cfg = samplers.SamplerConfig(var_type="fixed_small")
-    f = samplers.make_sampler(counting_denoiser, cfg, SHAPE)
+    f = samplers.make_sampler(counting_denoiser, cfg, SHAPE, loop=loop)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     op1, op2 = _mask_op(1), _mask_op(2)
     f(PARAMS, op1, op1(jnp.ones(SHAPE)), keys, coefs, 1.0)
@@ -195,3 +211,8 @@ def test_projection_needs_a_linear_operator():
     op = operators.build("phase_retrieval", SHAPE, oversample=2.0)
     with pytest.raises(ValueError, match="guidance 'mcg' needs a linear operator.*'phase_retrieval' is nonlinear"):
         guidance.check_method("mcg", op)
+
+
+def test_unknown_loop():
+    with pytest.raises(ValueError, match="unknown loop 'while'"):
+        samplers.make_sampler(linear_denoiser, samplers.SamplerConfig(), SHAPE, loop="while")

@@ -1,6 +1,6 @@
 """Quality of DPS with the shipped prior against naive baselines, on held-out Fashion-MNIST test images.
 
-    python benchmarks/quality.py --num_images 64 --steps 100 --out benchmarks/quality.json
+    python benchmarks/quality.py --num_images 64 --steps 50 --out benchmarks/quality.json
 
 For each task of the paper (scaled to 32 x 32 as configs/ do: sigma 0.05 Gaussian noise), runs DPS on
 `num_images` images of the t10k set (never trained on) and prints PSNR / SSIM next to a naive baseline:
@@ -107,7 +107,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num_images", type=int, default=64)
     ap.add_argument("--first_image", type=int, default=100, help="index of the first t10k image used")
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--hio_iters", type=int, default=300)
     ap.add_argument("--checkpoint", default="")
     ap.add_argument("--tasks", default=",".join(config_defaults.TASKS))

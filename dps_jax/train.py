@@ -59,7 +59,9 @@ def make_train_step(model: UNet, tx, sqrt_ac, sqrt_1m_ac, ema_decay: float):
         loss, grads = jax.value_and_grad(loss_fn)(params, x0, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        # EMA with warm-up, so that short runs are not dominated by the random initialisation.
+        decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
+        ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         return (params, ema, opt_state, n + 1), loss
 
     return step

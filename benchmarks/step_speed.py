@@ -14,7 +14,7 @@ x4 as A (the official resizer) and Gaussian noise.
           batch would couple the samples through one norm.
   jax     dps_jax's jitted step, N = 1 and N = 4 (vmapped).
 Runs alternate between the two after a warm-up; each figure is repeated --repeats times and the minimum
-and median are reported. Also: a whole K-step lax.scan run, compile time, peak resident memory
+and median are reported. Also: a whole K-step run (one lax.scan, and the host loop used on CPU), compile time, peak resident memory
 (each side measured alone in a fresh process), achieved GFLOP/s (from XLA's cost analysis) next to the
 rate of a large float32 matrix product measured in the same run.
 """
@@ -146,8 +146,9 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
     return run, compile_s, flops, (model, params, op, y, coefs, scfg)
 
 
-def jax_scan_run(parts, num_steps: int):
-    """Seconds per step of a K-step reverse run through lax.scan (compile excluded)."""
+def jax_loop_run(parts, num_steps: int, loop: str):
+    """Seconds per step of a K-step reverse run of one sample (compile excluded), as one lax.scan
+    (loop="scan") or as a Python loop over the jitted step (loop="host")."""
     import jax
 
     from dps_jax import samplers
@@ -155,11 +156,11 @@ def jax_scan_run(parts, num_steps: int):
     model, params, op, y, coefs, scfg = parts
     size = y.shape[0] * FACTOR
     sub = jax.tree_util.tree_map(lambda a: a[STEP_INDEX:STEP_INDEX + num_steps][::-1], coefs)
-    f = jax.jit(lambda p, k: samplers.sample_one(samplers.unet_denoise_fn(model), p, op, y, k, sub, SCALE, scfg,
-                                                 (size, size, 3))["sample"])
-    jax.block_until_ready(f(params, jax.random.PRNGKey(0)))
+    sampler = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, (size, size, 3), loop=loop)
+    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    jax.block_until_ready(sampler(params, op, y, keys, sub, SCALE)["sample"])
     t0 = time.time()
-    jax.block_until_ready(f(params, jax.random.PRNGKey(1)))
+    jax.block_until_ready(sampler(params, op, y, keys, sub, SCALE)["sample"])
     return (time.time() - t0) / num_steps
 
 
@@ -232,7 +233,8 @@ def main():
         t["jax_n4"].append(_timed(run4))
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.items()),
               file=sys.stderr, flush=True)
-    scan_per_step = jax_scan_run(parts, args.scan_steps)
+    scan_per_step = jax_loop_run(parts, args.scan_steps, "scan")
+    host_per_step = jax_loop_run(parts, args.scan_steps, "host")
     limit = matmul_gflops()
 
     stats = {k: {"min_s": min(v), "median_s": statistics.median(v), "per_sample_min_s": min(v) / (4 if "n4" in k else 1)}
@@ -240,7 +242,7 @@ def main():
     result = {
         "model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "jax": __import__("jax").__version__, "repeats": args.repeats,
-        "steps": stats, "jax_scan_seconds_per_step": scan_per_step,
+        "steps": stats, "jax_scan_seconds_per_step": scan_per_step, "jax_host_loop_seconds_per_step": host_per_step,
         "compile_seconds": {"n1": compile1, "n4": compile4},
         "gflop_per_step_n1": flops1 / 1e9,
         "jax_gflops_n1": flops1 / 1e9 / stats["jax_n1"]["min_s"], "jax_gflops_n4": flops4 / 1e9 / stats["jax_n4"]["min_s"],
@@ -253,7 +255,8 @@ def main():
     for k, v in stats.items():
         print(f"{k:<22}{v['min_s']:9.2f}{v['median_s']:10.2f}{v['per_sample_min_s']:12.2f}")
     print(f"speed-up N=1 {result['speedup_n1']:.2f}x, N=4 per sample {result['speedup_n4_per_sample']:.2f}x")
-    print(f"lax.scan run: {scan_per_step:.2f} s/step; compile {compile1:.1f}s (N=1), {compile4:.1f}s (N=4)")
+    print(f"K-step run: lax.scan {scan_per_step:.2f} s/step, host loop {host_per_step:.2f} s/step; "
+          f"compile {compile1:.1f}s (N=1), {compile4:.1f}s (N=4)")
     print(f"XLA cost: {result['gflop_per_step_n1']:.0f} GFLOP/step; achieved {result['jax_gflops_n1']:.1f} GFLOP/s "
           f"(N=1), {result['jax_gflops_n4']:.1f} (N=4); float32 matmul limit {limit:.1f} GFLOP/s")
     print(f"peak RSS: torch {mem['torch']:.0f} MiB, jax {mem['jax']:.0f} MiB")

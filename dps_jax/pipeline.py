@@ -215,12 +215,14 @@ def run(cfg, stream=sys.stderr) -> str:
             out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
             check_finite(out, tables, name)
             results.append(write_image_outputs(partial, name, x, op, y, out, cfg))
-    except Diverged as e:
-        note = f"{e}\nEverything written before this point is kept for inspection; it is not a result.\n"
+    except BaseException as e:      # diverged, interrupted, disk full: never leave it looking like a result
+        reason = str(e) if isinstance(e, Diverged) else f"stopped by {type(e).__name__}: {e}"
         with open(os.path.join(partial, "INCOMPLETE"), "w") as fh:
-            fh.write(note)
+            fh.write(f"{reason}\nEverything written before this point is kept for inspection; it is not a result.\n")
         os.replace(partial, final + "-incomplete")
-        raise RunError(f"{e}; partial outputs in {final}-incomplete") from None
+        if isinstance(e, Diverged):
+            raise RunError(f"{e}; partial outputs in {final}-incomplete") from None
+        raise
 
     total_steps = num_steps * len(files) * math.ceil(cfg.num_samples / chunk)
     summary = {

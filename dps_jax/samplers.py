@@ -221,19 +221,23 @@ class Sampler:
         if self.loop == "scan":
             self._compiled = self._run.lower(params, op, y, keys, coefs, scale).compile()
         else:
-            x_T, step_keys = self._init(keys, coefs.index.shape[0])
-            jax.block_until_ready(self._step(params, op, y, x_T, coefs, 0, step_keys[:, 0], scale))
+            num_steps = coefs.index.shape[0]
+            x_T, step_keys = jax.eval_shape(lambda k: self._init(k, num_steps), keys)
+            keys_j = jax.ShapeDtypeStruct((step_keys.shape[0],) + step_keys.shape[2:], step_keys.dtype,
+                                          sharding=getattr(keys, "sharding", None))
+            self._compiled = self._step.lower(params, op, y, x_T, coefs, 0, keys_j, scale).compile()
         return time.time() - t0
 
     def __call__(self, params, op, y, keys, coefs, scale):
         if self.loop == "scan":
             return (self._compiled or self._run)(params, op, y, keys, coefs, scale)
+        step = self._compiled or self._step
         num_steps = coefs.index.shape[0]
         k = self.cfg.record_every
         x, step_keys = self._init(keys, num_steps)
         distances, x_rec, x0_rec = [], [], []
         for j in range(num_steps):
-            x, x0_hat, d = self._step(params, op, y, x, coefs, j, step_keys[:, j], scale)
+            x, x0_hat, d = step(params, op, y, x, coefs, j, step_keys[:, j], scale)
             distances.append(d)
             if k and j % k == 0:
                 x_rec.append(x)

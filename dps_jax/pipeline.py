@@ -108,7 +108,8 @@ def load_images(cfg, mcfg):
 # ---- progress ----------------------------------------------------------------------------------
 
 class Progress:
-    """A one-line progress bar fed from inside the compiled loop (jax.debug.callback)."""
+    """A one-line progress bar, called after every step (from the host loop, or from inside the
+    scan through jax.debug.callback)."""
 
     def __init__(self, label: str, stream=sys.stderr):
         self.label, self.stream, self.start, self.last = label, stream, None, -1

@@ -8,10 +8,11 @@ One sample is the unit. `reverse_loop` runs the whole reverse process for one im
                    DDIM: sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - s^2) eps + s z
         x_{t-1}  = guidance(x'_{t-1}, grad_{x_t} d(y, A(x0_hat)), y_t)
 
-`posterior_samples` vmaps it over N samples (each with its own norm and its own keys) and is the
-function to jit: the operator name, the step count and the config are static; params, y, the
-operator's arrays, the coefficient table, the step scale and the keys are arguments, so a new
-measurement of the same shape reuses the compiled program.
+`posterior_samples` vmaps it over N samples (each with its own norm and its own keys). `Sampler`
+compiles it: the operator name, the step count and the config are static; params, y, the operator's
+arrays, the coefficient table, the step scale (zeta) and the keys are arguments, so a new measurement
+of the same shape reuses the compiled program. On XLA:CPU it runs the same step from a host loop
+instead of the scan (see `Sampler`).
 """
 
 from __future__ import annotations

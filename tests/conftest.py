@@ -24,6 +24,21 @@ def nhwc(a):
 
 
 @pytest.fixture(scope="session")
+def coefs():
+    """Stacked float32 step coefficients of the linear schedule respaced to 10 steps (reverse order)."""
+    from dps_jax import diffusion, schedule
+
+    return diffusion.step_coefficients(schedule.build_tables("linear", 1000, "10"))
+
+
+def row(coefs, i):
+    """The coefficients of the i-th step of a stacked table."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: a[i], coefs)
+
+
+@pytest.fixture(scope="session")
 def ffhq_like():
     """(UNet module, params, config) of the `adm_ffhq_like` fixture, converted from its .pt file."""
     from checkpoints_convert import convert_state_dict, load_state_dict

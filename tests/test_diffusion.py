@@ -5,16 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import row
 from dps_jax import diffusion, schedule
 
 
 @pytest.fixture(scope="module")
 def coefs():
     return diffusion.step_coefficients(schedule.build_tables("linear", 1000, "100"))
-
-
-def row(coefs, i):
-    return jax.tree_util.tree_map(lambda a: a[i], coefs)
 
 
 def test_step_coefficients_reverse_order(coefs):

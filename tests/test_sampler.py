@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import row
 from dps_jax import diffusion, guidance, operators, samplers, schedule
 
 SHAPE = (8, 8, 1)
@@ -23,15 +24,6 @@ def gaussian_prior_denoiser(params, x, t):
     """The exact eps prediction for data x0 ~ N(0, s^2 I): sqrt(1 - ab) x_t / (ab s^2 + 1 - ab)."""
     ab, s2 = ALPHAS_CUMPROD[t], params["s"] ** 2
     return jnp.sqrt(1 - ab) * x / (ab * s2 + 1 - ab)
-
-
-@pytest.fixture(scope="module")
-def coefs():
-    return diffusion.step_coefficients(schedule.build_tables("linear", 1000, "10"))
-
-
-def row(coefs, i):
-    return jax.tree_util.tree_map(lambda a: a[i], coefs)
 
 
 def test_dps_step_closed_form(coefs):

@@ -1,7 +1,5 @@
 """Denoising: A = I."""
 
-import jax.numpy as jnp
-
 
 def make(image_shape):
     return {}

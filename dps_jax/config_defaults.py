@@ -74,6 +74,9 @@ def task_config(task: str, arg: str | None = None) -> ml_collections.ConfigDict:
         num_images=0 if paper else 1))   # 0 = every image in the folder
     c.output = ml_collections.ConfigDict(dict(root="outputs", png_scale=4 if not paper else 1))
     c.distributed = False                # multi-host: call jax.distributed.initialize() first
+    # XLA's persistent compilation cache: a rerun with the same shapes loads the compiled sampler
+    # instead of compiling it again (FFHQ 256 step on CPU: 11 s -> 3 s). "" turns it off.
+    c.compilation_cache = "~/.cache/dps_jax/xla"
     if task == "phase_retrieval":
         c.num_samples = 4                # the paper reports the best of 4
     return c

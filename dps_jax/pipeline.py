@@ -148,6 +148,8 @@ def new_run_dir(root: str, task: str) -> str:
 def run(cfg, stream=sys.stderr) -> str:
     """Run the config; returns the finished run directory."""
     check_config(cfg)
+    if cfg.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
     if cfg.distributed:
         jax.distributed.initialize()
     model, params, mcfg, ckpt_path = load_model(cfg)

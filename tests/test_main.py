@@ -19,6 +19,7 @@ def short_config(task, root, **over):
     cfg = config_defaults.task_config(task)
     cfg.sampler.steps, cfg.num_samples, cfg.data.num_images = SHORT["steps"], SHORT["num_samples"], SHORT["num_images"]
     cfg.output.root = str(root)
+    cfg.compilation_cache = ""           # tests leave the user's cache alone
     for k, v in over.items():
         node = cfg
         *path, leaf = k.split(".")
@@ -36,7 +37,8 @@ def cli(*args, env=None):
 
 def short_flags(root):
     return [f"--config.sampler.steps={SHORT['steps']}", f"--config.num_samples={SHORT['num_samples']}",
-            f"--config.data.num_images={SHORT['num_images']}", f"--config.output.root={root}"]
+            f"--config.data.num_images={SHORT['num_images']}", f"--config.output.root={root}",
+            "--config.compilation_cache="]
 
 
 @pytest.mark.parametrize("task", [t for t in config_defaults.TASKS if t != "phase_retrieval"])
@@ -68,6 +70,19 @@ def check_outputs(run_dir, task):
               "progress.png", "samples.npz"]:
         assert os.path.getsize(os.path.join(d, f)) > 0, f
     assert np.load(os.path.join(d, "samples.npz"))["samples"].shape == (2, 32, 32, 1)
+
+
+def test_compilation_cache_is_written_and_gives_the_same_samples(tmp_path):
+    cache = tmp_path / "cache"
+    runs = []
+    for i in range(2):
+        proc = cli("--config=configs/gaussian_deblur.py", *short_flags(tmp_path / str(i)),
+                   f"--config.compilation_cache={cache}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert os.listdir(cache)             # written by the first run, read by the second
+        (d,) = glob.glob(str(tmp_path / str(i) / "gaussian_deblur" / "*" / "*" / "samples.npz"))
+        runs.append(np.load(d)["samples"])
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_two_devices_equal_one_device(tmp_path):

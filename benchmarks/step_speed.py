@@ -99,7 +99,7 @@ def torch_step_fn(torch_repo: str, model_name: str, seed: int = 0):
                                          x_0_hat=out["pred_xstart"])
         if device == "cuda":
             torch.cuda.synchronize()
-        return x_next.detach_(), float(dist)
+        return x_next.detach_(), float(dist.detach())
 
     return step, lambda: torch.randn(1, 3, size, size, device=device)
 
@@ -144,14 +144,16 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    temp_mib = compiled.memory_analysis().temp_size_in_bytes / 2 ** 20
+    mem = compiled.memory_analysis()
+    temp_mib = mem.temp_size_in_bytes / 2 ** 20
+    need_mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2 ** 20
 
     def run():
         out = compiled(params, x, keys)
         jax.block_until_ready(out)
         return out
 
-    return run, compile_s, flops, (model, params, op, y, coefs, scfg), temp_mib
+    return run, compile_s, flops, (model, params, op, y, coefs, scfg), temp_mib, need_mib
 
 
 def jax_loop_run(parts, num_steps: int, loop: str):
@@ -182,6 +184,17 @@ def matmul_gflops(n=4096, repeats=3):
     jax.block_until_ready(f(a))
     best = min(_timed(lambda: jax.block_until_ready(f(a))) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
+
+
+def available_mib():
+    """Memory the next program can have: the device's free memory, or MemAvailable on CPU."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats()
+    if jax.default_backend() != "cpu" and stats:
+        return (stats["bytes_limit"] - stats["bytes_in_use"]) / 2 ** 20
+    with open("/proc/meminfo") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("MemAvailable:")) / 1024
 
 
 def _timed(fn):
@@ -246,17 +259,27 @@ def main():
     import torch
 
     step, make_x = torch_step_fn(args.torch_repo, args.model)
-    run1, compile1, flops1, parts, temp1 = jax_step_fn(args.model, 1)
-    run4, compile4, flops4, _, temp4 = jax_step_fn(args.model, 4)
+    run1, compile1, flops1, parts, temp1, _ = jax_step_fn(args.model, 1)
+    run4, compile4, flops4, _, temp4, need4 = jax_step_fn(args.model, 4)
+    # Four vmapped samples hold four sets of activations; where XLA says they cannot fit, say so rather
+    # than let the kernel's OOM killer end the run.
+    n4_skipped = ""
+    if need4 > 0.9 * available_mib():
+        n4_skipped = f"N = 4 vmapped needs {need4 / 1024:.1f} GiB, {available_mib() / 1024:.1f} GiB available"
+        print(f"skipping jax_n4: {n4_skipped}", file=sys.stderr, flush=True)
+        del run4
     # Warm-up: first calls allocate and (torch) pick kernels.
-    step(make_x()); run1(); run4()
+    step(make_x()); run1()
+    if not n4_skipped:
+        run4()
 
-    t = {"torch_n1": [], "torch_n4": [], "jax_n1": [], "jax_n4": []}
+    t = {"torch_n1": [], "torch_n4": [], "jax_n1": []} | ({} if n4_skipped else {"jax_n4": []})
     for r in range(args.repeats):
         t["torch_n1"].append(_timed(lambda: step(make_x())))
         t["jax_n1"].append(_timed(run1))
         t["torch_n4"].append(_timed(lambda: [step(make_x()) for _ in range(4)]))
-        t["jax_n4"].append(_timed(run4))
+        if not n4_skipped:
+            t["jax_n4"].append(_timed(run4))
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.items()),
               file=sys.stderr, flush=True)
     scan_per_step = jax_loop_run(parts, args.scan_steps, "scan")
@@ -273,20 +296,22 @@ def main():
         "xla_temp_mib": {"n1": temp1, "n4": temp4}, "jax_peak_mib_from_persistent_cache": cached["peak_mib"],
         "device": __import__("jax").devices()[0].device_kind,
         "gflop_per_step_n1": flops1 / 1e9,
-        "jax_gflops_n1": flops1 / 1e9 / stats["jax_n1"]["min_s"], "jax_gflops_n4": flops4 / 1e9 / stats["jax_n4"]["min_s"],
+        "jax_gflops_n1": flops1 / 1e9 / stats["jax_n1"]["min_s"],
+        "jax_gflops_n4": None if n4_skipped else flops4 / 1e9 / stats["jax_n4"]["min_s"], "jax_n4_skipped": n4_skipped,
         "matmul_gflops_limit": limit, "peak_mib": mem,
         "speedup_n1": stats["torch_n1"]["min_s"] / stats["jax_n1"]["min_s"],
-        "speedup_n4_per_sample": stats["torch_n4"]["min_s"] / stats["jax_n4"]["min_s"],
+        "speedup_n4_per_sample": None if n4_skipped else stats["torch_n4"]["min_s"] / stats["jax_n4"]["min_s"],
     }
     print(f"\nDPS step, {args.model}, {result['machine']}, torch {result['torch']}, jax {result['jax']}")
     print(f"{'':<22}{'min s':>9}{'median s':>10}{'s / sample':>12}")
     for k, v in stats.items():
         print(f"{k:<22}{v['min_s']:9.2f}{v['median_s']:10.2f}{v['per_sample_min_s']:12.2f}")
-    print(f"speed-up N=1 {result['speedup_n1']:.2f}x, N=4 per sample {result['speedup_n4_per_sample']:.2f}x")
+    print(f"speed-up N=1 {result['speedup_n1']:.2f}x, N=4 per sample "
+          + (f"{result['speedup_n4_per_sample']:.2f}x" if not n4_skipped else f"not measured ({n4_skipped})"))
     print(f"K-step run: lax.scan {scan_per_step:.2f} s/step, host loop {host_per_step:.2f} s/step; "
           f"compile {compile1:.1f}s (N=1), {compile4:.1f}s (N=4)")
     print(f"XLA cost: {result['gflop_per_step_n1']:.0f} GFLOP/step; achieved {result['jax_gflops_n1']:.1f} GFLOP/s "
-          f"(N=1), {result['jax_gflops_n4']:.1f} (N=4); float32 matmul limit {limit:.1f} GFLOP/s")
+          f"(N=1), {'-' if n4_skipped else format(result['jax_gflops_n4'], '.1f')} (N=4); float32 matmul limit {limit:.1f} GFLOP/s")
     print(f"peak memory (RSS on CPU, device memory on GPU): torch {mem['torch']:.0f} MiB, jax {mem['jax']:.0f} MiB "
           f"(XLA temporaries {temp1:.0f} MiB); jax with a warm compilation cache {cached['peak_mib']:.0f} MiB, "
           f"compile {cached['compile_s']:.1f}s")

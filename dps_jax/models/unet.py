@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dps_jax.models.layers import Conv, GroupNormAct
+
 DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
                         64: (1, 2, 3, 4)}
 
@@ -152,16 +154,15 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
     return emb
 
 
-def GroupNorm32(name):
-    """GroupNorm with 32 groups, eps 1e-5, computed in float32 (as guided-diffusion does)."""
-    norm = nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=jnp.float32, use_fast_variance=False, name=name)
-    return lambda x: norm(x.astype(jnp.float32))
+def GroupNorm32(name, act=True):
+    """GroupNorm with 32 groups, eps 1e-5, in float32 (as guided-diffusion), then SiLU unless act=False."""
+    return GroupNormAct(groups=32, epsilon=1e-5, act=act, name=name)
 
 
 def _conv(features, name, dtype, kernel=3, stride=1):
     pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   dtype=dtype, name=name)
+    return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                dtype=dtype, name=name)
 
 
 def upsample_nearest(x):
@@ -183,7 +184,7 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x, emb, deterministic: bool = True):
         in_ch = x.shape[-1]
-        h = nn.silu(GroupNorm32(name="in_layers_0")(x)).astype(self.dtype)
+        h = GroupNorm32("in_layers_0")(x).astype(self.dtype)
         if self.up:
             h, x = upsample_nearest(h), upsample_nearest(x)
         elif self.down:
@@ -194,10 +195,10 @@ class ResBlock(nn.Module):
         emb_out = emb_out[:, None, None, :].astype(jnp.float32)
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(emb_out, 2, axis=-1)
-            h = GroupNorm32(name="out_layers_0")(h) * (1.0 + scale) + shift
+            h = GroupNorm32("out_layers_0")(h, scale, shift)
         else:
-            h = GroupNorm32(name="out_layers_0")(h.astype(jnp.float32) + emb_out)
-        h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic).astype(self.dtype)
+            h = GroupNorm32("out_layers_0")(h.astype(jnp.float32) + emb_out)
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic).astype(self.dtype)
         h = _conv(self.out_channels, "out_layers_3", self.dtype)(h)
         if self.out_channels != in_ch:
             x = _conv(self.out_channels, "skip_connection", self.dtype, kernel=1)(x)
@@ -215,7 +216,7 @@ class AttentionBlock(nn.Module):
         b, hh, ww, c = x.shape
         heads, ch = self.num_heads, c // self.num_heads
         xs = x.reshape(b, hh * ww, c)
-        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(GroupNorm32(name="norm")(xs).astype(self.dtype))
+        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(GroupNorm32("norm", act=False)(xs).astype(self.dtype))
         if self.new_order:
             # Channels of qkv ordered (q|k|v, head, ch): split q, k, v first.
             q, k, v = (qkv.reshape(b, hh * ww, 3, heads, ch)[:, :, i] for i in range(3))
@@ -315,7 +316,7 @@ class UNet(nn.Module):
                     ds //= 2
                 idx += 1
 
-        h = nn.silu(GroupNorm32(name="out_0")(h)).astype(dt)
+        h = GroupNorm32("out_0")(h).astype(dt)
         return _conv(cfg.out_channels, "out_2", dt)(h).astype(jnp.float32)
 
 

@@ -11,8 +11,8 @@ One sample is the unit. `reverse_loop` runs the whole reverse process for one im
 `posterior_samples` vmaps it over N samples (each with its own norm and its own keys). `Sampler`
 compiles it: the operator name, the step count and the config are static; params, y, the operator's
 arrays, the coefficient table, the step scale (zeta) and the keys are arguments, so a new measurement
-of the same shape reuses the compiled program. On XLA:CPU it runs the same step from a host loop
-instead of the scan (see `Sampler`).
+of the same shape reuses the compiled program. A host loop over the jitted step is the alternative
+(see `Sampler`).
 """
 
 from __future__ import annotations
@@ -186,8 +186,9 @@ class Sampler:
 
     loop="scan": the whole reverse run is one jit-compiled lax.scan (`posterior_samples`).
     loop="host": a Python loop over one jit-compiled, vmapped step. Same step, same keys, same
-    results; on XLA:CPU a step inside a while loop runs about 3x slower than as a program of its
-    own (benchmarks/RESULTS.md), so "auto" picks "host" on CPU and "scan" elsewhere.
+    results, and as fast (benchmarks/RESULTS.md). "auto" is "host" when there is a progress callback
+    (JAX does not store a program with host callbacks in its persistent compilation cache, so a scan
+    reporting progress would compile afresh in every process) and "scan" otherwise.
     Everything that changes between measurements of the same shapes is an argument: a new y, mask,
     kernel or scale reuses the compiled program.
     """
@@ -196,7 +197,7 @@ class Sampler:
                  loop: str = "auto"):
         if loop not in LOOPS:
             raise ValueError(f"unknown loop {loop!r}; expected one of {LOOPS}")
-        self.loop = ("host" if jax.default_backend() == "cpu" else "scan") if loop == "auto" else loop
+        self.loop = ("scan" if progress is None else "host") if loop == "auto" else loop
         self.cfg, self.image_shape, self.progress = cfg, tuple(image_shape), progress
         self._compiled = None
         if self.loop == "scan":

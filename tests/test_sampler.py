@@ -208,3 +208,11 @@ def test_projection_needs_a_linear_operator():
 def test_unknown_loop():
     with pytest.raises(ValueError, match="unknown loop 'while'"):
         samplers.make_sampler(linear_denoiser, samplers.SamplerConfig(), SHAPE, loop="while")
+
+
+def test_auto_loop_is_scan_unless_progress_is_reported():
+    """A scan with a progress callback could not be stored in the persistent compilation cache."""
+    cfg = samplers.SamplerConfig()
+    assert samplers.make_sampler(linear_denoiser, cfg, SHAPE).loop == "scan"
+    assert samplers.make_sampler(linear_denoiser, cfg, SHAPE, progress=lambda *a: None).loop == "host"
+    assert samplers.make_sampler(linear_denoiser, cfg, SHAPE, progress=lambda *a: None, loop="scan").loop == "scan"

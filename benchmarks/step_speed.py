@@ -15,9 +15,8 @@ x4 as A (the official resizer) and Gaussian noise.
   jax     dps_jax's jitted step, N = 1 and N = 4 (vmapped).
 Runs alternate between the two after a warm-up; each figure is repeated --repeats times and the minimum
 and median are reported. Also: a whole K-step run (one lax.scan, and the host loop the CLI uses), compile time,
-peak resident memory
-(each side measured alone in a fresh process), achieved GFLOP/s (from XLA's cost analysis) next to the
-rate of a large float32 matrix product measured in the same run.
+peak resident memory (each side measured alone in a fresh process), achieved GFLOP/s (from XLA's cost
+analysis) next to the rate of a large float32 matrix product measured in the same run.
 """
 
 from __future__ import annotations

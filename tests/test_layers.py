@@ -19,24 +19,26 @@ def _reference_norm(x, gamma, beta, scale, shift, act):
     return nn.silu(z) if act else z
 
 
-def _inputs(shape, key=0, scale_shift=True):
+def _inputs(shape, key=0, scale_shift=True, ss_shape=None):
     ks = jax.random.split(jax.random.PRNGKey(key), 6)
     c = shape[-1]
     # Mean far from zero: the two-pass variance must not lose digits.
     x = 3.0 + 2.0 * jax.random.normal(ks[0], shape)
     gamma = 1.0 + 0.1 * jax.random.normal(ks[1], (c,))
     beta = 0.1 * jax.random.normal(ks[2], (c,))
-    ss_shape = (shape[0],) + (1,) * (len(shape) - 2) + (c,)
+    ss_shape = ss_shape or (shape[0],) + (1,) * (len(shape) - 2) + (c,)
     scale = 0.2 * jax.random.normal(ks[3], ss_shape) if scale_shift else None
     shift = 0.2 * jax.random.normal(ks[4], ss_shape) if scale_shift else None
     cot = jax.random.normal(ks[5], shape)
     return x, gamma, beta, scale, shift, cot
 
 
-@pytest.mark.parametrize("shape,scale_shift,act", [((2, 8, 8, 64), True, True), ((2, 8, 8, 64), False, True),
-                                                   ((2, 16, 64), False, False), ((1, 4, 6, 96), True, False)])
-def test_group_norm_act_matches_autodiff(shape, scale_shift, act):
-    x, gamma, beta, scale, shift, cot = _inputs(shape, scale_shift=scale_shift)
+@pytest.mark.parametrize("shape,scale_shift,act,ss_shape", [
+    ((2, 8, 8, 64), True, True, None), ((2, 8, 8, 64), False, True, None), ((2, 16, 64), False, False, None),
+    ((1, 4, 6, 96), True, False, None),
+    ((2, 8, 8, 64), True, True, (64,)), ((2, 8, 8, 64), True, True, (1, 8, 64))])   # lower rank, other axes
+def test_group_norm_act_matches_autodiff(shape, scale_shift, act, ss_shape):
+    x, gamma, beta, scale, shift, cot = _inputs(shape, scale_shift=scale_shift, ss_shape=ss_shape)
     args = (x, gamma, beta) + ((scale, shift) if scale_shift else ())
 
     def ours(*a):

@@ -7,7 +7,8 @@ alive for the backward pass (three full-size tensors per norm), and it schedules
 copy of the input-gradient convolutions at the start of the program, so they are all alive at the peak.
 Here a norm keeps only its input and per-group statistics, and each kernel flip happens just before
 its one use, written in the HWIO layout that XLA:CPU's fast convolutions take (inside a lax.scan body an
-HWOI kernel is not, and the step is 2-3x slower). Values and gradients (inputs and parameters) are the same as autodiff's: tests/test_layers.py.
+HWOI kernel is not, and the step is 2-3x slower). Values and gradients (inputs and parameters) are the
+same as autodiff's: tests/test_layers.py.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ def _gn_fwd(x, gamma, beta, scale, shift, groups, eps, act):
 
 
 def _sum_to(g, shape):
-    """Sum g over the axes along which a value of `shape` was broadcast to g.shape."""
-    axes = tuple(i for i, (a, b) in enumerate(zip(shape, g.shape)) if a == 1 and b != 1)
-    return jnp.sum(g, axis=axes, keepdims=True)
+    """Sum g back to `shape`, the shape of a value that numpy broadcasting stretched to g.shape."""
+    padded = (1,) * (g.ndim - len(shape)) + tuple(shape)
+    axes = tuple(i for i, (a, b) in enumerate(zip(padded, g.shape)) if a == 1 and b != 1)
+    return jnp.sum(g, axis=axes, keepdims=True).reshape(shape)
 
 
 @jax.custom_batching.custom_vmap
@@ -109,8 +111,8 @@ def _gn_bwd(groups, eps, act, res, g):
         g = g * s * (1.0 + z * (1.0 - s))
     d_scale = d_shift = None
     if scale is not None:
-        d_shift = _sum_to(g, jnp.shape(shift)).reshape(jnp.shape(shift))
-        d_scale = _sum_to(g * z0, jnp.shape(scale)).reshape(jnp.shape(scale))
+        d_shift = _sum_to(g, jnp.shape(shift))
+        d_scale = _sum_to(g * z0, jnp.shape(scale))
         g = g * (1.0 + scale)
     red = tuple(range(x.ndim - 1))
     d_gamma, d_beta = jnp.sum(g * xhat, axis=red), jnp.sum(g, axis=red)

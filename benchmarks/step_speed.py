@@ -36,6 +36,9 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# On a GPU, JAX would otherwise take 75% of device memory at start-up, leaving PyTorch (same process)
+# too little and making "peak memory" meaningless; both now allocate as they go.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # guided-diffusion create_model arguments of the published checkpoints, and a tiny one for smoke tests.
 MODELS = {
@@ -141,9 +144,7 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
     t0 = time.time()
     compiled = f.lower(params, x, keys).compile()
     compile_s = time.time() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops = cpu_flops(f, params, x, keys) if jax.default_backend() != "cpu" else _flops(compiled)
     mem = compiled.memory_analysis()
     temp_mib = mem.temp_size_in_bytes / 2 ** 20
     need_mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2 ** 20
@@ -154,6 +155,23 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
         return out
 
     return run, compile_s, flops, (model, params, op, y, coefs, scfg), temp_mib, need_mib
+
+
+def _flops(compiled):
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def cpu_flops(f, *args):
+    """FLOPs of jitted `f` compiled for the CPU (shapes only, nothing runs). On a GPU the compiled
+    program's convolutions are cuDNN calls that XLA's cost analysis does not count, so the same program's
+    CPU compilation gives the count there."""
+    import jax
+
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    specs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), args)
+    return _flops(f.lower(*specs).compile())
 
 
 def jax_loop_run(parts, num_steps: int, loop: str):
@@ -169,21 +187,37 @@ def jax_loop_run(parts, num_steps: int, loop: str):
     sampler = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, (size, size, 3), loop=loop)
     keys = jax.random.split(jax.random.PRNGKey(0), 1)
     jax.block_until_ready(sampler(params, op, y, keys, sub, SCALE)["sample"])
-    t0 = time.time()
-    jax.block_until_ready(sampler(params, op, y, keys, sub, SCALE)["sample"])
-    return (time.time() - t0) / num_steps
+    return _timed(lambda: jax.block_until_ready(sampler(params, op, y, keys, sub, SCALE)["sample"])) / num_steps
 
 
 def matmul_gflops(n=4096, repeats=3):
-    """The machine's float32 matrix-product rate (GFLOP/s), the practical ceiling for convolutions."""
+    """The machine's float32 matrix-product rate (GFLOP/s), the practical ceiling for convolutions (at
+    JAX's default precision: TF32 on a recent GPU, whose product is also larger to fill the chip)."""
     import jax
     import jax.numpy as jnp
+
+    if jax.default_backend() != "cpu":
+        n, repeats = 8192, 10
 
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
     jax.block_until_ready(f(a))
     best = min(_timed(lambda: jax.block_until_ready(f(a))) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
+
+
+def machine():
+    """The processor, its core count and, where JAX runs on an accelerator, the device's name."""
+    import jax
+
+    desc = f"{platform.machine()}, {os.cpu_count()} cores"
+    return desc if jax.default_backend() == "cpu" else f"{jax.devices()[0].device_kind}, {desc}"
+
+
+def platform_is_gpu():
+    import jax
+
+    return jax.default_backend() != "cpu"
 
 
 def available_mib():
@@ -210,9 +244,9 @@ def jax_n4_alone(model_name: str, repeats: int):
 
 
 def _timed(fn):
-    t0 = time.time()
+    t0 = time.perf_counter()
     fn()
-    return time.time() - t0
+    return time.perf_counter() - t0
 
 
 def _peak_memory_child(side, torch_repo, model_name):
@@ -299,7 +333,7 @@ def main():
         t["torch_n4"].append(_timed(lambda: [step(make_x()) for _ in range(4)]))
         if not n4_skipped:
             t["jax_n4"].append(_timed(run4))
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.items()),
+        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.4f}s" for k, v in t.items()),
               file=sys.stderr, flush=True)
     scan_per_step = jax_loop_run(parts, args.scan_steps, "scan")
     host_per_step = jax_loop_run(parts, args.scan_steps, "host")
@@ -308,7 +342,12 @@ def main():
     stats = {k: {"min_s": min(v), "median_s": statistics.median(v), "per_sample_min_s": min(v) / (4 if "n4" in k else 1)}
              for k, v in t.items()}
     result = {
-        "model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        # Precision of float32 convolutions and matrix products as each framework leaves it by default:
+        # on a GPU both run convolutions in TF32; torch keeps matrix products (attention) in full float32.
+        "precision": {"torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                      "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                      "jax_default_matmul_precision": str(__import__("jax").config.jax_default_matmul_precision)},
         "torch": torch.__version__, "jax": __import__("jax").__version__, "repeats": args.repeats,
         "steps": stats, "jax_scan_seconds_per_step": scan_per_step, "jax_host_loop_seconds_per_step": host_per_step,
         "compile_seconds": {"n1": compile1, "n4": compile4, "n1_from_persistent_cache": cached["compile_s"]},
@@ -324,16 +363,19 @@ def main():
     print(f"\nDPS step, {args.model}, {result['machine']}, torch {result['torch']}, jax {result['jax']}")
     print(f"{'':<22}{'min s':>9}{'median s':>10}{'s / sample':>12}")
     for k, v in stats.items():
-        print(f"{k:<22}{v['min_s']:9.2f}{v['median_s']:10.2f}{v['per_sample_min_s']:12.2f}")
+        print(f"{k:<22}{v['min_s']:9.4f}{v['median_s']:10.4f}{v['per_sample_min_s']:12.4f}")
     print(f"speed-up N=1 {result['speedup_n1']:.2f}x, N=4 per sample "
           + (f"{result['speedup_n4_per_sample']:.2f}x" if not n4_skipped else f"not measured ({n4_skipped})"))
-    print(f"K-step run: lax.scan {scan_per_step:.2f} s/step, host loop {host_per_step:.2f} s/step; "
+    print(f"K-step run: lax.scan {scan_per_step:.4f} s/step, host loop {host_per_step:.4f} s/step; "
           f"compile {compile1:.1f}s (N=1), {compile4:.1f}s (N=4)")
     print(f"XLA cost: {result['gflop_per_step_n1']:.0f} GFLOP/step; achieved {result['jax_gflops_n1']:.1f} GFLOP/s "
           f"(N=1), {'-' if n4_skipped else format(result['jax_gflops_n4'], '.1f')} (N=4); float32 matmul limit {limit:.1f} GFLOP/s")
     print(f"peak memory (RSS on CPU, device memory on GPU): torch {mem['torch']:.0f} MiB, jax {mem['jax']:.0f} MiB "
           f"(XLA temporaries {temp1:.0f} MiB); jax with a warm compilation cache {cached['peak_mib']:.0f} MiB, "
           f"compile {cached['compile_s']:.1f}s")
+    if platform_is_gpu():
+        print("  (on a GPU, jax's first-run peak includes the scratch of XLA's compile-time autotuning of "
+              "convolutions; the warm-cache figure is the step's own)")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)

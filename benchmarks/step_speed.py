@@ -22,13 +22,13 @@ analysis) next to the rate of a large float32 matrix product measured in the sam
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import gc
 import tempfile
 import time
 import types
@@ -145,7 +145,7 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
     t0 = time.time()
     compiled = f.lower(params, x, keys).compile()
     compile_s = time.time() - t0
-    flops = cpu_flops(f, params, x, keys) if jax.default_backend() != "cpu" else _flops(compiled)
+    flops = cpu_flops(f, params, x, keys) if on_accelerator() else _flops(compiled)
     mem = compiled.memory_analysis()
     temp_mib = mem.temp_size_in_bytes / 2 ** 20
     need_mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2 ** 20
@@ -192,12 +192,12 @@ def jax_loop_run(parts, num_steps: int, loop: str):
 
 
 def matmul_gflops(n=4096, repeats=3):
-    """The machine's float32 matrix-product rate (GFLOP/s), the practical ceiling for convolutions (at
-    JAX's default precision: TF32 on a recent GPU, whose product is also larger to fill the chip)."""
+    """The machine's float32 matrix-product rate (GFLOP/s), the practical ceiling for convolutions, at
+    JAX's default precision (TF32 on a recent GPU, where the product is 8192 square to fill the chip)."""
     import jax
     import jax.numpy as jnp
 
-    if jax.default_backend() != "cpu":
+    if on_accelerator():
         n, repeats = 8192, 10
 
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -207,18 +207,19 @@ def matmul_gflops(n=4096, repeats=3):
     return 2 * n ** 3 / best / 1e9
 
 
+def on_accelerator():
+    """Whether JAX runs on a GPU (or other accelerator) rather than the CPU."""
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
 def machine():
     """The processor, its core count and, where JAX runs on an accelerator, the device's name."""
     import jax
 
     desc = f"{platform.machine()}, {os.cpu_count()} cores"
-    return desc if jax.default_backend() == "cpu" else f"{jax.devices()[0].device_kind}, {desc}"
-
-
-def platform_is_gpu():
-    import jax
-
-    return jax.default_backend() != "cpu"
+    return f"{jax.devices()[0].device_kind}, {desc}" if on_accelerator() else desc
 
 
 def available_mib():
@@ -226,7 +227,7 @@ def available_mib():
     import jax
 
     stats = jax.devices()[0].memory_stats()
-    if jax.default_backend() != "cpu" and stats:
+    if on_accelerator() and stats:
         return (stats["bytes_limit"] - stats["bytes_in_use"]) / 2 ** 20
     with open("/proc/meminfo") as fh:
         return next(int(l.split()[1]) for l in fh if l.startswith("MemAvailable:")) / 1024
@@ -255,7 +256,7 @@ def _peak_memory_child(side, torch_repo, model_name):
         run, compile_s, *_ = jax_step_fn(model_name, 1)
         run()
         stats = jax.devices()[0].memory_stats()
-        if jax.default_backend() != "cpu" and stats:
+        if on_accelerator() and stats:
             return print(json.dumps({"peak_mib": stats["peak_bytes_in_use"] / 2 ** 20, "compile_s": compile_s}))
     # VmHWM belongs to this process image (ru_maxrss would carry the parent's peak across fork + exec).
     with open("/proc/self/status") as fh:
@@ -275,7 +276,7 @@ def peak_memory(side, torch_repo, model_name, cache_dir=""):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--torch_repo", default="", help="path of a clone of DPS2022/diffusion-posterior-sampling")
+    ap.add_argument("--torch_repo", required=True, help="path of a clone of DPS2022/diffusion-posterior-sampling")
     ap.add_argument("--model", default="ffhq256", choices=sorted(MODELS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scan_steps", type=int, default=3)
@@ -284,8 +285,6 @@ def main():
     args = ap.parse_args()
     if args._memory_child:
         return _peak_memory_child(args._memory_child, args.torch_repo, args.model)
-    if not args.torch_repo:
-        ap.error("--torch_repo is required (a clone of DPS2022/diffusion-posterior-sampling)")
 
     mem = {side: peak_memory(side, args.torch_repo, args.model)["peak_mib"] for side in ("torch", "jax")}
     # The same jax step again, twice, with a persistent compilation cache: the first run fills it, the
@@ -297,7 +296,8 @@ def main():
 
     step, make_x = torch_step_fn(args.torch_repo, args.model)
     run1, compile1, flops1, parts, temp1, _ = jax_step_fn(args.model, 1)
-    run4, compile4, flops4, _, temp4, need4 = jax_step_fn(args.model, 4)
+    run4, compile4, flops4, parts4, temp4, need4 = jax_step_fn(args.model, 4)
+    del parts4                                    # only the N = 1 loop runs are built from parts
     # Four vmapped samples hold four sets of activations. Where XLA says they do not fit beside the loaded
     # PyTorch model (ImageNet 256 on 24 GiB), they are timed in this run after the alternating repeats,
     # once that model is freed, rather than let the kernel's OOM killer end the run.
@@ -305,7 +305,7 @@ def main():
     if n4_later:
         print(f"jax_n4 after the PyTorch model is freed: needs {need4 / 1024:.1f} GiB, "
               f"{available_mib() / 1024:.1f} GiB available beside it", file=sys.stderr, flush=True)
-        del run4, _
+        del run4
     # Warm-up: first calls allocate and (torch) pick kernels.
     step(make_x()); run1()
     if not n4_later:
@@ -374,7 +374,7 @@ def main():
     print(f"peak memory (RSS on CPU, device memory on GPU): torch {mem['torch']:.0f} MiB, jax {mem['jax']:.0f} MiB "
           f"(XLA temporaries {temp1:.0f} MiB); jax with a warm compilation cache {cached['peak_mib']:.0f} MiB, "
           f"compile {cached['compile_s']:.1f}s")
-    if platform_is_gpu():
+    if on_accelerator():
         print("  (on a GPU, jax's first-run peak includes the scratch of XLA's compile-time autotuning of "
               "convolutions; the warm-cache figure is the step's own)")
     if args.out:

@@ -110,7 +110,10 @@ def torch_step_fn(torch_repo: str, model_name: str, seed: int = 0):
 
 # ---- jax side ----------------------------------------------------------------------------------
 
-def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
+def jax_step_fn(model_name: str, num_samples: int, seed: int = 0, dtype: str = "float32", donate: bool = False):
+    """dps_jax's jitted step on N samples (vmapped) and what the benchmark reads from it: (run, compile
+    seconds, FLOPs, the parts of a K-step run, XLA temporaries MiB, MiB the program needs). `dtype` is the
+    UNet's compute dtype; `donate` hands x_t's buffer to the step (each run then copies x_t first)."""
     import jax
     import jax.numpy as jnp
 
@@ -118,7 +121,7 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
     from dps_jax.models.unet import UNet, create_model_config, param_shapes
 
     cfg = create_model_config(**MODELS[model_name])
-    model = UNet(cfg)
+    model = UNet(cfg, dtype=jnp.dtype(dtype))
     # N(0, 0.02) weights as on the torch side, drawn by numpy from the shapes alone: no init program to
     # compile and run, so peak memory counts the step, not the initialisation.
     rng = np.random.default_rng(seed)
@@ -139,9 +142,8 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
                                              jax.random.normal(k2, y.shape), k3)
         return x_next, d
 
-    f = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
-    x = jax.random.normal(jax.random.PRNGKey(2), (num_samples, size, size, 3))
-    keys = jax.random.split(jax.random.PRNGKey(3), num_samples)
+    f = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)), donate_argnums=(1,) if donate else ())
+    x, keys = jax_inputs(num_samples, size)
     t0 = time.time()
     compiled = f.lower(params, x, keys).compile()
     compile_s = time.time() - t0
@@ -151,11 +153,19 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0):
     need_mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2 ** 20
 
     def run():
-        out = compiled(params, x, keys)
+        out = compiled(params, jnp.copy(x) if donate else x, keys)
         jax.block_until_ready(out)
         return out
 
     return run, compile_s, flops, (model, params, op, y, coefs, scfg), temp_mib, need_mib
+
+
+def jax_inputs(num_samples: int, size: int):
+    """The x_t (N, S, S, 3) every jax step of the benchmark starts from, and its N sampling keys."""
+    import jax
+
+    return (jax.random.normal(jax.random.PRNGKey(2), (num_samples, size, size, 3)),
+            jax.random.split(jax.random.PRNGKey(3), num_samples))
 
 
 def _flops(compiled):

@@ -9,7 +9,7 @@ import pytest
 
 from checkpoints_convert import convert_state_dict, load_state_dict
 from conftest import fixture_path, load_npz, nhwc
-from dps_jax.models.unet import UNet, UNetConfig, count_params, create_model_config, param_shapes, preset
+from dps_jax.models.unet import UNet, UNetConfig, attention, count_params, create_model_config, param_shapes, preset
 
 
 def _run(name, dtype=jnp.float32):
@@ -32,6 +32,14 @@ def test_bfloat16_compute_is_close():
     out, want = _run("ffhq_like", jnp.bfloat16)
     assert out.dtype == np.float32
     assert np.abs(out - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_attention_closed_form():
+    q, k, v = np.random.default_rng(0).standard_normal((3, 2, 5, 3, 8)).astype(np.float32)   # (N, T, heads, C)
+    logits = np.einsum("nthc,nshc->nhts", q, k) / np.sqrt(8)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    want = np.einsum("nhts,nshc->nthc", w / w.sum(-1, keepdims=True), v)
+    np.testing.assert_allclose(attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name, count", [("ffhq256", 93_563_910), ("imagenet256_uncond", 552_814_086)])

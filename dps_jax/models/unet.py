@@ -205,6 +205,18 @@ class ResBlock(nn.Module):
         return x.astype(jnp.float32) + h.astype(jnp.float32)
 
 
+def attention(q, k, v):
+    """softmax(q k^T / sqrt(C)) v per head. q, k, v: (N, T, heads, C) -> (N, T, heads, C).
+
+    q and k are each scaled by C^(-1/4) before the product, as the published models were trained, which
+    keeps the logits of low-precision inputs in range; the softmax is always float32.
+    """
+    s = 1.0 / math.sqrt(math.sqrt(q.shape[-1]))
+    w = jnp.einsum("bthc,bshc->bhts", q * s, k * s)
+    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshc->bthc", w, v)
+
+
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions; q and k each scaled by head_dim^(-1/4)."""
     num_heads: int
@@ -223,10 +235,7 @@ class AttentionBlock(nn.Module):
         else:
             # Legacy order (head, q|k|v, ch): split heads first.
             q, k, v = (qkv.reshape(b, hh * ww, heads, 3, ch)[:, :, :, i] for i in range(3))
-        s = 1.0 / math.sqrt(math.sqrt(ch))
-        w = jnp.einsum("bthc,bshc->bhts", q * s, k * s)
-        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
-        a = jnp.einsum("bhts,bshc->bthc", w, v).reshape(b, hh * ww, c)
+        a = attention(q, k, v).reshape(b, hh * ww, c)
         h = nn.Dense(c, dtype=self.dtype, name="proj_out")(a)
         return (xs.astype(jnp.float32) + h.astype(jnp.float32)).reshape(b, hh, ww, c)
 

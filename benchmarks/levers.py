@@ -1,7 +1,7 @@
 """Levers for the DPS step's speed (benchmarks/RESULTS.md, "Levers tried"), side by side in one run.
 
-    python benchmarks/levers.py --model ffhq256 --repeats 5 --out benchmarks/levers_ffhq256.json
-    python benchmarks/levers.py --layout         # one 3 x 3 convolution, NHWC / HWIO against NCHW / OIHW
+    python benchmarks/levers.py --model ffhq256 --repeats 10 --out benchmarks/levers_ffhq256.json
+    python benchmarks/levers.py --layout --repeats 10   # one 3 x 3 convolution, NHWC / HWIO against NCHW / OIHW
 
 Variants of dps_jax's N = 1 step (the step of benchmarks/step_speed.py), compiled, then timed in turns:
   base             as shipped

@@ -76,9 +76,7 @@ def step_variants(model_name, repeats):
                          "rel_diff_from_base": float(np.abs(x_next - base).max() / np.abs(base - x_t).max())}
     for _ in range(repeats):
         for variant, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            rows[variant]["times"].append(time.perf_counter() - t0)
+            rows[variant]["times"].append(step_speed._timed(run))
     out = []
     for row in rows.values():
         del row["x_next"]
@@ -119,9 +117,7 @@ def layout(repeats):
             jax.block_until_ready(call())
         for _ in range(repeats):
             for key, call in calls.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(call())
-                times[key].append(time.perf_counter() - t0)
+                times[key].append(step_speed._timed(lambda: jax.block_until_ready(call())))
         for name in ("NHWC", "NCHW"):
             row = {"size": hw, "channels": c, "layout": name,
                    **{kind: 1e3 * min(times[(name, kind)]) for kind in ("forward_ms", "input_gradient_ms")}}

@@ -33,7 +33,6 @@ import tempfile
 import time
 import types
 
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -118,15 +117,12 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0, dtype: str = "
     import jax.numpy as jnp
 
     from dps_jax import diffusion, operators, samplers, schedule
-    from dps_jax.models.unet import UNet, create_model_config, param_shapes
+    from dps_jax.models.unet import UNet, create_model_config, normal_params
 
     cfg = create_model_config(**MODELS[model_name])
     model = UNet(cfg, dtype=jnp.dtype(dtype))
-    # N(0, 0.02) weights as on the torch side, drawn by numpy from the shapes alone: no init program to
-    # compile and run, so peak memory counts the step, not the initialisation.
-    rng = np.random.default_rng(seed)
-    params = jax.tree_util.tree_map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape, np.float32)),
-                                    param_shapes(cfg))
+    # N(0, 0.02) weights as on the torch side, with no init program, so peak memory counts the step alone.
+    params = normal_params(cfg, 0.02, seed)
     size = cfg.image_size
     op = operators.build("super_resolution", (size, size, 3), scale_factor=FACTOR)
     tables = schedule.build_tables("linear", 1000)

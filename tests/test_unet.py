@@ -9,7 +9,8 @@ import pytest
 
 from checkpoints_convert import convert_state_dict, load_state_dict
 from conftest import fixture_path, load_npz, nhwc
-from dps_jax.models.unet import UNet, UNetConfig, attention, count_params, create_model_config, param_shapes, preset
+from dps_jax.models.unet import (UNet, UNetConfig, attention, count_params, create_model_config, normal_params,
+                                 param_shapes, preset)
 
 
 def _run(name, dtype=jnp.float32):
@@ -62,12 +63,10 @@ def test_unet_composes_with_grad_vmap_and_checkpointing():
                      attention_resolutions=(2,), channel_mult=(1, 1), num_heads=2, use_checkpoint=True,
                      resblock_updown=True, use_scale_shift_norm=True)
     model = UNet(cfg)
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), jnp.float32),
-                                    param_shapes(cfg))
+    params = normal_params(cfg, 0.1)
     f = lambda x: model.apply({"params": params}, x[None], jnp.array([5]))[0]
     xs = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
-    # Weights from the shapes and everything under jit: op-by-op init, apply and rematerialised gradient took 45 s.
+    # Under jit: op-by-op init, apply and rematerialised gradient took 45 s.
     np.testing.assert_allclose(jax.jit(jax.vmap(f))(xs), jnp.stack([jax.jit(f)(x) for x in xs]), atol=1e-5)
     g = jax.jit(jax.grad(lambda x: jnp.sum(f(x) ** 2)))(xs[0])
     assert g.shape == (8, 8, 1) and bool(jnp.all(jnp.isfinite(g)))

@@ -20,6 +20,7 @@ from typing import Any, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dps_jax.models.layers import Conv, GroupNormAct
 
@@ -208,8 +209,8 @@ class ResBlock(nn.Module):
 def attention(q, k, v):
     """softmax(q k^T / sqrt(C)) v per head. q, k, v: (N, T, heads, C) -> (N, T, heads, C).
 
-    q and k are each scaled by C^(-1/4) before the product, as the published models were trained, which
-    keeps the logits of low-precision inputs in range; the softmax is always float32.
+    q and k are each scaled by C^(-1/4) before their product (the same logits, smaller in bfloat16); the
+    softmax is always float32.
     """
     s = 1.0 / math.sqrt(math.sqrt(q.shape[-1]))
     w = jnp.einsum("bthc,bshc->bhts", q * s, k * s)
@@ -218,7 +219,7 @@ def attention(q, k, v):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions; q and k each scaled by head_dim^(-1/4)."""
+    """Self-attention over the H*W positions, heads split from one qkv projection (see `attention`)."""
     num_heads: int
     new_order: bool
     dtype: Any = jnp.float32
@@ -344,6 +345,14 @@ def init_params(config: UNetConfig, key=None, dtype=jnp.float32):
 def param_shapes(config: UNetConfig):
     """The params tree as jax.ShapeDtypeStructs, without computing anything (jax.eval_shape)."""
     return jax.eval_shape(lambda k: init_params(config, k), jax.random.PRNGKey(0))
+
+
+def normal_params(config: UNetConfig, std: float, seed: int = 0):
+    """Params for `config` drawn i.i.d. from N(0, std^2) by numpy, from the shapes alone: no init program
+    is compiled or run (benchmarks and tests of the published architectures at random weights)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(std * rng.standard_normal(s.shape, np.float32)),
+                                  param_shapes(config))
 
 
 def count_params(tree) -> int:

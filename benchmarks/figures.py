@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dps_jax import api, config_defaults, data, io, operators, pipeline  # noqa: E402
+from dps_jax import api, config_base, data, io, operators, pipeline  # noqa: E402
 
 
 def main():
@@ -25,24 +25,22 @@ def main():
     ap.add_argument("--image", type=int, default=300, help="index of the t10k test image")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    model, params, mcfg = api.load_prior()
+    prior = api.load_prior()
 
-    res = api.sample(model, params, operators.build("identity", (32, 32, 1)), jnp.zeros((32, 32, 1)),
-                     num_samples=32, steps=50, guidance="vanilla", seed=0)
+    res = api.sample(prior, operators.build("identity", (32, 32, 1)), jnp.zeros((32, 32, 1)),
+                     num_samples=32, steps=50, solver="vanilla", seed=0)
     io.save_png(os.path.join(args.out, "prior_samples.png"), io.grid(res["samples"], columns=16), scale=3)
 
     x = data.fashion_mnist("test")[args.image]
     rows = []
-    for t, task in enumerate(config_defaults.TASKS):
-        cfg = config_defaults.task_config(task)
+    for t, task in enumerate(config_base.TASKS):
+        cfg = config_base.task_config(task)
         k_op, k_n = jax.random.split(jax.random.PRNGKey(t))
-        name, opts = pipeline.operator_options(cfg, k_op)
-        op = operators.build(name, (32, 32, 1), **opts)
+        op = pipeline.build_operator(cfg, (32, 32, 1), k_op)
         y = api.measure(op, x, k_n, cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
-        out = api.sample(model, params, op, y, num_samples=4, steps=cfg.sampler.steps, scale=cfg.guidance.scale,
-                         seed=t)
+        out = api.sample(prior, op, y, num_samples=4, steps=cfg.sampler.steps, scale=cfg.solver.ps.scale, seed=t)
         s = out["samples"]
-        shown = jax.image.resize(op.transpose(y), (32, 32, 1), "nearest")
+        shown = jax.image.resize(op.display(y), (32, 32, 1), "nearest")
         rows.append(np.stack([x, np.asarray(shown), *s, s.mean(0), io.normalise(s.std(0))]))
         print(task, file=sys.stderr)
     io.save_png(os.path.join(args.out, "dps_tasks.png"), io.grid(np.concatenate(rows), columns=8), scale=3)

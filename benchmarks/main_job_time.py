@@ -20,7 +20,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from dps_jax.config_defaults import TASKS  # noqa: E402
+from dps_jax.config_base import TASKS  # noqa: E402
 
 
 def main():

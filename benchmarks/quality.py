@@ -28,8 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dps_jax import api, config_defaults, data, diffusion, metrics, operators, samplers, schedule  # noqa: E402
-from dps_jax import pipeline  # noqa: E402
+from dps_jax import api, config_base, data, metrics, pipeline, solvers  # noqa: E402
 from dps_jax.operators.phase_retrieval import fft2_centered, ifft2_centered  # noqa: E402
 
 
@@ -73,23 +72,19 @@ def hio(op, y, image_shape, key, iters, beta=0.9, starts=4):
     return jax.vmap(run)(jax.random.split(key, starts))
 
 
-def run_task(task, images, model, params, mcfg, steps, hio_iters, seed=0):
-    cfg = config_defaults.task_config(task)
+def run_task(task, images, prior, steps, hio_iters, seed=0):
+    cfg = config_base.task_config(task)
+    cfg.sampler.steps = steps
+    cfg.num_samples = 4 if task == "phase_retrieval" else 1
     image_shape = images.shape[1:]
-    tables = schedule.build_tables("linear", 1000, steps)
-    coefs = diffusion.step_coefficients(tables)
-    num_samples = 4 if task == "phase_retrieval" else 1
-    scfg = samplers.SamplerConfig(var_type=api.default_var_type(mcfg), noise_model=cfg.noise.name)
-    f = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, image_shape)
+    runner = pipeline.build_runner(cfg, prior, image_shape)
     rows = []
     t0 = time.time()
     for i, x in enumerate(images):
         k_op, k_noise, k_s, k_b = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i), 4)
-        name, opts = pipeline.operator_options(cfg, k_op)
-        op = operators.build(name, image_shape, **opts)
+        op = pipeline.build_operator(cfg, image_shape, k_op)
         y = api.measure(op, x, k_noise, cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
-        out = f(params, op, y, jax.random.split(k_s, num_samples), coefs, cfg.guidance.scale)
-        samples = np.asarray(out["sample"])
+        samples = runner(solvers.make_problem(op, y, image_shape, cfg.noise.name), k_s)["samples"]
         psnrs = [metrics.psnr(s, x) for s in samples]
         best = samples[int(np.argmax(psnrs))]
         base = np.asarray(baseline(task, op, y, image_shape, k_b, hio_iters))
@@ -100,8 +95,8 @@ def run_task(task, images, model, params, mcfg, steps, hio_iters, seed=0):
         print(f"\r{task}: {i + 1}/{len(images)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {
-        "num_images": len(images), "steps": steps, "samples_per_image": num_samples,
-        "scale": cfg.guidance.scale, "seconds": time.time() - t0}
+        "num_images": len(images), "steps": steps, "samples_per_image": cfg.num_samples,
+        "scale": cfg.solver.ps.scale, "seconds": time.time() - t0}
 
 
 def main():
@@ -111,17 +106,17 @@ def main():
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--hio_iters", type=int, default=300)
     ap.add_argument("--checkpoint", default="")
-    ap.add_argument("--tasks", default=",".join(config_defaults.TASKS))
+    ap.add_argument("--tasks", default=",".join(config_base.TASKS))
     ap.add_argument("--out", default="benchmarks/quality.json")
     args = ap.parse_args()
 
-    model, params, mcfg = api.load_prior(args.checkpoint or None)
-    images = data.fashion_mnist("test", image_size=mcfg.image_size)[args.first_image:args.first_image + args.num_images]
+    prior = api.load_prior(args.checkpoint or None)
+    images = data.fashion_mnist("test", image_size=prior.image_size)[args.first_image:args.first_image + args.num_images]
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
     for task in args.tasks.split(","):
         key = f"{task}@{args.num_images}x{args.steps}"
         if key not in results:
-            results[key] = run_task(task, images, model, params, mcfg, args.steps, args.hio_iters)
+            results[key] = run_task(task, images, prior, args.steps, args.hio_iters)
             with open(args.out, "w") as fh:
                 json.dump(results, fh, indent=2)
     print(f"{'task':<20} {'DPS PSNR':>9} {'SSIM':>6} {'baseline PSNR':>14} {'SSIM':>6}")

@@ -14,7 +14,8 @@ x4 as A (the official resizer) and Gaussian noise.
           batch would couple the samples through one norm.
   jax     dps_jax's jitted step, N = 1 and N = 4 (vmapped).
 Runs alternate between the two after a warm-up; each figure is repeated --repeats times and the minimum
-and median are reported. Also: a whole K-step run (one lax.scan, and the host loop the CLI uses), compile time,
+and median are reported. Also: a whole K-step run (one lax.scan, and one step per compiled call with a progress
+callback between calls, the main job's most chatty setting), compile time,
 peak resident memory (each side measured alone in a fresh process), achieved GFLOP/s (from XLA's cost
 analysis) next to the rate of a large float32 matrix product measured in the same run.
 """
@@ -40,13 +41,13 @@ sys.path.insert(0, REPO)
 # too little and making "peak memory" meaningless; both now allocate as they go.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-# guided-diffusion create_model arguments of the published checkpoints, and a tiny one for smoke tests.
+from dps_jax.models.unet import PRESETS  # noqa: E402
+
+# guided-diffusion create_model arguments: the published models' presets (dps_jax's one vocabulary), and
+# a tiny one for smoke tests. The official create_model takes them as they are.
 MODELS = {
-    "ffhq256": dict(image_size=256, num_channels=128, num_res_blocks=1, learn_sigma=True, attention_resolutions="16",
-                    num_heads=4, num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True),
-    "imagenet256": dict(image_size=256, num_channels=256, num_res_blocks=2, learn_sigma=True,
-                        attention_resolutions="32,16,8", num_heads=4, num_head_channels=64,
-                        use_scale_shift_norm=True, resblock_updown=True),
+    "ffhq256": PRESETS["ffhq256"],
+    "imagenet256": PRESETS["imagenet256"],
     "tiny": dict(image_size=32, num_channels=32, num_res_blocks=1, learn_sigma=True, attention_resolutions="8",
                  channel_mult="1,2", num_heads=4, num_head_channels=16, use_scale_shift_norm=True,
                  resblock_updown=True),
@@ -116,7 +117,7 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0, dtype: str = "
     import jax
     import jax.numpy as jnp
 
-    from dps_jax import diffusion, operators, samplers, schedule
+    from dps_jax import diffusion, operators, prior, schedule, solvers
     from dps_jax.models.unet import UNet, create_model_config, normal_params
 
     cfg = create_model_config(**MODELS[model_name])
@@ -128,15 +129,16 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0, dtype: str = "
     tables = schedule.build_tables("linear", 1000)
     coefs = diffusion.step_coefficients(tables, reverse=False)
     c = jax.tree_util.tree_map(lambda a: a[STEP_INDEX], coefs)
-    scfg = samplers.SamplerConfig(var_type="learned_range")
-    den = samplers.unet_denoise_fn(model)
     y = jax.random.normal(jax.random.PRNGKey(1), (size // FACTOR, size // FACTOR, 3))
+    problem = solvers.make_problem(op, y, (size, size, 3))
+    dps = solvers.get("ps")
+    options = solvers.make_options(dps, scale=SCALE)
+    pr = prior.from_unet(model, params, "learned_range")
 
     def one(params, x, key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        x_next, _, d = samplers.reverse_step(den, params, op, y, x, c, SCALE, scfg, jax.random.normal(k1, x.shape),
-                                             jax.random.normal(k2, y.shape), k3)
-        return x_next, d
+        noise = dps.draw(key, x, problem, options)
+        x_next, record = dps.update(x, c, noise, problem, pr.replace(params=params), options)
+        return x_next, record["distance"]
 
     f = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)), donate_argnums=(1,) if donate else ())
     x, keys = jax_inputs(num_samples, size)
@@ -153,7 +155,7 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0, dtype: str = "
         jax.block_until_ready(out)
         return out
 
-    return run, compile_s, flops, (model, params, op, y, coefs, scfg), temp_mib, need_mib
+    return run, compile_s, flops, (pr, problem, coefs, options), temp_mib, need_mib
 
 
 def jax_inputs(num_samples: int, size: int):
@@ -181,20 +183,22 @@ def cpu_flops(f, *args):
     return _flops(f.lower(*specs).compile())
 
 
-def jax_loop_run(parts, num_steps: int, loop: str):
-    """Seconds per step of a K-step reverse run of one sample (compile excluded), as one lax.scan
-    (loop="scan") or as a Python loop over the jitted step (loop="host")."""
+def jax_loop_run(parts, num_steps: int, steps_per_call: int):
+    """Seconds per step of a K-step reverse run of one sample (compile excluded) by the runner the main
+    job uses: K steps in one compiled lax.scan (steps_per_call=K, no progress), or in K / steps_per_call
+    calls with a progress callback between them (what the main job does to show its progress bar)."""
     import jax
 
-    from dps_jax import samplers
+    from dps_jax import solvers
 
-    model, params, op, y, coefs, scfg = parts
-    size = y.shape[0] * FACTOR
+    pr, problem, coefs, options = parts
     sub = jax.tree_util.tree_map(lambda a: a[STEP_INDEX:STEP_INDEX + num_steps][::-1], coefs)
-    sampler = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, (size, size, 3), loop=loop)
-    keys = jax.random.split(jax.random.PRNGKey(0), 1)
-    jax.block_until_ready(sampler(params, op, y, keys, sub, SCALE)["sample"])
-    return _timed(lambda: jax.block_until_ready(sampler(params, op, y, keys, sub, SCALE)["sample"])) / num_steps
+    size = problem.y.shape[0] * FACTOR
+    runner = solvers.Runner(solvers.get("ps"), options, pr, (size, size, 3), sub, steps_per_call=steps_per_call)
+    progress = None if steps_per_call == num_steps else (lambda done, total, scalars: None)
+    key = jax.random.PRNGKey(0)
+    runner(problem, key, progress)
+    return _timed(lambda: runner(problem, key, progress)) / num_steps
 
 
 def matmul_gflops(n=4096, repeats=3):
@@ -326,8 +330,8 @@ def main():
             t["jax_n4"].append(_timed(run4))
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.4f}s" for k, v in t.items() if v),
               file=sys.stderr, flush=True)
-    scan_per_step = jax_loop_run(parts, args.scan_steps, "scan")
-    host_per_step = jax_loop_run(parts, args.scan_steps, "host")
+    scan_per_step = jax_loop_run(parts, args.scan_steps, args.scan_steps)
+    progress_per_step = jax_loop_run(parts, args.scan_steps, 1)
     limit = matmul_gflops()
 
     n4_note = ""
@@ -356,7 +360,7 @@ def main():
                       "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                       "jax_default_matmul_precision": str(__import__("jax").config.jax_default_matmul_precision)},
         "torch": torch.__version__, "jax": __import__("jax").__version__, "repeats": args.repeats,
-        "steps": stats, "jax_scan_seconds_per_step": scan_per_step, "jax_host_loop_seconds_per_step": host_per_step,
+        "steps": stats, "jax_scan_seconds_per_step": scan_per_step, "jax_one_step_per_call_with_progress_seconds_per_step": progress_per_step,
         "compile_seconds": {"n1": compile1, "n4": compile4, "n1_from_persistent_cache": cached["compile_s"]},
         "xla_temp_mib": {"n1": temp1, "n4": temp4}, "jax_peak_mib_from_persistent_cache": cached["peak_mib"],
         "device": __import__("jax").devices()[0].device_kind,
@@ -373,7 +377,8 @@ def main():
         print(f"{k:<22}{v['min_s']:9.4f}{v['median_s']:10.4f}{v['per_sample_min_s']:12.4f}")
     print(f"speed-up N=1 {result['speedup_n1']:.2f}x, N=4 per sample "
           + ("-" if n4_skipped else f"{result['speedup_n4_per_sample']:.2f}x") + (f" ({n4_note})" if n4_note else ""))
-    print(f"K-step run: lax.scan {scan_per_step:.4f} s/step, host loop {host_per_step:.4f} s/step; "
+    print(f"K-step run: one lax.scan {scan_per_step:.4f} s/step, one step per call with progress "
+          f"{progress_per_step:.4f} s/step; "
           f"compile {compile1:.1f}s (N=1), {compile4:.1f}s (N=4)")
     print(f"XLA cost: {result['gflop_per_step_n1']:.0f} GFLOP/step; achieved {result['jax_gflops_n1']:.1f} GFLOP/s "
           f"(N=1), {'-' if n4_skipped else format(result['jax_gflops_n4'], '.1f')} (N=4); float32 matmul limit {limit:.1f} GFLOP/s")

@@ -1,8 +1,19 @@
-"""DPS for gaussian deblur. `--config=configs/gaussian_deblur.py` runs on the shipped 32 x 32 prior;
-`--config=configs/gaussian_deblur.py:ffhq256` with `--config.model.checkpoint=ffhq256.msgpack` is the paper's setting."""
+"""Gaussian deblurring: A is a Gaussian blur (reflection padding), Gaussian noise 0.05.
 
-from dps_jax.config_defaults import task_config
+    python -m dps_jax.main --config=configs/gaussian_deblur.py                  # kernel 9, sigma 1 on 32 x 32
+    python -m dps_jax.main --config=configs/gaussian_deblur.py:ffhq256 --config.model.checkpoint=ffhq256.msgpack
+"""
+
+from ml_collections import ConfigDict
+
+from dps_jax.config_base import base, is_paper, set_scale
 
 
-def get_config(arg=None):
-    return task_config("gaussian_deblur", arg)
+def get_config(preset=None):
+    c = base("gaussian_deblur", preset)
+    c.operator = ConfigDict(dict(name="gaussian_blur", kernel_size=9, intensity=1.0))    # intensity: sigma
+    set_scale(c, 3.0)
+    if is_paper(c):
+        c.operator.update(dict(kernel_size=61, intensity=3.0))
+        set_scale(c, 0.3)
+    return c

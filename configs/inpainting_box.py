@@ -1,8 +1,20 @@
-"""DPS for inpainting box. `--config=configs/inpainting_box.py` runs on the shipped 32 x 32 prior;
-`--config=configs/inpainting_box.py:ffhq256` with `--config.model.checkpoint=ffhq256.msgpack` is the paper's setting."""
+"""Box inpainting: A keeps the pixels outside a square hole of half the image side, Gaussian noise 0.05.
 
-from dps_jax.config_defaults import task_config
+    python -m dps_jax.main --config=configs/inpainting_box.py                   # 16 x 16 hole in 32 x 32
+    python -m dps_jax.main --config=configs/inpainting_box.py:ffhq256 --config.model.checkpoint=ffhq256.msgpack
+"""
+
+from ml_collections import ConfigDict
+
+from dps_jax.config_base import base, is_paper, set_scale
 
 
-def get_config(arg=None):
-    return task_config("inpainting_box", arg)
+def get_config(preset=None):
+    c = base("inpainting_box", preset)
+    # A hole of side [lo, hi) at least `margin` pixels from the border, drawn per image.
+    c.operator = ConfigDict(dict(name="inpainting", mask_type="box", box_len_range=(16, 17), margin=2))
+    set_scale(c, 3.0)
+    if is_paper(c):
+        c.operator.update(dict(box_len_range=(128, 129), margin=16))    # 128 x 128 in 256 x 256
+        set_scale(c, 0.5)
+    return c

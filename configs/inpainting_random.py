@@ -1,8 +1,18 @@
-"""DPS for inpainting random. `--config=configs/inpainting_random.py` runs on the shipped 32 x 32 prior;
-`--config=configs/inpainting_random.py:ffhq256` with `--config.model.checkpoint=ffhq256.msgpack` is the paper's setting."""
+"""Random inpainting: A keeps 8% of the pixels (92% dropped, all channels alike), Gaussian noise 0.05.
 
-from dps_jax.config_defaults import task_config
+    python -m dps_jax.main --config=configs/inpainting_random.py
+    python -m dps_jax.main --config=configs/inpainting_random.py:ffhq256 --config.model.checkpoint=ffhq256.msgpack
+"""
+
+from ml_collections import ConfigDict
+
+from dps_jax.config_base import base, is_paper, set_scale
 
 
-def get_config(arg=None):
-    return task_config("inpainting_random", arg)
+def get_config(preset=None):
+    c = base("inpainting_random", preset)
+    c.operator = ConfigDict(dict(name="inpainting", mask_type="random", drop_fraction=0.92))
+    set_scale(c, 3.0)
+    if is_paper(c):
+        set_scale(c, 0.5)
+    return c

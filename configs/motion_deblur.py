@@ -1,8 +1,19 @@
-"""DPS for motion deblur. `--config=configs/motion_deblur.py` runs on the shipped 32 x 32 prior;
-`--config=configs/motion_deblur.py:ffhq256` with `--config.model.checkpoint=ffhq256.msgpack` is the paper's setting."""
+"""Motion deblurring: A is a blur by a random camera-shake kernel drawn per image, Gaussian noise 0.05.
 
-from dps_jax.config_defaults import task_config
+    python -m dps_jax.main --config=configs/motion_deblur.py                    # kernel 9 on 32 x 32
+    python -m dps_jax.main --config=configs/motion_deblur.py:ffhq256 --config.model.checkpoint=ffhq256.msgpack
+"""
+
+from ml_collections import ConfigDict
+
+from dps_jax.config_base import base, is_paper, set_scale
 
 
-def get_config(arg=None):
-    return task_config("motion_deblur", arg)
+def get_config(preset=None):
+    c = base("motion_deblur", preset)
+    c.operator = ConfigDict(dict(name="motion_blur", kernel_size=9, intensity=0.5))
+    set_scale(c, 3.0)
+    if is_paper(c):
+        c.operator.kernel_size = 61
+        set_scale(c, 0.3)
+    return c

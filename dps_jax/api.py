@@ -1,45 +1,33 @@
-"""The Python API: load a prior, build an operator, draw N posterior samples for y in one call.
+"""The Python API: load a prior, build an operator, draw N posterior samples of y in one call.
 
+    import jax
     from dps_jax import api, operators
-    model, params, config = api.load_prior()                     # the shipped 32 x 32 prior
+    prior = api.load_prior()                                       # the shipped 32 x 32 prior
     op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
-    y = api.measure(op, x, key, noise="gaussian", sigma=0.05)    # simulate y = A(x) + n
-    out = api.sample(model, params, op, y, num_samples=16, steps=100, scale=0.5)
-    out["samples"]                                               # (16, 32, 32, 1)
+    y = api.measure(op, x, jax.random.PRNGKey(0), noise="gaussian", sigma=0.05)
+    out = api.sample(prior, op, y, num_samples=16, steps=100, scale=10.0)
+    out["samples"]                                                 # (16, 32, 32, 1)
+
+`api.sample` builds a `solvers.Runner` (the builder the CLI uses) and runs it once; to sample many
+measurements of the same shapes, build the runner once with `solvers.build` and call it for each.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from dps_jax import diffusion, likelihoods, samplers, schedule
-from dps_jax.models.checkpoint import load_checkpoint
+from dps_jax import likelihoods, solvers
+from dps_jax import prior as prior_lib
 from dps_jax.operators import Operator
-
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
-SHIPPED_PRIOR = os.path.join(ASSETS, "fmnist32.msgpack")
-SHIPPED_IMAGES = os.path.join(ASSETS, "test_images")
+from dps_jax.solvers.base import with_sampler
 
 
-def load_prior(path: Optional[str] = None, dtype=None):
-    """(UNet module, params, UNetConfig) from a dps_jax checkpoint; the shipped prior by default."""
-    return load_checkpoint(path or SHIPPED_PRIOR, dtype=dtype)
-
-
-def check_measurement(y, expected_shape=None) -> None:
-    """Raise if y has NaN/Inf entries or the wrong shape."""
-    y = np.asarray(y)
-    if expected_shape is not None and tuple(y.shape) != tuple(expected_shape):
-        raise ValueError(f"measurement has shape {tuple(y.shape)}; the operator produces {tuple(expected_shape)}")
-    bad = ~np.isfinite(y)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"measurement contains {int(bad.sum())} NaN/Inf values (first at index {idx})")
+def load_prior(path: Optional[str] = None, dtype=None, **options) -> prior_lib.Prior:
+    """The prior of a dps_jax checkpoint (the shipped prior by default); see `prior.load`."""
+    return prior_lib.load(path, dtype=dtype, **options)
 
 
 def measure(op: Operator, x, key, noise: str = "gaussian", sigma: float = 0.05, rate: float = 1.0):
@@ -47,31 +35,28 @@ def measure(op: Operator, x, key, noise: str = "gaussian", sigma: float = 0.05, 
     return likelihoods.add_noise(key, op(jnp.asarray(x, jnp.float32)), noise, sigma=sigma, rate=rate)
 
 
-def default_var_type(model_config, extra_var_type: str = "") -> str:
-    if model_config.learn_sigma:
-        return "learned_range"
-    return extra_var_type or "fixed_large"
-
-
-def sample(model, params, op: Operator, y, *, num_samples: int = 4, steps: int = 100, respacing: str = "",
-           sampler: str = "ddpm", eta: float = 0.0, guidance: str = "ps", scale: float = 1.0,
-           noise: str = "gaussian", var_type: str = "", schedule_name: str = "linear",
-           num_timesteps: int = 1000, seed: int = 0, record_every: int = 0, progress=None, loop: str = "auto"):
-    """N posterior samples of p(x | y) with DPS. Returns a dict of numpy arrays:
+def sample(prior: prior_lib.Prior, op: Operator, y, *, solver: str = "ps", num_samples: int = 4,
+           steps: int = 100, respacing: str = "", sampler: str = "ddpm", eta: float = 0.0,
+           noise: str = "gaussian", schedule: str = "linear", num_timesteps: int = 1000, image_shape=None,
+           seed: int = 0, chunk_size: int = 0, record_every: int = 0, steps_per_call: int = 0,
+           progress: Optional[Callable] = None, devices=None, **options) -> dict:
+    """N posterior samples of p(x | y) with a solver (DPS, `ps`, by default). Returns numpy arrays:
     samples (N, H, W, C), distance (N, T), and x_record / x0_hat_record if record_every > 0.
+
+    `options` are the solver's own (`scale` for ps, ps+ and mcg; see `solvers.REGISTRY[name].Options`);
+    `sampler` and `eta` pick the DDPM or DDIM step of the diffusion solvers; `noise` is the noise model of
+    y (it picks the DPS distance). `image_shape` defaults to the prior's training size.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    cfg = model.config
-    image_shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
-    out_shape = jax.eval_shape(op, jax.ShapeDtypeStruct(image_shape, jnp.float32)).shape
-    check_measurement(y, out_shape)
-    tables = schedule.build_tables(schedule_name, num_timesteps, respacing or steps)
-    scfg = samplers.SamplerConfig(sampler=sampler, eta=eta, guidance=guidance, noise_model=noise,
-                                  var_type=var_type or default_var_type(cfg), record_every=record_every)
-    f = samplers.make_sampler(samplers.unet_denoise_fn(model), scfg, image_shape, progress, loop=loop)
-    keys = jax.random.split(jax.random.PRNGKey(seed), num_samples)
-    out = f(params, op, jnp.asarray(y, jnp.float32), keys, diffusion.step_coefficients(tables), scale)
-    out = jax.tree_util.tree_map(np.asarray, out)
-    out["samples"] = out.pop("sample")
-    return out
+    spec = solvers.get(solver)
+    options = with_sampler(spec, options, sampler, eta)
+    if image_shape is None:
+        if prior is None or prior.image_shape is None:
+            raise ValueError("image_shape=(H, W, C) is needed: the prior does not state its image size")
+        image_shape = prior.image_shape
+    runner = solvers.build(prior, image_shape, solver=spec, options=options, steps=steps, respacing=respacing,
+                           schedule=schedule, num_timesteps=num_timesteps, num_samples=num_samples,
+                           chunk_size=chunk_size, record_every=record_every, steps_per_call=steps_per_call,
+                           devices=devices)
+    problem = solvers.make_problem(op, y, runner.image_shape, noise)
+    return runner(problem, jax.random.PRNGKey(seed), progress)
+

@@ -12,6 +12,8 @@ import struct
 import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# Ten held-out Fashion-MNIST test images (t10k) that ship inside the package.
+SHIPPED_IMAGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "test_images")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 

@@ -1,26 +1,10 @@
-"""Shared test helpers: fixtures (golden numbers from the official PyTorch code) in NHWC."""
+"""Session-wide pytest fixtures; plain helpers live in helpers.py."""
 
 import json
-import os
 
-import numpy as np
 import pytest
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-
-
-def fixture_path(name: str) -> str:
-    return os.path.join(FIXTURES, name)
-
-
-def load_npz(name: str):
-    return np.load(fixture_path(name))
-
-
-def nhwc(a):
-    """(..., C, H, W) -> (..., H, W, C)."""
-    a = np.asarray(a)
-    return np.moveaxis(a, -3, -1)
+from helpers import fixture_path, load_npz
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +13,6 @@ def coefs():
     from dps_jax import diffusion, schedule
 
     return diffusion.step_coefficients(schedule.build_tables("linear", 1000, "10"))
-
-
-def row(coefs, i):
-    """The coefficients of the i-th step of a stacked table."""
-    import jax
-
-    return jax.tree_util.tree_map(lambda a: a[i], coefs)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dps_jax import api, diffusion, io, metrics, operators, samplers, schedule
-from dps_jax.models.checkpoint import read_extra
+from dps_jax import api, config_base, io, metrics, operators
+from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint
+from dps_jax.models.unet import PRESETS, preset
 
 
 def test_psnr_closed_form():
@@ -40,46 +41,35 @@ def test_grid_and_png(tmp_path):
     assert np.asarray(im)[0, 0] == 0 and np.asarray(im)[0, 10] == 128
 
 
-def test_shipped_prior_loads_and_runs_a_dps_step():
-    model, params, cfg = api.load_prior()
-    assert (cfg.image_size, cfg.in_channels) == (32, 1)
-    assert read_extra(api.SHIPPED_PRIOR)["var_type"] == "fixed_large"
-    op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
-    x = jnp.zeros((32, 32, 1))
-    y = op(x)
-    c = jax.tree_util.tree_map(lambda a: a[0], diffusion.step_coefficients(schedule.build_tables("linear", 1000, "10")))
-    x_t = jax.random.normal(jax.random.PRNGKey(0), (32, 32, 1))
-    out = samplers.unet_denoise_fn(model)(params, x_t, c.t_model)
-    assert out.shape == (32, 32, 1) and bool(jnp.all(jnp.isfinite(out)))
-    cfg_s = samplers.SamplerConfig(var_type="fixed_large")
-    x_next, x0_hat, d = samplers.reverse_step(samplers.unet_denoise_fn(model), params, op, y, x_t, c, 0.5, cfg_s,
-                                              jnp.zeros_like(x_t), jnp.zeros_like(y), None)
-    assert bool(jnp.all(jnp.isfinite(x_next))) and float(d) > 0
-    # The guided step moves x against the gradient: x' - x_next = scale * grad, and the gradient is nonzero.
-    cfg_v = samplers.SamplerConfig(var_type="fixed_large", guidance="vanilla")
-    x_prime = samplers.reverse_step(samplers.unet_denoise_fn(model), params, op, y, x_t, c, 0.5, cfg_v,
-                                    jnp.zeros_like(x_t), jnp.zeros_like(y), None)[0]
-    assert float(jnp.abs(x_prime - x_next).max()) > 0
+def test_shipped_prior_and_its_metadata_load_in_one_read():
+    pr = api.load_prior()
+    assert pr.image_shape == (32, 32, 1) and pr.var_type == "fixed_large"     # from the checkpoint's metadata
+    assert pr.size_multiple == 4 and pr.clip_denoised
+    ckpt = load_checkpoint(SHIPPED_PRIOR)
+    assert ckpt.config == preset("fmnist32") and ckpt.extra["var_type"] == "fixed_large"
+
+
+def test_config_presets_are_the_model_presets():
+    assert set(config_base.PRESETS) == set(PRESETS)
 
 
 def test_api_sample_in_one_call():
-    model, params, cfg = api.load_prior()
+    pr = api.load_prior()
     op = operators.build("inpainting", (32, 32, 1), key=jax.random.PRNGKey(0), mask_type="box",
                          box_len_range=(16, 17), margin=2)
-    x = jnp.zeros((32, 32, 1))
-    y = api.measure(op, x, jax.random.PRNGKey(1))
-    out = api.sample(model, params, op, y, num_samples=3, steps=2, scale=0.5, record_every=1)
+    y = api.measure(op, jnp.zeros((32, 32, 1)), jax.random.PRNGKey(1))
+    out = api.sample(pr, op, y, num_samples=3, steps=2, scale=0.5, record_every=1, chunk_size=2)
     assert out["samples"].shape == (3, 32, 32, 1) and out["distance"].shape == (3, 2)
-    assert out["x0_hat_record"].shape == (3, 2, 32, 32, 1)
+    assert np.isfinite(out["samples"]).all() and (out["distance"] > 0).all()
+    assert out["x0_hat_record"].shape == (3, 2, 32, 32, 1) and np.abs(out["x0_hat_record"]).max() <= 1.0
 
 
-def test_api_rejects_bad_measurements():
-    model, params, _ = api.load_prior()
+def test_api_rejects_bad_input():
+    pr = api.load_prior()
     op = operators.build("identity", (32, 32, 1))
-    y = jnp.zeros((32, 32, 1)).at[3, 4, 0].set(jnp.nan)
     with pytest.raises(ValueError, match=r"measurement contains 1 NaN/Inf values \(first at index \(3, 4, 0\)\)"):
-        api.sample(model, params, op, y, steps=2)
-    with pytest.raises(ValueError, match=r"measurement has shape \(16, 16, 1\); the operator produces \(32, 32, 1\)"):
-        api.sample(model, params, op, jnp.zeros((16, 16, 1)), steps=2)
+        api.sample(pr, op, jnp.zeros((32, 32, 1)).at[3, 4, 0].set(jnp.nan), steps=2)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1, got 0"):
-        api.sample(model, params, op, jnp.zeros((32, 32, 1)), num_samples=0)
+        api.sample(pr, op, jnp.zeros((32, 32, 1)), num_samples=0)
+    with pytest.raises(ValueError, match="unknown option\\(s\\) \\['zeta'\\] for solver 'ps'"):
+        api.sample(pr, op, jnp.zeros((32, 32, 1)), zeta=0.5)

@@ -16,7 +16,8 @@ def test_step_costs_one_forward_and_one_input_gradient():
     convolution once forward, once for its input gradient). Parameter gradients would make it about three.
     The donated-buffer variant of the levers benchmark runs the same step, and can run it again."""
     run, _, step_flops, parts, _, _ = step_speed.jax_step_fn("tiny", 1)
-    model, params, *_ = parts
+    pr = parts[0]
+    model, params = pr.apply.module, pr.params
     x, _ = step_speed.jax_inputs(1, 32)
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, jnp.full((1,), step_speed.STEP_INDEX)))
     forward_flops = step_speed._flops(forward.lower(params, x).compile())

@@ -11,7 +11,7 @@ import pytest
 
 from checkpoints_convert import CheckpointError, convert_state_dict, load_state_dict
 from checkpoints_convert.__main__ import main as convert_main
-from conftest import fixture_path, load_npz, nhwc
+from helpers import fixture_path, load_npz, nhwc
 from dps_jax.models.checkpoint import CheckpointFormatError, load_checkpoint
 from dps_jax.models.unet import UNetConfig
 
@@ -92,8 +92,8 @@ def test_cli_round_trip(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "checkpoints_convert", fixture_path("adm_variants.pt"), str(out),
                            "--config", str(cfg_file)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    model, params, cfg = load_checkpoint(str(out))
-    assert cfg == variants_config()
+    model, params, cfg, extra = load_checkpoint(str(out))
+    assert cfg == variants_config() and extra["source"] == fixture_path("adm_variants.pt")
     y = model.apply({"params": params}, jnp.asarray(nhwc(ref["x"])), jnp.asarray(ref["t"]), jnp.asarray(ref["y"]))
     assert np.abs(np.asarray(y) - nhwc(ref["out"])).max() <= 1e-4
 

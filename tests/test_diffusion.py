@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import row
+from helpers import row
 from dps_jax import diffusion, schedule
 
 

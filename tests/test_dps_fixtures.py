@@ -12,14 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_npz, nhwc
-from dps_jax import diffusion, operators, samplers, schedule
+from helpers import load_npz, nhwc
+from dps_jax import diffusion, operators, prior, schedule, solvers
+from dps_jax.solvers import loop
 
 NAMES = ["ddpm_ps_inpaint_box", "ddim_ps_gaussian_blur", "ddpm_ps_sr2_poisson", "ddpm_ps_phase_retrieval",
          "ddpm_ps_sr2_gaussian_20steps"]
 
 
-def setup(name):
+def trajectory(name, ffhq_like):
+    """The fixture, its problem, prior, solver, options, coefficient rows and recorded noises."""
     f = load_npz(f"dps_{name}.npz")
     spec = json.loads(str(f["spec"]))
     o = spec["operator"]
@@ -34,38 +36,33 @@ def setup(name):
         op = operators.build("phase_retrieval", shape, oversample=o["oversample"], pad=spec["pad"])
     tables = schedule.build_tables("linear", 1000, spec["timestep_respacing"])
     np.testing.assert_array_equal(tables.timestep_map, f["timesteps"])
-    cfg = samplers.SamplerConfig(sampler=spec["sampler"], guidance=spec["method"], noise_model=spec["noise"]["name"],
-                                 var_type="learned_range", clip_denoised=True)
-    return f, spec, op, diffusion.step_coefficients(tables), cfg
+    model, params, _ = ffhq_like
+    solver = solvers.get(spec["method"])
+    options = solvers.make_options(solver, sampler=spec["sampler"], scale=spec["scale"])
+    problem = solvers.make_problem(op, nhwc(f["y"])[0], shape, spec["noise"]["name"])
+    noise = {"x": jnp.asarray(nhwc(f["noise_x"][:, 0])), "y": jnp.asarray(nhwc(f["noise_y"][:, 0]))}
+    return (f, problem, prior.from_unet(model, params, "learned_range"), solver, options,
+            diffusion.step_coefficients(tables), noise)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_teacher_forced_steps(name, ffhq_like):
-    model, params, _ = ffhq_like
-    f, spec, op, coefs, cfg = setup(name)
-    den = samplers.unet_denoise_fn(model)
-    y = jnp.asarray(nhwc(f["y"])[0])
+    f, problem, pr, solver, options, coefs, noise = trajectory(name, ffhq_like)
     xs, x0s = nhwc(f["xs"]), nhwc(f["pred_xstart"])
     starts = np.concatenate([nhwc(f["x_T"]), xs[:-1]])
-    step = lambda x, c, nx, ny: samplers.reverse_step(den, params, op, y, x, c, spec["scale"], cfg, nx, ny,
-                                                      jax.random.PRNGKey(0))
+    step = lambda x, c, nz: solver.update(x, c, nz, problem, pr, options)
     # Every step at once: the inputs of each step are recorded, so the steps are independent.
-    x_next, x0_hat, dist = jax.jit(jax.vmap(step))(jnp.asarray(starts), coefs, jnp.asarray(nhwc(f["noise_x"][:, 0])),
-                                                   jnp.asarray(nhwc(f["noise_y"][:, 0])))
+    x_next, record = jax.jit(jax.vmap(step))(jnp.asarray(starts), coefs, noise)
     err = np.abs(np.asarray(x_next) - xs).reshape(len(xs), -1).max(axis=1)
     assert err[0] <= 1e-2 and err[1:].max() <= 1e-3, err
-    assert np.abs(np.asarray(x0_hat) - x0s).max() <= 1e-3
-    np.testing.assert_allclose(np.asarray(dist), f["distance"], rtol=1e-4)
+    assert np.abs(np.asarray(record["x0_hat"]) - x0s).max() <= 1e-3
+    np.testing.assert_allclose(np.asarray(record["distance"]), f["distance"], rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["ddim_ps_gaussian_blur", "ddpm_ps_sr2_gaussian_20steps"])
 def test_free_running(name, ffhq_like):
-    model, params, _ = ffhq_like
-    f, spec, op, coefs, cfg = setup(name)
-    out = jax.jit(lambda x_T, noise: samplers.reverse_loop(
-        samplers.unet_denoise_fn(model), params, op, jnp.asarray(nhwc(f["y"])[0]), x_T, jax.random.PRNGKey(0),
-        coefs, spec["scale"], cfg, noise=noise))(
-        jnp.asarray(nhwc(f["x_T"])[0]),
-        {"noise_x": jnp.asarray(nhwc(f["noise_x"][:, 0])), "noise_y": jnp.asarray(nhwc(f["noise_y"][:, 0]))})
-    assert np.abs(np.asarray(out["sample"]) - nhwc(f["sample"])[0]).max() <= 2e-3
-    np.testing.assert_allclose(np.asarray(out["distance"]), f["distance"], rtol=2e-3)
+    f, problem, pr, solver, options, coefs, noise = trajectory(name, ffhq_like)
+    run = jax.jit(lambda x_T, noise: loop.scan(solver, x_T, coefs, None, problem, pr, options, noise=noise))
+    sample, _, scalars = run(jnp.asarray(nhwc(f["x_T"])[0]), noise)
+    assert np.abs(np.asarray(sample) - nhwc(f["sample"])[0]).max() <= 2e-3
+    np.testing.assert_allclose(np.asarray(scalars["distance"]), f["distance"], rtol=2e-3)

@@ -1,25 +1,31 @@
-"""The main job end to end on the shipped prior (very short schedules), devices, and bad input."""
+"""The main job end to end on the shipped prior (very short schedules), plug-in solvers, devices, bad input."""
 
 import glob
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
-from dps_jax import config_defaults, pipeline
+from dps_jax import config_base, main, pipeline, solvers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
 SHORT = dict(steps=3, num_samples=2, num_images=1)
+# In-process runs share a throw-away compilation cache: runs of the same program (same task, new flags)
+# load it instead of compiling again. The user's cache is left alone.
+CACHE = tempfile.mkdtemp(prefix="dps_jax_test_cache_")
 
 
 def short_config(task, root, **over):
-    cfg = config_defaults.task_config(task)
+    cfg = config_base.task_config(task)
     cfg.sampler.steps, cfg.num_samples, cfg.data.num_images = SHORT["steps"], SHORT["num_samples"], SHORT["num_images"]
     cfg.output.root = str(root)
-    cfg.compilation_cache = ""           # tests leave the user's cache alone
+    cfg.compilation_cache = CACHE
     for k, v in over.items():
         node = cfg
         *path, leaf = k.split(".")
@@ -29,36 +35,28 @@ def short_config(task, root, **over):
     return cfg
 
 
-def cli(*args, env=None):
+def subprocess_cli(*args, env=None):
     e = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "dps_jax.main", *args], cwd=REPO, capture_output=True, text=True,
                           env=e, timeout=300)
 
 
-def short_flags(root):
+def short_flags(root, cache=CACHE):
     return [f"--config.sampler.steps={SHORT['steps']}", f"--config.num_samples={SHORT['num_samples']}",
             f"--config.data.num_images={SHORT['num_images']}", f"--config.output.root={root}",
-            "--config.compilation_cache="]
+            f"--config.compilation_cache={cache}"]
 
 
-@pytest.mark.parametrize("task", [t for t in config_defaults.TASKS if t != "phase_retrieval"])
+@pytest.mark.parametrize("task", [t for t in config_base.TASKS if t != "phase_retrieval"])
 def test_task_runs_end_to_end(task, tmp_path):
-    run_dir = pipeline.run(short_config(task, tmp_path), stream=open(os.devnull, "w"))
+    run_dir = pipeline.run(short_config(task, tmp_path), stream=io.StringIO())
     check_outputs(run_dir, task)
-
-
-def test_cli_phase_retrieval_end_to_end(tmp_path):
-    proc = cli("--config=configs/phase_retrieval.py", *short_flags(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (run_dir,) = glob.glob(str(tmp_path / "phase_retrieval" / "*"))
-    check_outputs(run_dir, "phase_retrieval")
-    assert "step 3/3" in proc.stderr and "distance" in proc.stderr      # the live progress line
 
 
 def check_outputs(run_dir, task):
     assert not run_dir.endswith((".partial", "-incomplete"))
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
-    assert m["task"] == task and m["num_samples"] == 2 and m["steps"] == 3
+    assert m["task"] == task and m["num_samples"] == 2 and m["steps"] == 3 and m["solver"] == "ps"
     assert m["compile_seconds"] > 0 and m["seconds_per_step"] > 0
     (img,) = m["images"]
     assert len(img["samples"]) == 2
@@ -72,90 +70,143 @@ def check_outputs(run_dir, task):
     assert np.load(os.path.join(d, "samples.npz"))["samples"].shape == (2, 32, 32, 1)
 
 
-def test_compilation_cache_is_written_and_gives_the_same_samples(tmp_path):
+def test_cli_end_to_end_with_a_fresh_compilation_cache(tmp_path):
+    """Phase retrieval from the command line, twice: the first run writes the compilation cache, the
+    second reads it and draws the same samples."""
     cache = tmp_path / "cache"
     runs = []
     for i in range(2):
-        proc = cli("--config=configs/gaussian_deblur.py", *short_flags(tmp_path / str(i)),
-                   f"--config.compilation_cache={cache}")
+        proc = subprocess_cli("--config=configs/phase_retrieval.py", *short_flags(tmp_path / str(i), cache))
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert os.listdir(cache)             # written by the first run, read by the second
-        (d,) = glob.glob(str(tmp_path / str(i) / "gaussian_deblur" / "*" / "*" / "samples.npz"))
-        runs.append(np.load(d)["samples"])
-    np.testing.assert_array_equal(runs[0], runs[1])
+        assert os.listdir(cache)
+        (run_dir,) = glob.glob(str(tmp_path / str(i) / "phase_retrieval" / "*"))
+        check_outputs(run_dir, "phase_retrieval")
+        assert "step 3/3 eta     0s distance" in proc.stderr and "nan" not in proc.stderr     # the progress line
+        (d,) = glob.glob(os.path.join(run_dir, "*", "samples.npz"))
+        runs.append((np.load(d)["samples"], json.load(open(os.path.join(run_dir, "metrics.json")))))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[1][1]["compile_seconds"] < runs[0][1]["compile_seconds"]
 
 
-def test_two_devices_equal_one_device(tmp_path):
-    one = pipeline.run(short_config("inpainting_box", tmp_path / "one"), stream=open(os.devnull, "w"))
-    proc = cli("--config=configs/inpainting_box.py", *short_flags(tmp_path / "two"),
-               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+TOY_CONFIG = '''
+import sys
+sys.path.insert(0, {tests!r})
+import toy_solver
+from dps_jax import solvers
+from dps_jax.config_base import base
+
+if "x0_only" not in solvers.REGISTRY:
+    solvers.register(toy_solver.SOLVER)            # the one registry line
+
+
+def get_config(preset=None):
+    c = base("inpainting_box", preset)             # registered before base(): solver.x0_only exists
+    c.operator = dict(name="inpainting", mask_type="box", box_len_range=(16, 17), margin=2)
+    c.solver.name = "x0_only"
+    c.num_samples, c.chunk_size, c.sampler.steps = 3, 2, 4
+    return c
+'''
+
+
+def test_plugged_in_solver_on_the_cli_and_two_devices(tmp_path):
+    """A solver from one module and one registry line runs through the CLI, with chunking, on two forced CPU
+    devices, and gives the samples of the one-device run in this process."""
+    config = tmp_path / "toy_config.py"
+    config.write_text(TOY_CONFIG.format(tests=TESTS))
+    flags = [f"--config={config}", "--config.solver.x0_only.noise_scale=0.5", "--config.compilation_cache="]
+    proc = subprocess_cli(*flags, f"--config.output.root={tmp_path / 'two'}",
+                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     (two,) = glob.glob(str(tmp_path / "two" / "inpainting_box" / "*"))
-    assert json.load(open(os.path.join(two, "metrics.json")))["devices"] == 2
+    m = json.load(open(os.path.join(two, "metrics.json")))
+    assert m["devices"] == 2 and m["solver"] == "x0_only" and m["chunk_size"] == 2
+
+    out = io.StringIO()
+    assert main.cli(["dps_jax.main", *flags, f"--config.output.root={tmp_path / 'one'}"], stream=out) == 0, out.getvalue()
+    (one,) = glob.glob(str(tmp_path / "one" / "inpainting_box" / "*"))
     (name,) = [p for p in os.listdir(one) if os.path.isdir(os.path.join(one, p))]
     a = np.load(os.path.join(one, name, "samples.npz"))["samples"]
     b = np.load(os.path.join(two, name, "samples.npz"))["samples"]
+    assert a.shape == (3, 32, 32, 1)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    solvers.REGISTRY.pop("x0_only", None)
 
 
 def test_divergence_is_reported_and_nothing_is_a_result(tmp_path):
-    proc = cli("--config=configs/super_resolution.py", *short_flags(tmp_path), "--config.guidance.scale=1e38")
-    assert proc.returncode == 1
-    line = proc.stderr.strip().splitlines()[-1]
+    out = io.StringIO()
+    status = main.cli(["dps_jax.main", "--config=configs/super_resolution.py", *short_flags(tmp_path),
+                       "--config.solver.ps.scale=1e38"], stream=out)
+    assert status == 1
+    line = out.getvalue().strip().splitlines()[-1]
     assert line.startswith("error: sampling diverged (NaN/Inf) at step ") and "-incomplete" in line
     (d,) = glob.glob(str(tmp_path / "super_resolution" / "*"))
     assert d.endswith("-incomplete") and os.path.exists(os.path.join(d, "INCOMPLETE"))
     assert not os.path.exists(os.path.join(d, "metrics.json"))
 
 
-def _bad(tmp_path, *args, config="configs/inpainting_box.py"):
-    # Short flags too, so that a check that wrongly lets the run through fails fast.
-    proc = cli(f"--config={config}", *short_flags(tmp_path), *args)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    assert not os.path.exists(tmp_path / "inpainting_box") or not os.listdir(tmp_path / "inpainting_box")
-    return lines[0]
-
-
-def test_bad_inputs(tmp_path):
+def _files(tmp_path):
     empty = tmp_path / "empty"
-    empty.mkdir()
+    empty.mkdir(exist_ok=True)
     broken = tmp_path / "broken"
-    broken.mkdir()
+    broken.mkdir(exist_ok=True)
     (broken / "x.png").write_bytes(b"not a png")
-    corrupt = tmp_path / "corrupt.msgpack"
-    corrupt.write_bytes(b"\x93garbage")
-    cases = [
-        ((), "configs/nope.py", "nope.py"),
-        (("--config.task=denoise_everything",), None, "unknown task 'denoise_everything'"),
-        (("--config.no_such_key=1",), None, "no_such_key"),
-        ((f"--config.data.root={empty}",), None, "no images"),
-        ((f"--config.data.root={tmp_path / 'missing'}",), None, "image folder not found"),
-        ((f"--config.data.root={broken}",), None, "cannot read image"),
-        (("--config.data.image_size=30",), None, "data.image_size 30 is not divisible by 4"),
-        (("--config.noise.sigma=-0.5",), None, "sigma must be >= 0, got -0.5"),
-        (("--config.num_samples=0",), None, "num_samples must be an integer >= 1, got 0"),
-        ((f"--config.model.checkpoint={tmp_path / 'missing.msgpack'}",), None, "checkpoint file not found"),
-        ((f"--config.model.checkpoint={corrupt}",), None, "not a readable dps_jax checkpoint"),
-        (("--config.operator.kernel_size=65",), "configs/gaussian_deblur.py", "kernel_size 65 is too large"),
-        (("--config.operator.scale_factor=3.5",), "configs/super_resolution.py", "flag --config.operator.scale_factor=3.5"),
-        (("--config.operator.scale_factor=3",), "configs/super_resolution.py", "scale_factor 3 does not divide"),
-        ((), "configs/phase_retrieval.py:ffhq256", "needs a converted checkpoint"),
-        ((), "configs/phase_retrieval.py:ffhq1024", "unknown config preset 'ffhq1024'"),
-    ]
-    for args, config, match in cases:
-        line = _bad(tmp_path, *args, config=config or "configs/inpainting_box.py")
-        assert match in line, (args, line)
+    (tmp_path / "corrupt.msgpack").write_bytes(b"\x93garbage")
+    return tmp_path
+
+
+BAD_INPUTS = [
+    ((), "configs/nope.py", "nope.py"),
+    (("--config.task=denoise_everything",), None, "unknown task 'denoise_everything'"),
+    (("--config.no_such_key=1",), None, "no_such_key"),
+    (("--config.data.root={tmp}/empty",), None, "no images"),
+    (("--config.data.root={tmp}/missing",), None, "image folder not found"),
+    (("--config.data.root={tmp}/broken",), None, "cannot read image"),
+    (("--config.data.image_size=30",), None, "data.image_size 30: image size 30 x 30 is not divisible by 4"),
+    (("--config.noise.sigma=-0.5",), None, "sigma must be >= 0, got -0.5"),
+    (("--config.num_samples=0",), None, "num_samples must be an integer >= 1, got 0"),
+    (("--config.chunk_size=-1",), None, "chunk_size must be an integer >= 0, got -1"),
+    (("--config.solver.name=dps",), None, "unknown solver 'dps'; expected one of"),
+    (("--config.solver.ps.scale=-1",), None, "scale (zeta) must be a finite number >= 0, got -1.0"),
+    (("--config.sampler.name=euler",), None, "unknown sampler 'euler'"),
+    (("--config.sampler.steps=3", "--config.sampler.steps_per_call=2"), None, "steps_per_call 2 does not divide"),
+    (("--config.model.checkpoint={tmp}/missing.msgpack",), None, "checkpoint file not found"),
+    (("--config.model.checkpoint={tmp}/corrupt.msgpack",), None, "not a readable dps_jax checkpoint"),
+    (("--config.model.dtype=float16",), None, "model.dtype must be one of ['bfloat16', 'float32'], got 'float16'"),
+    (("--config.operator.kernel_size=65",), "configs/gaussian_deblur.py", "kernel_size 65 is too large"),
+    (("--config.operator.scale_factor=3.5",), "configs/super_resolution.py", "flag --config.operator.scale_factor=3.5"),
+    (("--config.operator.scale_factor=3",), "configs/super_resolution.py", "scale_factor 3 does not divide"),
+    (("--config.solver.name=mcg",), "configs/phase_retrieval.py", "solver 'mcg' needs a linear operator"),
+    ((), "configs/phase_retrieval.py:ffhq256", "needs a converted checkpoint"),
+    ((), "configs/phase_retrieval.py:ffhq1024", "unknown config preset 'ffhq1024'"),
+]
+
+
+@pytest.mark.parametrize("args, config, match", BAD_INPUTS, ids=[m[:40] for _, _, m in BAD_INPUTS])
+def test_bad_input_is_one_line(tmp_path, args, config, match):
+    tmp = _files(tmp_path)
+    out = io.StringIO()
+    argv = ["dps_jax.main", f"--config={config or 'configs/inpainting_box.py'}", *short_flags(tmp_path / "out"),
+            *(a.format(tmp=tmp) for a in args)]
+    assert main.cli(argv, stream=out) == 1, out.getvalue()[-2000:]
+    lines = [l for l in out.getvalue().strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0], out.getvalue()[-2000:]
+    assert not os.path.exists(tmp_path / "out")            # nothing half-written
+
+
+def test_bad_input_in_a_fresh_process_is_one_line_and_status_1(tmp_path):
+    proc = subprocess_cli("--config=configs/inpainting_box.py", *short_flags(tmp_path), "--config.num_samples=0")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["error: num_samples must be an integer >= 1, got 0"]
 
 
 def test_mismatched_checkpoint(tmp_path):
-    from dps_jax import api
-    from dps_jax.models.checkpoint import save_checkpoint
     import dataclasses
-    model, params, cfg = api.load_prior()
-    other = dataclasses.replace(cfg, model_channels=64)
+    from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint, save_checkpoint
+    _, params, cfg, _ = load_checkpoint(SHIPPED_PRIOR)
     path = tmp_path / "mismatch.msgpack"
-    save_checkpoint(str(path), params, other)
-    line = _bad(tmp_path, f"--config.model.checkpoint={path}")
-    assert "do not match the model config" in line and "shape" in line
+    save_checkpoint(str(path), params, dataclasses.replace(cfg, model_channels=64))
+    out = io.StringIO()
+    assert main.cli(["dps_jax.main", "--config=configs/inpainting_box.py", *short_flags(tmp_path),
+                     f"--config.model.checkpoint={path}"], stream=out) == 1
+    line = out.getvalue().strip()
+    assert line.startswith("error:") and "do not match the model config" in line and "shape" in line

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import load_npz
+from helpers import load_npz
 from dps_jax import schedule
 
 FIELDS = ["betas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_variance",

@@ -4,7 +4,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from dps_jax import io, train
-from dps_jax.models.checkpoint import load_checkpoint, read_extra
+from dps_jax.models.checkpoint import load_checkpoint
 
 
 def tiny_config(root, num_steps):
@@ -29,13 +29,13 @@ def test_train_checkpoint_resume_and_export(tmp_path, capsys):
     train.train(tiny_config(root, 2), str(work))
     out = capsys.readouterr().out
     assert "step 2/2 loss" in out and "done: 2 steps" in out
-    first = load_checkpoint(str(work / "ema.msgpack"))[1]
-    assert read_extra(str(work / "ema.msgpack"))["step"] == 2
+    first = load_checkpoint(str(work / "ema.msgpack"))
+    assert first.extra["step"] == 2 and first.extra["var_type"] == "fixed_large"
 
     train.train(tiny_config(root, 3), str(work))
     out = capsys.readouterr().out
     assert "resumed from" in out and "at step 2" in out and "done: 3 steps" in out
-    model, params, cfg = load_checkpoint(str(work / "ema.msgpack"))
-    assert cfg.image_size == 8 and read_extra(str(work / "ema.msgpack"))["step"] == 3
+    model, params, cfg, extra = load_checkpoint(str(work / "ema.msgpack"))
+    assert cfg.image_size == 8 and extra["step"] == 3
     leaves = lambda t: np.concatenate([np.ravel(v) for v in __import__("jax").tree_util.tree_leaves(t)])
-    assert not np.allclose(leaves(first), leaves(params))          # the EMA moved
+    assert not np.allclose(leaves(first.params), leaves(params))          # the EMA moved

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from checkpoints_convert import convert_state_dict, load_state_dict
-from conftest import fixture_path, load_npz, nhwc
+from helpers import fixture_path, load_npz, nhwc
 from dps_jax.models.unet import (UNet, UNetConfig, attention, count_params, create_model_config, normal_params,
                                  param_shapes, preset)
 
@@ -43,7 +43,7 @@ def test_attention_closed_form():
     np.testing.assert_allclose(attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)), want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, count", [("ffhq256", 93_563_910), ("imagenet256_uncond", 552_814_086)])
+@pytest.mark.parametrize("name, count", [("ffhq256", 93_563_910), ("imagenet256", 552_814_086)])
 def test_published_parameter_counts(name, count):
     assert count_params(param_shapes(preset(name))) == count
 

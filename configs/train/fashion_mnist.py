@@ -3,7 +3,11 @@
     python -m dps_jax.train --config=configs/train/fashion_mnist.py --workdir=runs/fmnist
 """
 
+import dataclasses
+
 import ml_collections
+
+from dps_jax.models.unet import preset
 
 
 def get_config():
@@ -11,11 +15,9 @@ def get_config():
     c.seed = 0
     c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="/usr/share/datasets/fashion-mnist",
                                             image_size=32, channels=1))
-    # A small ADM UNet: 32 -> 16 -> 8 levels, attention at 8 x 8 and in the middle.
-    c.model = ml_collections.ConfigDict(dict(
-        image_size=32, in_channels=1, model_channels=32, out_channels=1, num_res_blocks=1,
-        attention_resolutions=(4,), channel_mult=(1, 2, 2), num_heads=4, num_head_channels=-1,
-        use_scale_shift_norm=True, resblock_updown=True, dropout=0.1))
+    # The model preset `fmnist32`, a small ADM UNet: 32 -> 16 -> 8 levels, attention at 8 x 8 and in the
+    # middle, dropout 0.1 (UNetConfig fields; any can be overridden, e.g. --config.model.model_channels=64).
+    c.model = ml_collections.ConfigDict(dataclasses.asdict(preset("fmnist32")))
     # Epsilon prediction on the linear schedule with a fixed variance (Ho et al.'s L_simple);
     # sampling uses the fixed-large variance.
     c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_timesteps=1000))

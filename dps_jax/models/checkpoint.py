@@ -1,7 +1,7 @@
 """The dps_jax checkpoint format: one msgpack file holding the UNet config and its params.
 
     save_checkpoint("ffhq256.msgpack", params, config)      # atomic: temp file, then rename
-    model, params, config = load_checkpoint("ffhq256.msgpack")
+    model, params, config, extra = load_checkpoint("ffhq256.msgpack")
 
 `checkpoints_convert` writes this format from the published PyTorch checkpoints; the shipped prior
 uses it too.
@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any, NamedTuple
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dps_jax.models.unet import UNet, UNetConfig, param_shapes
 
 FORMAT = "dps_jax.adm_unet"
 VERSION = 1
+# The 32 x 32 Fashion-MNIST prior that ships inside the package (README, "The shipped prior").
+SHIPPED_PRIOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                             "fmnist32.msgpack")
 
 
 class CheckpointFormatError(ValueError):
@@ -64,14 +69,16 @@ def check_params(params, config: UNetConfig, where: str = "params") -> None:
         raise CheckpointFormatError("\n".join(lines))
 
 
-def read_extra(path: str) -> dict:
-    """The `extra` metadata of a checkpoint (training step, variance type, source file)."""
-    with open(path, "rb") as f:
-        return dict(flax.serialization.msgpack_restore(f.read()).get("extra", {}))
+class Checkpoint(NamedTuple):
+    """A loaded dps_jax checkpoint."""
+    model: UNet                  # the Flax module (its compute dtype as asked)
+    params: Any                  # float32 numpy arrays
+    config: UNetConfig
+    extra: dict                  # metadata: training step, variance type, source file
 
 
-def load_checkpoint(path: str, dtype=None):
-    """(UNet module, params, UNetConfig) from a dps_jax checkpoint; `dtype` sets the compute dtype."""
+def load_checkpoint(path: str, dtype=None) -> Checkpoint:
+    """A dps_jax checkpoint, read once: module, params, config and metadata; `dtype` sets the compute dtype."""
     if not os.path.isfile(path):
         raise CheckpointFormatError(f"checkpoint file not found: {path}")
     with open(path, "rb") as f:
@@ -92,5 +99,5 @@ def load_checkpoint(path: str, dtype=None):
     params = payload["params"]
     check_params(params, config, where=f"{path}: params")
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    import jax.numpy as jnp
-    return UNet(config, dtype or jnp.float32), params, config
+    extra = payload.get("extra", {})
+    return Checkpoint(UNet(config, dtype or jnp.float32), params, config, dict(extra) if isinstance(extra, dict) else {})

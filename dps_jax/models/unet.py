@@ -125,21 +125,27 @@ def create_model_config(image_size: int, num_channels: int, num_res_blocks: int,
         use_new_attention_order=use_new_attention_order)
 
 
+# The published models (and the shipped prior) by name, as guided-diffusion `create_model` arguments: the
+# one preset vocabulary of the task configs (`configs/<task>.py:<preset>`), the converter (`--model`) and
+# the benchmarks (which pass the same arguments to the official PyTorch `create_model`).
 PRESETS = {
     # ffhq_10m.pt, the DPS paper's FFHQ 256 prior.
-    "ffhq256": lambda: create_model_config(
-        image_size=256, num_channels=128, num_res_blocks=1, learn_sigma=True, attention_resolutions="16",
-        num_heads=4, num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True),
+    "ffhq256": dict(image_size=256, num_channels=128, num_res_blocks=1, learn_sigma=True, attention_resolutions="16",
+                    num_heads=4, num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True),
     # 256x256_diffusion_uncond.pt, guided-diffusion's unconditional ImageNet 256 model.
-    "imagenet256_uncond": lambda: create_model_config(
-        image_size=256, num_channels=256, num_res_blocks=2, learn_sigma=True, attention_resolutions="32,16,8",
-        num_heads=4, num_head_channels=64, use_scale_shift_norm=True, resblock_updown=True),
+    "imagenet256": dict(image_size=256, num_channels=256, num_res_blocks=2, learn_sigma=True,
+                        attention_resolutions="32,16,8", num_heads=4, num_head_channels=64,
+                        use_scale_shift_norm=True, resblock_updown=True),
+    # dps_jax/assets/fmnist32.msgpack, the 32 x 32 Fashion-MNIST prior trained by dps_jax.train.
+    "fmnist32": dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2", in_channels=1,
+                     attention_resolutions="8", num_heads=4, use_scale_shift_norm=True, resblock_updown=True,
+                     dropout=0.1),
 }
 
 
 def preset(name: str) -> UNetConfig:
     try:
-        return PRESETS[name]()
+        return create_model_config(**PRESETS[name])
     except KeyError:
         raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}") from None
 

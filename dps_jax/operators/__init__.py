@@ -7,6 +7,7 @@ every measurement of the same shapes. Images are one (H, W, C) array in [-1, 1];
     op = operators.build("super_resolution", (256, 256, 3), scale_factor=4)
     y = op(x)                      # A(x), (64, 64, 3)
     x_p = op.project(x, y_noisy)   # replace the measured part of x by y_noisy (linear operators)
+    picture = op.display(y)        # an image-shaped picture of y, for figures (not A^T)
 """
 
 from __future__ import annotations
@@ -22,21 +23,22 @@ class OperatorSpec(NamedTuple):
     make: Callable[..., Dict[str, Any]]            # (image_shape, **options) -> params (host side)
     forward: Callable                              # (x, params) -> A(x)
     project: Optional[Callable] = None             # (x, y, params) -> x with A(x) replaced by y
-    transpose: Optional[Callable] = None           # (y, params) -> an image-shaped view of y
+    display: Optional[Callable] = None             # (y, params) -> an image-shaped picture of y
     linear: bool = True
+    random: bool = False                           # make() draws its data (mask, kernel) from a `key`
 
 
 # Nonlinear blur (the paper's BKSE operator) will register here as "nonlinear_blur".
 REGISTRY: Dict[str, OperatorSpec] = {
     "super_resolution": OperatorSpec(super_resolution.make, super_resolution.forward,
-                                     super_resolution.project, super_resolution.transpose),
+                                     super_resolution.project, super_resolution.display),
     "inpainting": OperatorSpec(inpainting.make, inpainting.forward, inpainting.project,
-                               inpainting.transpose),
-    "gaussian_blur": OperatorSpec(blur.make_gaussian, blur.forward, blur.project, blur.transpose),
-    "motion_blur": OperatorSpec(blur.make_motion, blur.forward, blur.project, blur.transpose),
+                               inpainting.display, random=True),
+    "gaussian_blur": OperatorSpec(blur.make_gaussian, blur.forward, blur.project, blur.display),
+    "motion_blur": OperatorSpec(blur.make_motion, blur.forward, blur.project, blur.display, random=True),
     "phase_retrieval": OperatorSpec(phase_retrieval.make, phase_retrieval.forward,
-                                    phase_retrieval.project, phase_retrieval.transpose, linear=False),
-    "identity": OperatorSpec(identity.make, identity.forward, identity.project, identity.transpose),
+                                    phase_retrieval.project, phase_retrieval.display, linear=False),
+    "identity": OperatorSpec(identity.make, identity.forward, identity.project, identity.display),
 }
 
 
@@ -70,23 +72,31 @@ class Operator:
         """x with its measured part replaced by y, so that A(project(x, y)) = y."""
         fn = spec(self.name).project
         if fn is None:
-            raise ValueError(f"operator {self.name!r} has no projection; use guidance 'ps'")
+            raise ValueError(f"operator {self.name!r} has no projection; use the solver 'ps'")
         return fn(x, y, self.params)
 
-    def transpose(self, y):
-        """An image-shaped view of a measurement (the official code's A^T; for display)."""
-        return spec(self.name).transpose(y, self.params)
+    def display(self, y):
+        """An image-shaped picture of a measurement y, for figures: the low-resolution image upsampled,
+        the masked or blurred image, the log Fourier amplitude. Not the adjoint A^T."""
+        return spec(self.name).display(y, self.params)
 
     @property
     def linear(self) -> bool:
         return spec(self.name).linear
 
 
-def build(name: str, image_shape, **options) -> Operator:
-    """Build the operator `name` for images of shape (H, W, C); options are checked and named in errors."""
+def build(name: str, image_shape, key=None, **options) -> Operator:
+    """Build the operator `name` for images of shape (H, W, C); options are checked and named in errors.
+
+    `key` (a jax PRNG key) draws the random data of the operators that have some (an inpainting mask, a
+    motion-blur kernel) unless it is given as an option (`mask=`, `kernel=`); other operators ignore it.
+    """
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}")
-    params = spec(name).make(tuple(int(s) for s in image_shape), **options)
+    s = spec(name)
+    if s.random:
+        options["key"] = key
+    params = s.make(tuple(int(d) for d in image_shape), **options)
     static = tuple(sorted((k, v) for k, v in params.items() if isinstance(v, (int, float, str))))
     arrays = {k: v for k, v in params.items() if not isinstance(v, (int, float, str))}
     return Operator(name=name, arrays=arrays, static=static)

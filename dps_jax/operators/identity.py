@@ -13,5 +13,5 @@ def project(x, y, params):
     return y
 
 
-def transpose(y, params):
+def display(y, params):
     return y

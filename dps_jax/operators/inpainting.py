@@ -113,5 +113,5 @@ def project(x, y, params):
     return x * (1.0 - m) + y * m
 
 
-def transpose(y, params):
+def display(y, params):
     return y * params["mask"]

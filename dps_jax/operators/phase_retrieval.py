@@ -56,7 +56,7 @@ def project(x, y, params):
     return jnp.real(ifft2_centered(k))[ph:ph + h, pw:pw + w]
 
 
-def transpose(y, params):
+def display(y, params):
     """For display: the log amplitude, scaled to [-1, 1]."""
     v = jnp.log1p(y)
     return 2.0 * (v - v.min()) / jnp.maximum(v.max() - v.min(), 1e-12) - 1.0

@@ -73,7 +73,7 @@ def project(x, y, params):
     return x + jnp.einsum("ho,opc,wp->hwc", params["pinv_h"], r, params["pinv_w"])
 
 
-def transpose(y, params):
+def display(y, params):
     """Nearest-neighbour upsampling by f (the official code's A^T), cropped to the image size."""
     h, w = params["down_h"].shape[1], params["down_w"].shape[1]
     f = int(math.ceil(h / params["down_h"].shape[0]))

@@ -1,0 +1,21 @@
+"""MCG, manifold constrained gradients (Chung et al. 2022), as the DPS paper compares with it.
+
+The DPS step (`solvers.dps`), then the projection onto the measurement set {x : A(x) = y_t}, where
+y_t = sqrt(alphas_cumprod) y + sqrt(1 - alphas_cumprod) z is the measurement noised to the level of the
+step. Needs a linear A with a projection (`Operator.project`).
+"""
+
+from __future__ import annotations
+
+from dps_jax import diffusion
+from dps_jax.solvers import base, dps
+
+
+def update(x_t, c, noise, problem, prior, options: dps.Options):
+    x, record = dps.update(x_t, c, noise, problem, prior, options)
+    y_t = diffusion.q_sample(problem.y, c, noise["y"])
+    return problem.op.project(x, y_t), record
+
+
+SOLVER = base.Solver("mcg", dps.Options, init=base.start, draw=base.draw_x_and_y, update=update,
+                     check=base.needs_projection("mcg"))

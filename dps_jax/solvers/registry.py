@@ -1,0 +1,36 @@
+"""The solvers by name: one line per method."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from dps_jax.solvers import dps, mcg, score_sde, unconditional
+from dps_jax.solvers.base import Solver
+
+REGISTRY: Dict[str, Solver] = {
+    "ps": dps.SOLVER,                    # DPS (Chung et al. 2023)
+    "ps+": dps.SOLVER_PLUS,              # DPS averaged over perturbed x0_hat (the official variant)
+    "mcg": mcg.SOLVER,                   # manifold constrained gradients (Chung et al. 2022)
+    "projection": score_sde.SOLVER,      # Score-SDE / ILVR-style projection
+    "vanilla": unconditional.SOLVER,     # the prior alone
+}
+
+
+def get(name: str) -> Solver:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; expected one of {sorted(REGISTRY)}") from None
+
+
+def register(solver: Solver) -> Solver:
+    """Add a solver to the registry (its name must be new); returns it."""
+    if solver.name in REGISTRY:
+        raise ValueError(f"a solver named {solver.name!r} is already registered")
+    REGISTRY[solver.name] = solver
+    return solver
+
+
+def config_key(name: str) -> str:
+    """The config section of a solver's options: its name with '+' spelled out (`ps+` -> `solver.ps_plus`)."""
+    return name.replace("+", "_plus")

@@ -1,0 +1,211 @@
+"""The builder behind both the CLI and the API: a solver, a prior and a schedule become a Runner that
+draws N posterior samples of one measurement per call.
+
+    runner = build(prior, (256, 256, 3), solver="ps", options={"scale": 0.3}, steps=1000,
+                   num_samples=16, chunk_size=4)
+    runner.compile(problem)                       # optional, ahead of time; returns the seconds it took
+    out = runner(problem, key, progress=fn)       # {"samples": (N, H, W, C), "distance": (N, T), ...}
+
+- Samples: N keys split from `key`. Sample i does not depend on N, on the chunk size or on the devices,
+  and equals `loop.run` from keys[i].
+- chunk_size K: samples are drawn K at a time (0: all at once); one compiled program serves every chunk
+  and every measurement of the same shapes. A chunk is rounded up to a multiple of the device count.
+- devices: each chunk is sharded along its sample axis over the devices (default: all local devices);
+  the prior, the problem and the options are replicated.
+- steps_per_call: the loop's `lax.scan` runs this many steps per compiled call, and
+  `progress(done, total, scalars)` is called between calls with the last step's scalars (the distance).
+  0 picks about 20 calls per run. The next call is dispatched before the last one's progress is read,
+  so the device does not wait for the host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dps_jax import diffusion, schedule as schedule_lib
+from dps_jax.solvers import loop
+from dps_jax.solvers.base import KINDS, Problem, Solver, make_options
+from dps_jax.solvers.registry import get
+
+PROGRESS_UPDATES = 20
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def step_inputs(solver: Solver, options, tables: Optional[schedule_lib.DiffusionTables]):
+    """What the loop scans over: the coefficient rows in reverse time order (diffusion solvers), or the
+    iteration indices 0 .. iterations - 1 (iterative solvers)."""
+    if solver.kind == "diffusion":
+        return diffusion.step_coefficients(tables)
+    return jnp.arange(options.iterations, dtype=jnp.int32)
+
+
+def auto_steps_per_call(num_steps: int, updates: int = PROGRESS_UPDATES) -> int:
+    """The largest divisor of num_steps that gives at least `updates` calls (1 for short runs)."""
+    limit = max(1, num_steps // updates)
+    return max(d for d in range(1, limit + 1) if num_steps % d == 0)
+
+
+def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[dict] = None, steps: int = 50,
+          respacing="", schedule: str = "linear", num_timesteps: int = 1000, num_samples: int = 1,
+          chunk_size: int = 0, record_every: int = 0, snapshots: int = 0, steps_per_call: int = 0,
+          devices=None) -> "Runner":
+    """Check everything about a run and return its Runner (see the module docstring).
+
+    solver: a registered name or a `base.Solver`; options: its options by name (defaults: the paper's);
+    steps / respacing / schedule / num_timesteps: the diffusion schedule (`schedule.build_tables`; a
+    respacing such as "ddim50" or "10,20,30" overrides `steps`), unused by iterative solvers.
+    record_every: keep snapshots (x, x0_hat) every k steps; or snapshots: about this many, evenly spaced.
+    """
+    spec = get(solver) if isinstance(solver, str) else solver
+    if spec.kind not in KINDS:
+        raise ValueError(f"solver {spec.name!r} has kind {spec.kind!r}; expected one of {KINDS}")
+    opts = make_options(spec, **dict(options or {}))
+    image_shape = tuple(int(s) for s in image_shape)
+    tables = None
+    if spec.kind == "diffusion":
+        if prior is None:
+            raise ValueError(f"solver {spec.name!r} needs a diffusion prior")
+        prior.check()
+        prior.check_image_shape(image_shape)
+        steps = _check_int("steps", steps, 1)
+        num_timesteps = _check_int("num_timesteps", num_timesteps, 1)
+        if not respacing and steps > num_timesteps:
+            raise ValueError(f"steps {steps} exceeds num_timesteps {num_timesteps}")
+        tables = schedule_lib.build_tables(schedule, num_timesteps, respacing or steps)
+    xs = step_inputs(spec, opts, tables)
+    if _check_int("snapshots", snapshots, 0) and not record_every:
+        record_every = max(1, int(jax.tree_util.tree_leaves(xs)[0].shape[0]) // snapshots)
+    return Runner(spec, opts, prior, image_shape, xs, num_samples=num_samples, chunk_size=chunk_size,
+                  record_every=record_every, steps_per_call=steps_per_call, devices=devices)
+
+
+class Runner:
+    """Draws posterior samples of one measurement per call: runner(problem, key, progress=None) -> dict.
+
+    Returns numpy arrays: samples (N, H, W, C), each per-step scalar of the solver's record (N, T), and
+    with record_every > 0 each snapshot as <name>_record (N, ceil(T / record_every), ...).
+    """
+
+    def __init__(self, solver: Solver, options, prior, image_shape, xs, *, num_samples: int = 1,
+                 chunk_size: int = 0, record_every: int = 0, steps_per_call: int = 0, devices=None):
+        self.solver, self.options, self.image_shape = solver, options, tuple(image_shape)
+        self.num_samples = _check_int("num_samples", num_samples, 1)
+        chunk_size = _check_int("chunk_size", chunk_size, 0)
+        self.record_every = _check_int("record_every", record_every, 0)
+        self.xs = jax.tree_util.tree_map(np.asarray, xs)
+        self.num_steps = int(jax.tree_util.tree_leaves(self.xs)[0].shape[0])
+        steps_per_call = _check_int("steps_per_call", steps_per_call, 0) or auto_steps_per_call(self.num_steps)
+        if self.num_steps % steps_per_call:
+            raise ValueError(f"steps_per_call {steps_per_call} does not divide the {self.num_steps} steps")
+        self.steps_per_call = steps_per_call
+
+        self.devices = list(devices or jax.local_devices())
+        n_dev = len(self.devices)
+        self.chunk = math.ceil((chunk_size or self.num_samples) / n_dev) * n_dev
+        mesh = Mesh(np.array(self.devices), ("samples",))
+        self.batched = NamedSharding(mesh, PartitionSpec("samples"))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.prior = None if prior is None else jax.device_put(prior, self.replicated)
+
+        b, r = self.batched, self.replicated
+        self._init = jax.jit(self._init_chunk, in_shardings=(b, r, r, r), out_shardings=b)
+        self._advance = jax.jit(self._advance_chunk, in_shardings=(b, r, r, r, r, r), out_shardings=b,
+                                donate_argnums=0)
+        self._result = jax.jit(jax.vmap(solver.result), in_shardings=b, out_shardings=b)
+        self._compiled = {}
+
+    # ---- the two compiled programs -------------------------------------------------------------
+
+    def _init_chunk(self, keys, problem, prior, options):
+        """Per sample: the initial state, empty snapshot buffers and the key the step keys come from."""
+        def one(key):
+            state, step_key = loop.init_one(self.solver, key, problem, prior, options, self.image_shape)
+            c0 = jax.tree_util.tree_map(lambda a: a[0], self.xs)
+            records = loop.empty_records(self.solver, state, c0, step_key, problem, prior, options,
+                                         loop.num_records(self.num_steps, self.record_every))
+            return state, records, step_key
+        return jax.vmap(one)(keys)
+
+    def _advance_chunk(self, carry, xs, first_step, problem, prior, options):
+        """steps_per_call steps of every sample of a chunk, from global step `first_step`."""
+        def one(state, records, step_key):
+            state, records, scalars = loop.scan(self.solver, state, xs, step_key, problem, prior, options,
+                                                records=records, first_step=first_step,
+                                                record_every=self.record_every)
+            return (state, records, step_key), scalars
+        return jax.vmap(one)(*carry)
+
+    # ---- compile and run -----------------------------------------------------------------------
+
+    def _signature(self, problem):
+        leaves, tree = jax.tree_util.tree_flatten(problem)
+        return tree, tuple((np.shape(l), str(getattr(l, "dtype", type(l).__name__))) for l in leaves)
+
+    def compile(self, problem: Problem) -> float:
+        """Compile both programs for this problem's shapes ahead of time; returns the seconds it took."""
+        sig = self._signature(problem)
+        if sig in self._compiled:
+            return 0.0
+        t0 = time.perf_counter()
+        key = jax.random.PRNGKey(0)
+        keys = jax.ShapeDtypeStruct((self.chunk,) + key.shape, key.dtype)
+        init = self._init.lower(keys, problem, self.prior, self.options).compile()
+        carry = jax.eval_shape(self._init_chunk, keys, problem, self.prior, self.options)
+        k = self.steps_per_call
+        xs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((k,) + a.shape[1:], a.dtype), self.xs)
+        advance = self._advance.lower(carry, xs, np.int32(0), problem, self.prior, self.options).compile()
+        self._compiled[sig] = (init, advance)
+        return time.perf_counter() - t0
+
+    def __call__(self, problem: Problem, key, progress: Optional[Callable] = None, options=None) -> dict:
+        """Samples of one problem. `options` (from `base.make_options`) replaces the runner's with new
+        values of its float options (a step size sweep) and reuses the compiled programs."""
+        if options is not None:
+            if jax.tree_util.tree_structure(options) != jax.tree_util.tree_structure(self.options):
+                raise ValueError(f"options {options} differ from the runner's {self.options} in more than "
+                                 f"their float values; build a new runner")
+            self.options = options
+        if self.solver.check is not None:
+            self.solver.check(problem, self.options)
+        self.compile(problem)
+        init, advance = self._compiled[self._signature(problem)]
+        problem = jax.device_put(problem, self.replicated)
+        keys = np.asarray(jax.random.split(key, self.num_samples))
+        n_chunks = math.ceil(self.num_samples / self.chunk)
+        total, k = self.num_steps * n_chunks, self.steps_per_call
+        chunks = []
+        for ci in range(n_chunks):
+            ks = keys[ci * self.chunk:(ci + 1) * self.chunk]
+            if len(ks) < self.chunk:      # pad to the compiled size; the extra samples are dropped
+                extra = np.asarray(jax.random.split(jax.random.fold_in(key, self.num_samples), self.chunk - len(ks)))
+                ks = np.concatenate([ks, extra])
+            carry = init(ks, problem, self.prior, self.options)
+            scalars, pending = [], None
+            for s in range(0, self.num_steps, k):
+                xs = jax.tree_util.tree_map(lambda a: a[s:s + k], self.xs)
+                carry, sc = advance(carry, xs, np.int32(s), problem, self.prior, self.options)
+                if progress is not None and pending is not None:
+                    progress(*pending)
+                pending = (ci * self.num_steps + s + k, total, {n: v[:, -1] for n, v in sc.items()})
+                scalars.append(sc)
+            if progress is not None:
+                progress(*pending)
+            state, records, _ = carry
+            keep = min(self.chunk, self.num_samples - ci * self.chunk)
+            out = {"samples": self._result(state),
+                   **{n: jnp.concatenate([sc[n] for sc in scalars], axis=1) for n in scalars[0]},
+                   **{f"{n}_record": v for n, v in records.items()}}
+            chunks.append({n: np.asarray(v)[:keep] for n, v in out.items()})
+        return {n: np.concatenate([c[n] for c in chunks]) for n in chunks[0]}

@@ -1,0 +1,59 @@
+"""Shared test helpers: golden fixtures (from reference implementations, see fixtures/README.md) in NHWC,
+and small closed-form priors.
+
+`DPS_JAX_FIXTURES=DIR` points the tests at another fixture directory, e.g. one that
+`tools/make_fixtures.py` has just regenerated, to check that regeneration reproduces them.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dps_jax import prior as prior_lib
+from dps_jax import schedule
+
+FIXTURES = os.environ.get("DPS_JAX_FIXTURES") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def fixture_path(name: str) -> str:
+    return os.path.join(FIXTURES, name)
+
+
+def load_npz(name: str):
+    return np.load(fixture_path(name))
+
+
+def nhwc(a):
+    """(..., C, H, W) -> (..., H, W, C)."""
+    return np.moveaxis(np.asarray(a), -3, -1)
+
+
+def row(coefs, i):
+    """The coefficients of the i-th step of a stacked table."""
+    return jax.tree_util.tree_map(lambda a: a[i], coefs)
+
+
+ALPHAS_CUMPROD = jnp.asarray(schedule.build_tables("linear", 1000).alphas_cumprod, jnp.float32)
+
+
+def linear_prior(a: float = 0.3, **kw) -> prior_lib.Prior:
+    """eps_theta(x, t) = a x: x0_hat = (sqrt(1/ab) - sqrt(1/ab - 1) a) x is linear in x."""
+    kw.setdefault("var_type", "fixed_small")
+    return prior_lib.Prior(params={"a": jnp.asarray(a, jnp.float32)}, apply=_linear_eps, **kw)
+
+
+def _linear_eps(params, x, t):
+    return params["a"] * x
+
+
+def gaussian_prior(s: float = 0.5, **kw) -> prior_lib.Prior:
+    """The exact eps prediction for data x0 ~ N(0, s^2 I): sqrt(1 - ab) x_t / (ab s^2 + 1 - ab)."""
+    kw.setdefault("var_type", "fixed_small")
+    return prior_lib.Prior(params={"s": jnp.asarray(s, jnp.float32)}, apply=_gaussian_eps, **kw)
+
+
+def _gaussian_eps(params, x, t):
+    ab, s2 = ALPHAS_CUMPROD[t], params["s"] ** 2
+    return jnp.sqrt(1 - ab) * x / (ab * s2 + 1 - ab)

@@ -35,7 +35,7 @@ def measure(op: Operator, x, key, noise: str = "gaussian", sigma: float = 0.05, 
     return likelihoods.add_noise(key, op(jnp.asarray(x, jnp.float32)), noise, sigma=sigma, rate=rate)
 
 
-def sample(prior: prior_lib.Prior, op: Operator, y, *, solver: str = "ps", num_samples: int = 4,
+def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", num_samples: int = 4,
            steps: int = 100, respacing: str = "", sampler: str = "ddpm", eta: float = 0.0,
            noise: str = "gaussian", schedule: str = "linear", num_timesteps: int = 1000, image_shape=None,
            seed: int = 0, chunk_size: int = 0, record_every: int = 0, steps_per_call: int = 0,
@@ -43,11 +43,12 @@ def sample(prior: prior_lib.Prior, op: Operator, y, *, solver: str = "ps", num_s
     """N posterior samples of p(x | y) with a solver (DPS, `ps`, by default). Returns numpy arrays:
     samples (N, H, W, C), distance (N, T), and x_record / x0_hat_record if record_every > 0.
 
-    `options` are the solver's own (`scale` for ps, ps+ and mcg; see `solvers.REGISTRY[name].Options`);
+    `solver` is a registered name or a `solvers.Solver`; iterative solvers need no prior (None) but an
+    `image_shape`. `options` are the solver's own (`scale` for ps, ps+ and mcg; `solvers.get(name).Options`);
     `sampler` and `eta` pick the DDPM or DDIM step of the diffusion solvers; `noise` is the noise model of
     y (it picks the DPS distance). `image_shape` defaults to the prior's training size.
     """
-    spec = solvers.get(solver)
+    spec = solvers.get(solver) if isinstance(solver, str) else solver
     options = with_sampler(spec, options, sampler, eta)
     if image_shape is None:
         if prior is None or prior.image_shape is None:

@@ -85,11 +85,11 @@ def from_unet(model, params, var_type: str = "", **options) -> Prior:
     var_type "" picks learned_range for a model with 2C outputs and fixed_large otherwise (the shipped
     prior's training choice). `options`: mean_type, clip_denoised, dynamic_threshold.
     """
-    cfg = model.config
+    config = model.config
     if not var_type:
-        var_type = "learned_range" if cfg.learn_sigma else "fixed_large"
-    p = Prior(params=params, apply=UNetApply(model), var_type=var_type, image_size=cfg.image_size,
-              channels=cfg.in_channels, size_multiple=cfg.downsample_factor, **options)
+        var_type = "learned_range" if config.learn_sigma else "fixed_large"
+    p = Prior(params=params, apply=UNetApply(model), var_type=var_type, image_size=config.image_size,
+              channels=config.in_channels, size_multiple=config.downsample_factor, **options)
     p.check()
     return p
 

@@ -74,31 +74,44 @@ def _atomic_write(path: str, data: bytes):
     os.replace(tmp, path)
 
 
+def _restore(path: str, template):
+    """The training state saved at `path`, checked leaf by leaf against `template` (ShapeDtypeStructs)."""
+    with open(path, "rb") as f:
+        restored = flax.serialization.from_bytes(template, f.read())
+    want, got = jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(restored)
+    if len(want) != len(got) or any(tuple(w.shape) != np.shape(g) for w, g in zip(want, got)):
+        raise ValueError(f"training state {path} does not match the configured model and optimiser")
+    return jax.tree_util.tree_map(lambda w, g: jnp.asarray(g, w.dtype), template, restored)
+
+
 def train(cfg, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
-    model_cfg = UNetConfig.from_dict(dict(cfg.model))
-    model = UNet(model_cfg)
+    model_config = UNetConfig.from_dict(dict(cfg.model))
+    model = UNet(model_config)
     tables = schedule.build_tables(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
     tx = make_optimizer(cfg)
     key = jax.random.PRNGKey(cfg.seed)
-    params = init_params(model_cfg, jax.random.fold_in(key, 1))
-    state = (params, params, tx.init(params), jnp.zeros((), jnp.int32))
+    def fresh_state():
+        params = init_params(model_config, jax.random.fold_in(key, 1))
+        return params, params, tx.init(params), jnp.zeros((), jnp.int32)
+
     state_path = os.path.join(workdir, "state.msgpack")
     if os.path.exists(state_path):
-        with open(state_path, "rb") as f:
-            state = flax.serialization.from_bytes(state, f.read())
+        state = _restore(state_path, jax.eval_shape(fresh_state))     # shapes only: no init is compiled
         print(f"resumed from {state_path} at step {int(state[3])}", flush=True)
+    else:
+        state = fresh_state()
     step_fn = make_train_step(model, tx, jnp.asarray(tables.sqrt_alphas_cumprod, jnp.float32),
                               jnp.asarray(tables.sqrt_one_minus_alphas_cumprod, jnp.float32),
                               cfg.optim.ema_decay)
     data = load_data(cfg)
     rng = np.random.default_rng(cfg.seed + int(state[3]))
-    print(f"{len(data)} training images of shape {data.shape[1:]}; model {model_cfg.to_json()}", flush=True)
+    print(f"{len(data)} training images of shape {data.shape[1:]}; model {model_config.to_json()}", flush=True)
 
     def save():
         _atomic_write(state_path, flax.serialization.to_bytes(state))
         # The EMA weights in float16 storage: what ships with the package (a few MB).
-        save_checkpoint(os.path.join(workdir, "ema.msgpack"), jax.device_get(state[1]), model_cfg,
+        save_checkpoint(os.path.join(workdir, "ema.msgpack"), jax.device_get(state[1]), model_config,
                         extra={"step": int(state[3]), "var_type": "fixed_large",
                                "schedule": cfg.diffusion.schedule, "num_timesteps": cfg.diffusion.num_timesteps},
                         dtype=np.float16)

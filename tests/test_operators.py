@@ -177,7 +177,7 @@ def test_inpainting_projection():
     y = op(other)
     p = op.project(x, y)
     np.testing.assert_allclose(op(p), y, atol=1e-7)                              # A(P(x)) = y
-    m = np.asarray(op.params["mask"])
+    m = np.asarray(op.data["mask"])
     np.testing.assert_allclose(np.asarray(p) * (1 - m), np.asarray(x) * (1 - m))  # hole left alone
 
 

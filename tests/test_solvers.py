@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,8 +122,8 @@ def test_progress_between_calls():
     assert [(d, t) for d, t, _ in calls] == [(5, 20), (10, 20), (15, 20), (20, 20)]
     np.testing.assert_allclose(calls[1][2], out["distance"][:2, -1], rtol=1e-6)
     np.testing.assert_allclose(calls[3][2][:1], out["distance"][2:, -1], rtol=1e-6)
-    assert solvers.runner.auto_steps_per_call(1000) == 50 and solvers.runner.auto_steps_per_call(50) == 2
-    assert solvers.runner.auto_steps_per_call(7) == 1
+    auto = solvers.runner.auto_steps_per_call
+    assert [auto(t) for t in (1000, 250, 100, 50, 7, 37)] == [50, 10, 10, 10, 7, 1]
 
 
 def test_new_measurement_or_step_size_does_not_recompile():
@@ -161,7 +162,7 @@ def test_zero_scale_guidance_is_unconditional(method):
 def test_guidance_pulls_towards_measurement():
     op = _mask_op()
     problem = solvers.make_problem(op, op(jnp.full(SHAPE, 0.8)), SHAPE)
-    m = np.asarray(op.params["mask"])
+    m = np.asarray(op.data["mask"])
     pr = gaussian_prior(0.5, clip_denoised=False)
 
     def residual(solver, scale=None):
@@ -238,3 +239,33 @@ def test_toy_solver_plugs_in_through_the_api():
         np.testing.assert_allclose(one["sample"], one["x0_hat_record"][-1], rtol=1e-6)
     with pytest.raises(ValueError, match="already registered"):
         solvers.register(toy_solver.SOLVER)
+
+
+# ---- an iterative solver runs through the same loop, stepping over iteration indices ------------------
+
+@flax.struct.dataclass
+class LandweberOptions:
+    iterations: int = base.static_field(6)
+    step: float = 0.5
+
+
+def _landweber_update(x, k, noise, problem, prior, options):
+    """x_{k+1} = x_k + step A^T (y - A x_k); for a mask A (= A^T = A^2), from x_0 = 0:
+    x_k = (1 - (1 - step)^k) y on the observed pixels, 0 elsewhere."""
+    residual = problem.y - problem.op(x)
+    return x + options.step * problem.op(residual), {"residual": jnp.sqrt(jnp.sum(residual ** 2)), "k": k}
+
+
+LANDWEBER = base.Solver("landweber", LandweberOptions, init=lambda key, problem, prior, options, shape: jnp.zeros(shape),
+                        draw=lambda key, x, problem, options: {}, update=_landweber_update, kind="iterative")
+
+
+def test_an_iterative_solver_runs_through_the_same_loop_without_a_prior():
+    op = _mask_op()
+    y = op(jnp.full(SHAPE, 0.8))
+    runner = solvers.build(None, SHAPE, solver=LANDWEBER, options={"step": 0.5}, num_samples=2, steps_per_call=2)
+    out = runner(solvers.make_problem(op, y, SHAPE), jax.random.PRNGKey(0))
+    np.testing.assert_allclose(out["samples"][0], (1 - 0.5 ** 6) * np.asarray(y), rtol=1e-6)
+    np.testing.assert_array_equal(out["k"][0], np.arange(6))                  # stepped over the indices 0..5
+    m = int(np.asarray(op.data["mask"]).sum())
+    np.testing.assert_allclose(out["residual"][0], 0.8 * np.sqrt(m) * 0.5 ** np.arange(6), rtol=1e-5)

@@ -1,6 +1,7 @@
 """Training: a few steps on a folder of images, a checkpoint, a resume, and a loadable EMA export."""
 
 import numpy as np
+import pytest
 from ml_collections import ConfigDict
 
 from dps_jax import io, train
@@ -39,3 +40,8 @@ def test_train_checkpoint_resume_and_export(tmp_path, capsys):
     assert cfg.image_size == 8 and extra["step"] == 3
     leaves = lambda t: np.concatenate([np.ravel(v) for v in __import__("jax").tree_util.tree_leaves(t)])
     assert not np.allclose(leaves(first.params), leaves(params))          # the EMA moved
+
+    other = tiny_config(root, 4)
+    other.model.model_channels = 64                  # resuming into another model: an error, not a crash
+    with pytest.raises(ValueError, match="state.msgpack does not match the configured model and optimiser"):
+        train.train(other, str(work))

@@ -253,87 +253,87 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
 
     def _heads(self, ch, upsample):
-        cfg = self.config
-        if cfg.num_head_channels != -1:
-            if ch % cfg.num_head_channels:
-                raise ValueError(f"{ch} channels are not divisible by num_head_channels {cfg.num_head_channels}")
-            return ch // cfg.num_head_channels
-        n = cfg.num_heads_upsample if (upsample and cfg.num_heads_upsample != -1) else cfg.num_heads
+        config = self.config
+        if config.num_head_channels != -1:
+            if ch % config.num_head_channels:
+                raise ValueError(f"{ch} channels are not divisible by num_head_channels {config.num_head_channels}")
+            return ch // config.num_head_channels
+        n = config.num_heads_upsample if (upsample and config.num_heads_upsample != -1) else config.num_heads
         if ch % n:
             raise ValueError(f"{ch} channels are not divisible by {n} attention heads")
         return n
 
     @nn.compact
     def __call__(self, x, t, y=None, train: bool = False):
-        cfg, dt = self.config, self.dtype
-        if (y is None) != (cfg.num_classes is None):
+        config, dt = self.config, self.dtype
+        if (y is None) != (config.num_classes is None):
             raise ValueError("pass class labels y if and only if the model is class-conditional "
-                             f"(num_classes={cfg.num_classes})")
-        if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
-            raise ValueError(f"UNet input must be (N, H, W, {cfg.in_channels}), got {x.shape}")
-        f = cfg.downsample_factor
+                             f"(num_classes={config.num_classes})")
+        if x.ndim != 4 or x.shape[-1] != config.in_channels:
+            raise ValueError(f"UNet input must be (N, H, W, {config.in_channels}), got {x.shape}")
+        f = config.downsample_factor
         if x.shape[1] % f or x.shape[2] % f:
             raise ValueError(f"image size {x.shape[1]} x {x.shape[2]} is not divisible by {f}, "
-                             f"the UNet's total downsampling ({len(cfg.channel_mult)} levels)")
+                             f"the UNet's total downsampling ({len(config.channel_mult)} levels)")
         det = not train
-        block = dict(dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm, dtype=dt)
-        Res = nn.remat(ResBlock, static_argnums=(3,)) if cfg.use_checkpoint else ResBlock
+        block = dict(dropout=config.dropout, use_scale_shift_norm=config.use_scale_shift_norm, dtype=dt)
+        Res = nn.remat(ResBlock, static_argnums=(3,)) if config.use_checkpoint else ResBlock
 
-        temb_dim = cfg.model_channels * 4
-        emb = timestep_embedding(jnp.broadcast_to(t, (x.shape[0],)), cfg.model_channels)
+        temb_dim = config.model_channels * 4
+        emb = timestep_embedding(jnp.broadcast_to(t, (x.shape[0],)), config.model_channels)
         emb = nn.Dense(temb_dim, dtype=dt, name="time_embed_0")(emb)
         emb = nn.Dense(temb_dim, dtype=dt, name="time_embed_2")(nn.silu(emb)).astype(jnp.float32)
-        if cfg.num_classes is not None:
-            emb = emb + nn.Embed(cfg.num_classes, temb_dim, name="label_emb")(y)
+        if config.num_classes is not None:
+            emb = emb + nn.Embed(config.num_classes, temb_dim, name="label_emb")(y)
 
-        ch = int(cfg.channel_mult[0] * cfg.model_channels)
+        ch = int(config.channel_mult[0] * config.model_channels)
         h = _conv(ch, "input_blocks_0_0", dt)(x.astype(dt)).astype(jnp.float32)
         hs, chans, ds, idx = [h], [ch], 1, 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                ch = int(mult * cfg.model_channels)
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                ch = int(mult * config.model_channels)
                 h = Res(ch, name=f"input_blocks_{idx}_0", **block)(h, emb, det)
-                if ds in cfg.attention_resolutions:
-                    h = AttentionBlock(self._heads(ch, False), cfg.use_new_attention_order, dt,
+                if ds in config.attention_resolutions:
+                    h = AttentionBlock(self._heads(ch, False), config.use_new_attention_order, dt,
                                        name=f"input_blocks_{idx}_1")(h)
                 hs.append(h); chans.append(ch); idx += 1
-            if level != len(cfg.channel_mult) - 1:
-                if cfg.resblock_updown:
+            if level != len(config.channel_mult) - 1:
+                if config.resblock_updown:
                     h = Res(ch, down=True, name=f"input_blocks_{idx}_0", **block)(h, emb, det)
-                elif cfg.conv_resample:
+                elif config.conv_resample:
                     h = _conv(ch, f"input_blocks_{idx}_0_op", dt, stride=2)(h.astype(dt)).astype(jnp.float32)
                 else:
                     h = avg_pool2(h)
                 hs.append(h); chans.append(ch); idx += 1; ds *= 2
 
         h = Res(ch, name="middle_block_0", **block)(h, emb, det)
-        h = AttentionBlock(self._heads(ch, False), cfg.use_new_attention_order, dt, name="middle_block_1")(h)
+        h = AttentionBlock(self._heads(ch, False), config.use_new_attention_order, dt, name="middle_block_1")(h)
         h = Res(ch, name="middle_block_2", **block)(h, emb, det)
 
         idx = 0
-        for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
-            for i in range(cfg.num_res_blocks + 1):
+        for level, mult in list(enumerate(config.channel_mult))[::-1]:
+            for i in range(config.num_res_blocks + 1):
                 chans.pop()
                 h = jnp.concatenate([h, hs.pop()], axis=-1)
-                ch = int(cfg.model_channels * mult)
+                ch = int(config.model_channels * mult)
                 h = Res(ch, name=f"output_blocks_{idx}_0", **block)(h, emb, det)
                 sub = 1
-                if ds in cfg.attention_resolutions:
-                    h = AttentionBlock(self._heads(ch, True), cfg.use_new_attention_order, dt,
+                if ds in config.attention_resolutions:
+                    h = AttentionBlock(self._heads(ch, True), config.use_new_attention_order, dt,
                                        name=f"output_blocks_{idx}_{sub}")(h)
                     sub += 1
-                if level and i == cfg.num_res_blocks:
-                    if cfg.resblock_updown:
+                if level and i == config.num_res_blocks:
+                    if config.resblock_updown:
                         h = Res(ch, up=True, name=f"output_blocks_{idx}_{sub}", **block)(h, emb, det)
                     else:
                         h = upsample_nearest(h)
-                        if cfg.conv_resample:
+                        if config.conv_resample:
                             h = _conv(ch, f"output_blocks_{idx}_{sub}_conv", dt)(h.astype(dt)).astype(jnp.float32)
                     ds //= 2
                 idx += 1
 
         h = GroupNorm32("out_0")(h).astype(dt)
-        return _conv(cfg.out_channels, "out_2", dt)(h).astype(jnp.float32)
+        return _conv(config.out_channels, "out_2", dt)(h).astype(jnp.float32)
 
 
 def init_params(config: UNetConfig, key=None, dtype=jnp.float32):

@@ -1,7 +1,7 @@
 """Forward operators A of the paper's inverse problems, as pure functions of one image.
 
 An `Operator` is a pytree: its `name` is static (it picks the functions, so it is part of what jit
-compiles) and its `params` are arrays (mask, kernel, resize matrices), so one compiled sampler serves
+compiles) and its data arrays (mask, kernel, resize matrices) are arguments, so one compiled sampler serves
 every measurement of the same shapes. Images are one (H, W, C) array in [-1, 1]; batch with `vmap`.
 
     op = operators.build("super_resolution", (256, 256, 3), scale_factor=4)
@@ -20,10 +20,10 @@ from dps_jax.operators import blur, identity, inpainting, phase_retrieval, super
 
 
 class OperatorSpec(NamedTuple):
-    make: Callable[..., Dict[str, Any]]            # (image_shape, **options) -> params (host side)
-    forward: Callable                              # (x, params) -> A(x)
-    project: Optional[Callable] = None             # (x, y, params) -> x with A(x) replaced by y
-    display: Optional[Callable] = None             # (y, params) -> an image-shaped picture of y
+    make: Callable[..., Dict[str, Any]]            # (image_shape, **options) -> data (host side)
+    forward: Callable                              # (x, data) -> A(x)
+    project: Optional[Callable] = None             # (x, y, data) -> x with A(x) replaced by y
+    display: Optional[Callable] = None             # (y, data) -> an image-shaped picture of y
     linear: bool = True
     random: bool = False                           # make() draws its data (mask, kernel) from a `key`
 
@@ -61,24 +61,25 @@ class Operator:
     static: Tuple[Tuple[str, Any], ...] = flax.struct.field(pytree_node=False, default=())
 
     @property
-    def params(self) -> Dict[str, Any]:
+    def data(self) -> Dict[str, Any]:
+        """Everything the operator's functions take besides x or y, by name: static numbers and arrays."""
         return {**dict(self.static), **self.arrays}
 
     def __call__(self, x):
         """A(x) for one image x of shape (H, W, C)."""
-        return spec(self.name).forward(x, self.params)
+        return spec(self.name).forward(x, self.data)
 
     def project(self, x, y):
         """x with its measured part replaced by y, so that A(project(x, y)) = y."""
         fn = spec(self.name).project
         if fn is None:
             raise ValueError(f"operator {self.name!r} has no projection; use the solver 'ps'")
-        return fn(x, y, self.params)
+        return fn(x, y, self.data)
 
     def display(self, y):
         """An image-shaped picture of a measurement y, for figures: the low-resolution image upsampled,
         the masked or blurred image, the log Fourier amplitude. Not the adjoint A^T."""
-        return spec(self.name).display(y, self.params)
+        return spec(self.name).display(y, self.data)
 
     @property
     def linear(self) -> bool:
@@ -96,7 +97,7 @@ def build(name: str, image_shape, key=None, **options) -> Operator:
     s = spec(name)
     if s.random:
         options["key"] = key
-    params = s.make(tuple(int(d) for d in image_shape), **options)
-    static = tuple(sorted((k, v) for k, v in params.items() if isinstance(v, (int, float, str))))
-    arrays = {k: v for k, v in params.items() if not isinstance(v, (int, float, str))}
+    data = s.make(tuple(int(d) for d in image_shape), **options)
+    static = tuple(sorted((k, v) for k, v in data.items() if isinstance(v, (int, float, str))))
+    arrays = {k: v for k, v in data.items() if not isinstance(v, (int, float, str))}
     return Operator(name=name, arrays=arrays, static=static)

@@ -86,13 +86,13 @@ def _kernel_params(kernel):
 
 
 def make_gaussian(image_shape, kernel_size=61, intensity=3.0):
-    """Params for the paper's Gaussian blur (size 61, sigma 3.0); `intensity` is sigma."""
+    """Data for the paper's Gaussian blur (size 61, sigma 3.0); `intensity` is sigma."""
     k = _check_kernel_size(kernel_size, image_shape)
     return _kernel_params(gaussian_kernel(k, float(intensity)))
 
 
 def make_motion(image_shape, kernel_size=61, intensity=0.5, key=None, kernel=None):
-    """Params for motion blur: a given (k, k) kernel, or one drawn with `key` (the paper: 61, 0.5)."""
+    """Data for motion blur: a given (k, k) kernel, or one drawn with `key` (the paper: 61, 0.5)."""
     if kernel is not None:
         kernel = np.asarray(kernel, np.float32)
         if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
@@ -105,9 +105,9 @@ def make_motion(image_shape, kernel_size=61, intensity=0.5, key=None, kernel=Non
     return _kernel_params(motion_kernel(key, k, float(intensity)))
 
 
-def forward(x, params):
+def forward(x, data):
     """(H, W, C) -> (H, W, C): reflection padding by k // 2, then per-channel cross-correlation."""
-    kern = params["kernel"]
+    kern = data["kernel"]
     p = kern.shape[0] // 2
     c = x.shape[-1]
     xp = jnp.pad(x, ((p, p), (p, p), (0, 0)), mode="reflect")
@@ -119,15 +119,15 @@ def forward(x, params):
     return out[0]
 
 
-def display(y, params):
+def display(y, data):
     """The official code shows the blurred image itself."""
     return y
 
 
-def project(x, y, params, iterations: int = 50):
+def project(x, y, data, iterations: int = 50):
     """x + A^T (A A^T)^-1 (y - A x), with the inverse by conjugate gradients (A A^T is symmetric
     positive semi-definite; the residual's component in its null space is left alone)."""
-    fwd = lambda v: forward(v, params)
+    fwd = lambda v: forward(v, data)
     adjoint = jax.linear_transpose(fwd, x)
     at = lambda r: adjoint(r)[0]
     z, _ = jax.scipy.sparse.linalg.cg(lambda r: fwd(at(r)), y - fwd(x), maxiter=iterations)

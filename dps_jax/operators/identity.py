@@ -5,13 +5,13 @@ def make(image_shape):
     return {}
 
 
-def forward(x, params):
+def forward(x, data):
     return x
 
 
-def project(x, y, params):
+def project(x, y, data):
     return y
 
 
-def display(y, params):
+def display(y, data):
     return y

@@ -88,7 +88,7 @@ def generate_mask(key, image_shape, mask_type="box", box_len_range=(128, 129), m
 
 
 def make(image_shape, mask=None, key=None, **mask_options):
-    """Params holding a given mask (H, W, 1 or C), or one drawn with `key` and `mask_options`."""
+    """Data holding a given mask (H, W, 1 or C), or one drawn with `key` and `mask_options`."""
     h, w, c = image_shape
     if mask is None:
         if key is None:
@@ -102,16 +102,16 @@ def make(image_shape, mask=None, key=None, **mask_options):
     return {"mask": mask}
 
 
-def forward(x, params):
+def forward(x, data):
     """(H, W, C) -> (H, W, C): the observed pixels, zeros in the hole."""
-    return x * params["mask"]
+    return x * data["mask"]
 
 
-def project(x, y, params):
+def project(x, y, data):
     """Keep x where the mask is 0 (unobserved); take y where it is 1 (observed)."""
-    m = params["mask"]
+    m = data["mask"]
     return x * (1.0 - m) + y * m
 
 
-def display(y, params):
-    return y * params["mask"]
+def display(y, data):
+    return y * data["mask"]

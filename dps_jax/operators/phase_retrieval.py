@@ -21,7 +21,7 @@ def ifft2_centered(k):
 
 
 def make(image_shape, oversample=2.0, pad=None):
-    """Params (static padding) for images of shape (H, W, C); `pad` overrides oversample / 8 * H."""
+    """Data (static padding) for images of shape (H, W, C); `pad` overrides oversample / 8 * H."""
     h, w, _ = image_shape
     if pad is None:
         if not float(oversample) >= 0:
@@ -35,28 +35,28 @@ def make(image_shape, oversample=2.0, pad=None):
     return {"pad_h": pad_h, "pad_w": pad_w}
 
 
-def _pads(params):
-    return params["pad_h"], params["pad_w"]
+def _pads(data):
+    return data["pad_h"], data["pad_w"]
 
 
-def forward(x, params):
+def forward(x, data):
     """(H, W, C) -> (H + 2 pad, W + 2 pad, C): the Fourier amplitude of the zero-padded image."""
-    ph, pw = _pads(params)
+    ph, pw = _pads(data)
     padded = jnp.pad(x, ((ph, ph), (pw, pw), (0, 0)))
     return jnp.abs(fft2_centered(padded.astype(jnp.complex64)))
 
 
-def project(x, y, params):
+def project(x, y, data):
     """Replace the Fourier amplitude of pad(x) by y, keep its phase, return the real part inside
     the support (one step of error reduction; Fienup 1982)."""
-    ph, pw = _pads(params)
+    ph, pw = _pads(data)
     h, w = x.shape[0], x.shape[1]
     k = fft2_centered(jnp.pad(x, ((ph, ph), (pw, pw), (0, 0))).astype(jnp.complex64))
     k = y * jnp.exp(1j * jnp.angle(k))
     return jnp.real(ifft2_centered(k))[ph:ph + h, pw:pw + w]
 
 
-def display(y, params):
+def display(y, data):
     """For display: the log amplitude, scaled to [-1, 1]."""
     v = jnp.log1p(y)
     return 2.0 * (v - v.min()) / jnp.maximum(v.max() - v.min(), 1e-12) - 1.0

@@ -46,7 +46,7 @@ def resize_matrix(in_length: int, factor: int) -> np.ndarray:
 
 
 def make(image_shape, scale_factor=4):
-    """Params for x4 (or any integer factor) downsampling of images of shape (H, W, C)."""
+    """Data for x4 (or any integer factor) downsampling of images of shape (H, W, C)."""
     h, w, _ = image_shape
     if isinstance(scale_factor, bool) or not float(scale_factor).is_integer() or scale_factor < 1:
         raise ValueError(f"super-resolution scale_factor must be a positive integer, got {scale_factor!r}")
@@ -62,19 +62,19 @@ def make(image_shape, scale_factor=4):
     }
 
 
-def forward(x, params):
+def forward(x, data):
     """(H, W, C) -> (ceil(H / f), ceil(W / f), C)."""
-    return jnp.einsum("oh,hwc,pw->opc", params["down_h"], x, params["down_w"])
+    return jnp.einsum("oh,hwc,pw->opc", data["down_h"], x, data["down_w"])
 
 
-def project(x, y, params):
+def project(x, y, data):
     """x + A^+ (y - A x): the closest image to x whose downsampling is exactly y."""
-    r = y - forward(x, params)
-    return x + jnp.einsum("ho,opc,wp->hwc", params["pinv_h"], r, params["pinv_w"])
+    r = y - forward(x, data)
+    return x + jnp.einsum("ho,opc,wp->hwc", data["pinv_h"], r, data["pinv_w"])
 
 
-def display(y, params):
+def display(y, data):
     """Nearest-neighbour upsampling by f (the official code's A^T), cropped to the image size."""
-    h, w = params["down_h"].shape[1], params["down_w"].shape[1]
-    f = int(math.ceil(h / params["down_h"].shape[0]))
+    h, w = data["down_h"].shape[1], data["down_w"].shape[1]
+    f = int(math.ceil(h / data["down_h"].shape[0]))
     return jnp.repeat(jnp.repeat(y, f, axis=0), f, axis=1)[:h, :w]

@@ -35,6 +35,9 @@ from dps_jax.solvers.base import KINDS, Problem, Solver, make_options
 from dps_jax.solvers.registry import get
 
 PROGRESS_UPDATES = 20
+# Every compiled call has a fixed cost besides its steps (on XLA:CPU about 2 s for the FFHQ 256 step,
+# benchmarks/progress_overhead.py); at least this many steps per call keeps it to a few percent.
+MIN_STEPS_PER_CALL = 10
 
 
 def _check_int(name: str, value, low: int) -> int:
@@ -51,10 +54,12 @@ def step_inputs(solver: Solver, options, tables: Optional[schedule_lib.Diffusion
     return jnp.arange(options.iterations, dtype=jnp.int32)
 
 
-def auto_steps_per_call(num_steps: int, updates: int = PROGRESS_UPDATES) -> int:
-    """The largest divisor of num_steps that gives at least `updates` calls (1 for short runs)."""
-    limit = max(1, num_steps // updates)
-    return max(d for d in range(1, limit + 1) if num_steps % d == 0)
+def auto_steps_per_call(num_steps: int, updates: int = PROGRESS_UPDATES, least: int = MIN_STEPS_PER_CALL) -> int:
+    """Steps per compiled call: the largest divisor of num_steps up to max(least, num_steps // updates),
+    so long runs report progress about `updates` times and no call is shorter than `least` steps when
+    a divisor allows it (1000 -> 50, 100 -> 10, 50 -> 10, 7 -> 7; a prime such as 37 has only 1)."""
+    limit = max(least, num_steps // updates)
+    return max(d for d in range(1, min(limit, num_steps) + 1) if num_steps % d == 0)
 
 
 def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[dict] = None, steps: int = 50,
@@ -125,6 +130,7 @@ class Runner:
                                 donate_argnums=0)
         self._result = jax.jit(jax.vmap(solver.result), in_shardings=b, out_shardings=b)
         self._compiled = {}
+        self._record_shapes = {}
 
     # ---- the two compiled programs -------------------------------------------------------------
 
@@ -132,11 +138,22 @@ class Runner:
         """Per sample: the initial state, empty snapshot buffers and the key the step keys come from."""
         def one(key):
             state, step_key = loop.init_one(self.solver, key, problem, prior, options, self.image_shape)
-            c0 = jax.tree_util.tree_map(lambda a: a[0], self.xs)
-            records = loop.empty_records(self.solver, state, c0, step_key, problem, prior, options,
-                                         loop.num_records(self.num_steps, self.record_every))
+            records = {k: jnp.zeros(s.shape, s.dtype) for k, s in self._record_shapes.items()}
             return state, records, step_key
         return jax.vmap(one)(keys)
+
+    def _snapshot_shapes(self, problem):
+        """The snapshot buffers of one sample as ShapeDtypeStructs; traces one step when snapshots are kept
+        (once per compile: the init program then holds no trace of the step)."""
+        count = loop.num_records(self.num_steps, self.record_every)
+        if not count:
+            return {}
+
+        def one(key):
+            state, step_key = loop.init_one(self.solver, key, problem, self.prior, self.options, self.image_shape)
+            c0 = jax.tree_util.tree_map(lambda a: a[0], self.xs)
+            return loop.empty_records(self.solver, state, c0, step_key, problem, self.prior, self.options, count)
+        return jax.eval_shape(one, jax.random.PRNGKey(0))
 
     def _advance_chunk(self, carry, xs, first_step, problem, prior, options):
         """steps_per_call steps of every sample of a chunk, from global step `first_step`."""
@@ -159,6 +176,7 @@ class Runner:
         if sig in self._compiled:
             return 0.0
         t0 = time.perf_counter()
+        self._record_shapes = self._snapshot_shapes(problem)
         key = jax.random.PRNGKey(0)
         keys = jax.ShapeDtypeStruct((self.chunk,) + key.shape, key.dtype)
         init = self._init.lower(keys, problem, self.prior, self.options).compile()

@@ -13,6 +13,9 @@ def get_config(preset=None):
     c = base("motion_deblur", preset)
     c.operator = ConfigDict(dict(name="motion_blur", kernel_size=9, intensity=0.5))
     set_scale(c, 3.0)
+    # ADMM-TV's lam and rho: the best of a grid on 8 held-out images (benchmarks/admm_tv_grid.json);
+    # not searched for the paper presets, which keep them.
+    c.solver.admm_tv.update(dict(lam=0.003, rho=1.0))
     if is_paper(c):
         c.operator.kernel_size = 61
         set_scale(c, 0.3)

@@ -55,6 +55,9 @@ def solver_options(cfg) -> dict:
 
 
 def build_runner(cfg, prior, image_shape) -> solvers.Runner:
+    """The config's Runner; an iterative solver gets no prior (the shipped one only sets the image shape)."""
+    if solvers.get(cfg.solver.name).kind == "iterative":
+        prior = None
     return solvers.build(prior, image_shape, solver=cfg.solver.name, options=solver_options(cfg),
                          steps=cfg.sampler.steps, respacing=cfg.sampler.respacing, schedule=cfg.diffusion.schedule,
                          num_timesteps=cfg.diffusion.num_timesteps, num_samples=cfg.num_samples,

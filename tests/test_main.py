@@ -53,6 +53,20 @@ def test_task_runs_end_to_end(task, tmp_path):
     check_outputs(run_dir, task)
 
 
+@pytest.mark.parametrize("task, solver, iterations", [("phase_retrieval", "hio", 40), ("super_resolution", "admm_tv", 40)])
+def test_classical_solvers_run_end_to_end_without_a_prior(task, solver, iterations, tmp_path):
+    cfg = short_config(task, tmp_path, **{"solver.name": solver, f"solver.{solver}.iterations": iterations})
+    run_dir = pipeline.run(cfg, stream=io.StringIO())
+    m = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert m["solver"] == solver and m["steps"] == iterations and m["steps_per_call"] == 10
+    (img,) = m["images"]
+    assert len(img["samples"]) == 2 and np.isfinite(img["mean"]["psnr"])
+    samples = np.load(os.path.join(run_dir, img["image"], "samples.npz"))["samples"]
+    assert samples.shape == (2, 32, 32, 1) and np.isfinite(samples).all()
+    if solver == "hio":                                          # restarts from different random starts
+        assert np.abs(samples[0] - samples[1]).max() > 0.1
+
+
 def check_outputs(run_dir, task):
     assert not run_dir.endswith((".partial", "-incomplete"))
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
@@ -176,6 +190,9 @@ BAD_INPUTS = [
     (("--config.operator.scale_factor=3.5",), "configs/super_resolution.py", "flag --config.operator.scale_factor=3.5"),
     (("--config.operator.scale_factor=3",), "configs/super_resolution.py", "scale_factor 3 does not divide"),
     (("--config.solver.name=mcg",), "configs/phase_retrieval.py", "solver 'mcg' needs a linear operator"),
+    (("--config.solver.name=hio",), None, "solver 'hio' solves Fourier phase retrieval only; the operator is 'inpainting'"),
+    (("--config.solver.name=admm_tv",), "configs/phase_retrieval.py", "'admm_tv' needs a linear operator"),
+    (("--config.solver.name=oss", "--config.solver.oss.stages=0"), "configs/phase_retrieval.py", "stages must be an integer in [1, iterations], got 0"),
     ((), "configs/phase_retrieval.py:ffhq256", "needs a converted checkpoint"),
     ((), "configs/phase_retrieval.py:ffhq1024", "unknown config preset 'ffhq1024'"),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from dps_jax.solvers import dps, mcg, score_sde, unconditional
+from dps_jax.solvers import admm_tv, dps, fienup, mcg, score_sde, unconditional
 from dps_jax.solvers.base import Solver
 
 REGISTRY: Dict[str, Solver] = {
@@ -13,6 +13,10 @@ REGISTRY: Dict[str, Solver] = {
     "mcg": mcg.SOLVER,                   # manifold constrained gradients (Chung et al. 2022)
     "projection": score_sde.SOLVER,      # Score-SDE / ILVR-style projection
     "vanilla": unconditional.SOLVER,     # the prior alone
+    "admm_tv": admm_tv.SOLVER,           # total-variation regularised least squares by ADMM
+    "er": fienup.ER,                     # error reduction (Fienup 1982), phase retrieval
+    "hio": fienup.HIO,                   # hybrid input-output (Fienup 1982, 1987), phase retrieval
+    "oss": fienup.OSS,                   # oversampling smoothness (Rodriguez et al. 2013), phase retrieval
 }
 
 

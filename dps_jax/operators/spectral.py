@@ -1,0 +1,108 @@
+"""A = U Sigma V^T for the operators that have an efficient SVD, as spectral methods (DDRM) need it.
+
+Every such operator here acts on each channel as A(X) = L X R^T with an (m, H) matrix L and an (n, W)
+matrix R: super-resolution (the separable resize matrices), Gaussian blur (the 1-D reflection-padded
+correlation matrices of its rank-one kernel) and inpainting (L = R = I, the mask as the singular values).
+With the full SVDs L = U_L S_L V_L^T and R = U_R S_R V_R^T, the spectral coordinates of an image are
+
+    V^T x = V_L^T X V_R               an (H, W, C) array, like the image
+    singulars[i, j] = s_L[i] s_R[j]   for i < m, j < n; 0 elsewhere (directions A does not see)
+    U^T y = U_L^T Y U_R               (m, n, C), placed in the top-left of an (H, W, C) array of zeros
+
+so A x = U_L (singulars * V^T x)[:m, :n] U_R^T, and every spectral update is elementwise. For inpainting
+the singular values are the mask itself (V = U = I). Motion blur (a kernel of full rank) and phase
+retrieval (nonlinear) have no such decomposition: `of` says so.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from dps_jax.operators import Operator
+
+
+class Spectral(NamedTuple):
+    """The SVD of one operator (a pytree of arrays): see the module docstring."""
+    v_h: jnp.ndarray          # (H, H) orthogonal
+    v_w: jnp.ndarray          # (W, W)
+    u_h: jnp.ndarray          # (m, m)
+    u_w: jnp.ndarray          # (n, n)
+    singulars: jnp.ndarray    # (H, W, 1 or C), zero where A sees nothing
+
+
+def to_spectral(sp: Spectral, x):
+    """V^T x: (H, W, C) -> (H, W, C)."""
+    return jnp.einsum("hi,hwc,wj->ijc", sp.v_h, x, sp.v_w)
+
+
+def from_spectral(sp: Spectral, v):
+    """V v: (H, W, C) -> (H, W, C)."""
+    return jnp.einsum("hi,ijc,wj->hwc", sp.v_h, v, sp.v_w)
+
+
+def measurement_to_spectral(sp: Spectral, y):
+    """U^T y, placed in an image-shaped array: (m, n, C) -> (H, W, C), zeros outside (m, n)."""
+    m, n = sp.u_h.shape[0], sp.u_w.shape[0]
+    h, w = sp.v_h.shape[0], sp.v_w.shape[0]
+    uy = jnp.einsum("mi,mnc,nj->ijc", sp.u_h, y, sp.u_w)
+    return jnp.pad(uy, ((0, h - m), (0, w - n), (0, 0)))
+
+
+def apply(sp: Spectral, x):
+    """A x through the decomposition: (H, W, C) -> (m, n, C) (a check of the factors)."""
+    m, n = sp.u_h.shape[0], sp.u_w.shape[0]
+    v = (sp.singulars * to_spectral(sp, x))[:m, :n]
+    return jnp.einsum("mi,ijc,nj->mnc", sp.u_h, v, sp.u_w)
+
+
+def _separable(left: np.ndarray, right: np.ndarray) -> Spectral:
+    """The Spectral of X -> L X R^T from L (m, H) and R (n, W), in float64 then stored as float32."""
+    u_l, s_l, vt_l = np.linalg.svd(np.asarray(left, np.float64), full_matrices=True)
+    u_r, s_r, vt_r = np.linalg.svd(np.asarray(right, np.float64), full_matrices=True)
+    h, w = left.shape[1], right.shape[1]
+    singulars = np.zeros((h, w), np.float64)
+    singulars[:len(s_l), :len(s_r)] = np.outer(s_l, s_r)
+    f = lambda a: jnp.asarray(a, jnp.float32)
+    return Spectral(v_h=f(vt_l.T), v_w=f(vt_r.T), u_h=f(u_l), u_w=f(u_r), singulars=f(singulars[..., None]))
+
+
+def reflect_correlation_matrix(taps: np.ndarray, length: int) -> np.ndarray:
+    """(length, length): 1-D correlation with `taps` (odd count) after reflection padding (`mode="reflect"`:
+    ... 2 1 | 0 1 ... n-1 | n-2 ...), the 1-D factor of `blur.forward`."""
+    k = len(taps)
+    p = k // 2
+    pos = np.arange(length)[:, None] + np.arange(k)[None, :] - p
+    period = 2 * (length - 1)
+    pos = np.mod(pos, period)
+    pos = np.where(pos < length, pos, period - pos)
+    mat = np.zeros((length, length), np.float64)
+    np.add.at(mat, (np.repeat(np.arange(length), k), pos.ravel()), np.tile(np.asarray(taps, np.float64), length))
+    return mat
+
+
+def of(op: Operator, image_shape) -> Spectral:
+    """The SVD of `op` for images of shape (H, W, C); a ValueError naming the operator if it has none."""
+    h, w, c = image_shape
+    if op.name == "super_resolution":
+        return _separable(np.asarray(op.data["down_h"]), np.asarray(op.data["down_w"]))
+    if op.name == "inpainting":
+        mask = jnp.broadcast_to(jnp.asarray(op.data["mask"], jnp.float32), (h, w, op.data["mask"].shape[-1]))
+        eye = lambda n: jnp.eye(n, dtype=jnp.float32)
+        return Spectral(v_h=eye(h), v_w=eye(w), u_h=eye(h), u_w=eye(w), singulars=mask)
+    if op.name == "identity":
+        return _separable(np.eye(h), np.eye(w))
+    if op.name == "gaussian_blur":
+        kernel = np.asarray(op.data["kernel"], np.float64)
+        u, s, vt = np.linalg.svd(kernel)
+        if s[1:].max(initial=0.0) > 1e-6 * s[0]:
+            raise ValueError("gaussian_blur kernel is not separable (rank one); no efficient SVD")
+        g_h, g_w = np.sqrt(s[0]) * u[:, 0], np.sqrt(s[0]) * vt[0]
+        return _separable(reflect_correlation_matrix(g_h, h), reflect_correlation_matrix(g_w, w))
+    if op.name == "motion_blur":
+        raise ValueError("operator 'motion_blur' has no efficient SVD (its kernel is not separable), so "
+                         "spectral solvers such as DDRM cannot take it; use 'ps'")
+    raise ValueError(f"operator {op.name!r} has no SVD (it is not linear), so spectral solvers such as DDRM "
+                     f"cannot take it; use 'ps'")

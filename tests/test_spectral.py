@@ -1,0 +1,65 @@
+"""The SVDs of the operators that have one (for DDRM): U^T A x = Sigma V^T x, V orthogonal, A through
+the factors equals the operator itself."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dps_jax import operators
+from dps_jax.operators import spectral
+
+CASES = [
+    ("super_resolution", (32, 32, 1), dict(scale_factor=4)),
+    ("super_resolution", (16, 24, 3), dict(scale_factor=2)),
+    ("gaussian_blur", (16, 20, 3), dict(kernel_size=9, intensity=1.5)),
+    ("inpainting", (16, 16, 3), dict(mask_type="random", drop_fraction=(0.7, 0.7))),
+    ("identity", (8, 8, 2), {}),
+]
+
+
+@pytest.mark.parametrize("name, shape, options", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_svd_reproduces_the_operator(name, shape, options):
+    op = operators.build(name, shape, jax.random.PRNGKey(0), **options)
+    sp = spectral.of(op, shape)
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    y = op(x)
+    np.testing.assert_allclose(spectral.apply(sp, x), y, atol=2e-5)
+    # U^T (A x) = Sigma V^T x on every coordinate (zeros where A sees nothing)
+    np.testing.assert_allclose(spectral.measurement_to_spectral(sp, y),
+                               sp.singulars * spectral.to_spectral(sp, x), atol=2e-5)
+    # V is orthogonal: from_spectral inverts to_spectral and keeps norms
+    v = spectral.to_spectral(sp, x)
+    np.testing.assert_allclose(spectral.from_spectral(sp, v), x, atol=2e-5)
+    assert float(jnp.linalg.norm(v)) == pytest.approx(float(jnp.linalg.norm(x)), rel=1e-5)
+    assert float(sp.singulars.min()) >= 0
+
+
+def test_super_resolution_x4_sees_one_coordinate_in_sixteen():
+    op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
+    s = np.asarray(spectral.of(op, (32, 32, 1)).singulars)
+    assert (s[:8, :8] > 0).all() and (s[8:] == 0).all() and (s[:, 8:] == 0).all()
+
+
+def test_inpainting_singulars_are_the_mask():
+    op = operators.build("inpainting", (8, 8, 1), jax.random.PRNGKey(2), mask_type="random", drop_fraction=(0.5, 0.5))
+    np.testing.assert_array_equal(spectral.of(op, (8, 8, 1)).singulars, op.data["mask"])
+
+
+def test_reflect_matrix_matches_numpy_reflect_padding():
+    taps = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
+    x = np.random.default_rng(0).normal(size=7)
+    want = np.correlate(np.pad(x, 2, mode="reflect"), taps, mode="valid")
+    np.testing.assert_allclose(spectral.reflect_correlation_matrix(taps, 7) @ x, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name, options, match", [
+    ("motion_blur", dict(kernel_size=9, intensity=0.5), "'motion_blur' has no efficient SVD"),
+    ("phase_retrieval", {}, "'phase_retrieval' has no SVD (it is not linear)"),
+])
+def test_operators_without_an_svd_are_refused(name, options, match):
+    op = operators.build(name, (16, 16, 1), jax.random.PRNGKey(0), **options)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        spectral.of(op, (16, 16, 1))

@@ -229,6 +229,19 @@ def test_operators_jit_vmap_grad(name, options):
     assert g.shape == xs[0].shape and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0
 
 
+@pytest.mark.parametrize("name, options", OPS, ids=[o[0] for o in OPS])
+def test_adjoint_is_the_transpose(name, options):
+    """<A x, y> = <x, A^T y> for the linear operators; the nonlinear one has no adjoint."""
+    op = operators.build(name, (16, 16, 3), **options)
+    x = jax.random.normal(jax.random.PRNGKey(2), (16, 16, 3))
+    y = jax.random.normal(jax.random.PRNGKey(3), op(x).shape)
+    if not op.linear:
+        with pytest.raises(ValueError, match=f"operator '{name}' is nonlinear: it has no adjoint"):
+            op.adjoint(y, x)
+        return
+    assert float(jnp.vdot(op(x), y)) == pytest.approx(float(jnp.vdot(x, op.adjoint(y, x))), rel=1e-5)
+
+
 # ---- noise -------------------------------------------------------------------------------------
 
 def test_poisson_noise_mean_and_variance_on_flat_image():

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import flax.struct
+import jax
 
 from dps_jax.operators import blur, identity, inpainting, phase_retrieval, super_resolution
 
@@ -80,6 +81,12 @@ class Operator:
         """An image-shaped picture of a measurement y, for figures: the low-resolution image upsampled,
         the masked or blurred image, the log Fourier amplitude. Not the adjoint A^T."""
         return spec(self.name).display(y, self.data)
+
+    def adjoint(self, y, x_like):
+        """A^T y for a linear A: its transpose at the image shape of x_like (H, W, C)."""
+        if not self.linear:
+            raise ValueError(f"operator {self.name!r} is nonlinear: it has no adjoint")
+        return jax.linear_transpose(self, x_like)(y)[0]
 
     @property
     def linear(self) -> bool:

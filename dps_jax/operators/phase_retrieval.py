@@ -46,14 +46,19 @@ def forward(x, data):
     return jnp.abs(fft2_centered(padded.astype(jnp.complex64)))
 
 
+def amplitude_projection(g, y):
+    """Re F^-1[y exp(i angle(F g))] for g on the padded grid (H + 2 pad, W + 2 pad, C): the measured
+    amplitude with g's phase, back in real space (the Fourier step of ER / HIO / OSS)."""
+    k = fft2_centered(g.astype(jnp.complex64))
+    return jnp.real(ifft2_centered(y * jnp.exp(1j * jnp.angle(k))))
+
+
 def project(x, y, data):
     """Replace the Fourier amplitude of pad(x) by y, keep its phase, return the real part inside
     the support (one step of error reduction; Fienup 1982)."""
     ph, pw = _pads(data)
     h, w = x.shape[0], x.shape[1]
-    k = fft2_centered(jnp.pad(x, ((ph, ph), (pw, pw), (0, 0))).astype(jnp.complex64))
-    k = y * jnp.exp(1j * jnp.angle(k))
-    return jnp.real(ifft2_centered(k))[ph:ph + h, pw:pw + w]
+    return amplitude_projection(jnp.pad(x, ((ph, ph), (pw, pw), (0, 0))), y)[ph:ph + h, pw:pw + w]
 
 
 def display(y, data):

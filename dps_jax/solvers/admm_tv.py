@@ -32,10 +32,8 @@ class Options:
     cg_iterations: int = base.static_field(30)      # per x-update
 
     def check(self) -> None:
-        for name in ("iterations", "cg_iterations"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        base.check_int("iterations", self.iterations, 1)
+        base.check_int("cg_iterations", self.cg_iterations, 1)
         base.check_finite_number("lam", self.lam)
         if not (self.rho > 0):
             raise ValueError(f"rho must be > 0, got {self.rho!r}")
@@ -73,15 +71,9 @@ def objective(x, problem, lam):
     return 0.5 * jnp.sum(r ** 2) + lam * tv(x)
 
 
-def adjoint(op, x_like):
-    """A^T as a function, for a linear A (its transpose at the shape of x_like)."""
-    transpose = jax.linear_transpose(op, x_like)
-    return lambda v: transpose(v)[0]
-
-
 def init(key, problem, prior, options, image_shape):
     """x_0 = A^T y, z_0 = D x_0, u_0 = 0."""
-    x0 = adjoint(problem.op, jnp.zeros(image_shape, jnp.float32))(problem.y)
+    x0 = problem.op.adjoint(problem.y, jnp.zeros(image_shape, jnp.float32))
     return {"x": x0, "z": grad(x0), "u": jnp.zeros((2,) + tuple(image_shape), jnp.float32)}
 
 
@@ -91,7 +83,7 @@ def draw(key, state, problem, options):
 
 def update(state, k, noise, problem, prior, options):
     x, z, u = state["x"], state["z"], state["u"]
-    at = adjoint(problem.op, x)
+    at = lambda v: problem.op.adjoint(v, x)                       # A^T
     normal = lambda v: at(problem.op(v)) + options.rho * grad_adjoint(grad(v))
     rhs = at(problem.y) + options.rho * grad_adjoint(z - u)
     x, _ = jax.scipy.sparse.linalg.cg(normal, rhs, x0=x, tol=0.0, atol=0.0, maxiter=options.cg_iterations)

@@ -109,6 +109,13 @@ def option_defaults(solver: Solver, exclude=()) -> dict:
     return {f.name: f.default for f in dataclasses.fields(solver.Options) if f.name not in exclude}
 
 
+def check_int(name: str, value, low: int) -> int:
+    """value as an int, or a ValueError naming it if it is not an integer >= low."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
 def check_finite_number(name: str, value, low: float = 0.0) -> None:
     if not (np.isfinite(value) and value >= low):
         raise ValueError(f"{name} must be a finite number >= {low:g}, got {value!r}")

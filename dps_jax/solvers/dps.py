@@ -41,8 +41,7 @@ class PlusOptions(Options):
 
     def check(self) -> None:
         Options.check(self)
-        if isinstance(self.num_perturb, bool) or not isinstance(self.num_perturb, int) or self.num_perturb < 1:
-            raise ValueError(f"num_perturb must be an integer >= 1, got {self.num_perturb!r}")
+        base.check_int("num_perturb", self.num_perturb, 1)
         base.check_finite_number("perturb_scale", self.perturb_scale)
 
 

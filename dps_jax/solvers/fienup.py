@@ -27,7 +27,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from dps_jax.operators.phase_retrieval import fft2_centered, ifft2_centered
+from dps_jax.operators.phase_retrieval import amplitude_projection, fft2_centered, ifft2_centered
 from dps_jax.solvers import base
 
 
@@ -38,8 +38,7 @@ class EROptions:
     upper: float = 1.0
 
     def check(self) -> None:
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be an integer >= 1, got {self.iterations!r}")
+        base.check_int("iterations", self.iterations, 1)
         if not self.lower < self.upper:
             raise ValueError(f"the image range needs lower < upper, got [{self.lower}, {self.upper}]")
 
@@ -78,11 +77,10 @@ def crop(g, problem):
     return g[ph:ph + h, pw:pw + w]
 
 
-def fourier_projection(g, y):
-    """g' = Re F^-1[y exp(i angle(F g))] on the padded grid: the real part of the nearest signal with
-    Fourier amplitude y."""
-    k = fft2_centered(g.astype(jnp.complex64))
-    return jnp.real(ifft2_centered(jnp.maximum(y, 0.0) * jnp.exp(1j * jnp.angle(k))))
+def fourier_projection(g, problem):
+    """g' = Re F^-1[y exp(i angle(F g))] on the padded grid, y clipped at 0 (an amplitude; Gaussian
+    noise can make it negative)."""
+    return amplitude_projection(g, jnp.maximum(problem.y, 0.0))
 
 
 def object_projection(g, support, options):
@@ -131,13 +129,13 @@ def _step(g_new, problem, options):
 
 def er_update(state, k, noise, problem, prior, options):
     *_, support = _grid(problem)
-    return _step(object_projection(fourier_projection(state["g"], problem.y), support, options), problem, options)
+    return _step(object_projection(fourier_projection(state["g"], problem), support, options), problem, options)
 
 
 def _hio(g, problem, options):
     """(g', the feedback g - beta (g' - P_C(g')), where g' satisfies C, the support)."""
     *_, support = _grid(problem)
-    g_prime = fourier_projection(g, problem.y)
+    g_prime = fourier_projection(g, problem)
     feedback = g - options.beta * (g_prime - object_projection(g_prime, support, options))
     satisfied = support & (g_prime >= options.lower) & (g_prime <= options.upper)
     return g_prime, feedback, satisfied, support

@@ -31,19 +31,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dps_jax import diffusion, schedule as schedule_lib
 from dps_jax.solvers import loop
-from dps_jax.solvers.base import KINDS, Problem, Solver, make_options
+from dps_jax.solvers.base import KINDS, Problem, Solver, check_int, make_options
 from dps_jax.solvers.registry import get
 
 PROGRESS_UPDATES = 20
 # Every compiled call has a fixed cost besides its steps (on XLA:CPU about 2 s for the FFHQ 256 step,
 # benchmarks/progress_overhead.py); at least this many steps per call keeps it to a few percent.
 MIN_STEPS_PER_CALL = 10
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def step_inputs(solver: Solver, options, tables: Optional[schedule_lib.DiffusionTables]):
@@ -84,13 +78,13 @@ def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[d
             raise ValueError(f"solver {spec.name!r} needs a diffusion prior")
         prior.check()
         prior.check_image_shape(image_shape)
-        steps = _check_int("steps", steps, 1)
-        num_timesteps = _check_int("num_timesteps", num_timesteps, 1)
+        steps = check_int("steps", steps, 1)
+        num_timesteps = check_int("num_timesteps", num_timesteps, 1)
         if not respacing and steps > num_timesteps:
             raise ValueError(f"steps {steps} exceeds num_timesteps {num_timesteps}")
         tables = schedule_lib.build_tables(schedule, num_timesteps, respacing or steps)
     xs = step_inputs(spec, opts, tables)
-    if _check_int("snapshots", snapshots, 0) and not record_every:
+    if check_int("snapshots", snapshots, 0) and not record_every:
         record_every = max(1, int(jax.tree_util.tree_leaves(xs)[0].shape[0]) // snapshots)
     return Runner(spec, opts, prior, image_shape, xs, num_samples=num_samples, chunk_size=chunk_size,
                   record_every=record_every, steps_per_call=steps_per_call, devices=devices)
@@ -106,12 +100,12 @@ class Runner:
     def __init__(self, solver: Solver, options, prior, image_shape, xs, *, num_samples: int = 1,
                  chunk_size: int = 0, record_every: int = 0, steps_per_call: int = 0, devices=None):
         self.solver, self.options, self.image_shape = solver, options, tuple(image_shape)
-        self.num_samples = _check_int("num_samples", num_samples, 1)
-        chunk_size = _check_int("chunk_size", chunk_size, 0)
-        self.record_every = _check_int("record_every", record_every, 0)
+        self.num_samples = check_int("num_samples", num_samples, 1)
+        chunk_size = check_int("chunk_size", chunk_size, 0)
+        self.record_every = check_int("record_every", record_every, 0)
         self.xs = jax.tree_util.tree_map(np.asarray, xs)
         self.num_steps = int(jax.tree_util.tree_leaves(self.xs)[0].shape[0])
-        steps_per_call = _check_int("steps_per_call", steps_per_call, 0) or auto_steps_per_call(self.num_steps)
+        steps_per_call = check_int("steps_per_call", steps_per_call, 0) or auto_steps_per_call(self.num_steps)
         if self.num_steps % steps_per_call:
             raise ValueError(f"steps_per_call {steps_per_call} does not divide the {self.num_steps} steps")
         self.steps_per_call = steps_per_call

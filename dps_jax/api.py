@@ -37,7 +37,7 @@ def measure(op: Operator, x, key, noise: str = "gaussian", sigma: float = 0.05, 
 
 def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", num_samples: int = 4,
            steps: int = 100, respacing: str = "", sampler: str = "ddpm", eta: float = 0.0,
-           noise: str = "gaussian", schedule: str = "linear", num_timesteps: int = 1000, image_shape=None,
+           noise: str = "gaussian", sigma: Optional[float] = None, schedule: str = "linear", num_timesteps: int = 1000, image_shape=None,
            seed: int = 0, chunk_size: int = 0, record_every: int = 0, steps_per_call: int = 0,
            progress: Optional[Callable] = None, devices=None, **options) -> dict:
     """N posterior samples of p(x | y) with a solver (DPS, `ps`, by default). Returns numpy arrays:
@@ -46,7 +46,8 @@ def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", nu
     `solver` is a registered name or a `solvers.Solver`; iterative solvers need no prior (None) but an
     `image_shape`. `options` are the solver's own (`scale` for ps, ps+ and mcg; `solvers.get(name).Options`);
     `sampler` and `eta` pick the DDPM or DDIM step of the diffusion solvers; `noise` is the noise model of
-    y (it picks the DPS distance). `image_shape` defaults to the prior's training size.
+    y (it picks the DPS distance) and `sigma` its Gaussian noise std (needed by `ddrm`, which models it).
+    `image_shape` defaults to the prior's training size.
     """
     spec = solvers.get(solver) if isinstance(solver, str) else solver
     options = with_sampler(spec, options, sampler, eta)
@@ -58,6 +59,6 @@ def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", nu
                            schedule=schedule, num_timesteps=num_timesteps, num_samples=num_samples,
                            chunk_size=chunk_size, record_every=record_every, steps_per_call=steps_per_call,
                            devices=devices)
-    problem = solvers.make_problem(op, y, runner.image_shape, noise)
+    problem = solvers.make_problem(op, y, runner.image_shape, noise, sigma)
     return runner(problem, jax.random.PRNGKey(seed), progress)
 

@@ -19,7 +19,7 @@ import os
 import ml_collections
 
 from dps_jax.solvers import REGISTRY, config_key
-from dps_jax.solvers.base import DIFFUSION_FIELDS, option_defaults
+from dps_jax.solvers.base import DIFFUSION_FIELDS, DiffusionOptions, option_defaults
 
 TASKS = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_deblur", "motion_deblur",
          "phase_retrieval")
@@ -33,7 +33,8 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 def solver_sections() -> ml_collections.ConfigDict:
     """`solver.name` and one section of options per registered solver (`solver.<name>.<option>`); the
     DDPM/DDIM choice and eta, which every diffusion solver shares, live in `sampler`."""
-    sections = {config_key(name): option_defaults(s, exclude=DIFFUSION_FIELDS) for name, s in REGISTRY.items()}
+    sections = {config_key(name): option_defaults(s, exclude=DIFFUSION_FIELDS if issubclass(s.Options, DiffusionOptions)
+                                                  else ()) for name, s in REGISTRY.items()}
     return ml_collections.ConfigDict({"name": "ps", **sections})
 
 

@@ -147,10 +147,9 @@ def run(cfg, stream=sys.stderr) -> str:
         k_op, k_noise, k_sample = jax.random.split(jax.random.fold_in(key, i), 3)
         op = build_operator(cfg, image_shape, k_op)
         y = likelihoods.add_noise(k_noise, op(jnp.asarray(x)), cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
-        problems.append(solvers.make_problem(op, y, image_shape, cfg.noise.name))
+        sigma = cfg.noise.sigma if cfg.noise.name == "gaussian" else None
+        problems.append(solvers.make_problem(op, y, image_shape, cfg.noise.name, sigma))
         sample_keys.append(k_sample)
-    if runner.solver.check is not None:
-        runner.solver.check(problems[0], runner.options)
     compile_seconds = runner.compile(problems[0])
 
     final = new_run_dir(cfg.output.root, cfg.task)
@@ -216,8 +215,11 @@ def check_finite(out, runner: solvers.Runner, name: str) -> None:
     where = f"step {j + 1}/{runner.num_steps}"
     if runner.solver.kind == "diffusion":
         where += f" (t = {int(runner.xs.t_model[j])})"
+    name_key = solvers.config_key(runner.solver.name)
+    hint = (f"lower the step size (solver.{name_key}.scale)" if runner.solver.name in config_base.GRADIENT_SOLVERS
+            else f"check the options in solver.{name_key}")
     raise Diverged(f"sampling diverged (NaN/Inf) at {where} for image {name}, sample {sample}: "
-                   f"lower the step size (solver.<name>.scale) or check the measurement")
+                   f"{hint} or check the measurement")
 
 
 def write_image_outputs(run_dir, name, x, problem: solvers.Problem, out, cfg):

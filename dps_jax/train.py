@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 
 import flax.serialization
@@ -21,19 +20,12 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from dps_jax import data as data_lib
-from dps_jax import schedule
+from dps_jax import schedule, training
 from dps_jax.models.checkpoint import save_checkpoint
 from dps_jax.models.unet import UNet, UNetConfig, init_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and logs")
-
-
-def load_data(cfg) -> np.ndarray:
-    if cfg.data.name == "fashion_mnist":
-        return data_lib.fashion_mnist("train", cfg.data.root, cfg.data.image_size)
-    return data_lib.image_folder(cfg.data.root, cfg.data.image_size, cfg.data.channels)
 
 
 def make_optimizer(cfg):
@@ -67,21 +59,8 @@ def make_train_step(model: UNet, tx, sqrt_ac, sqrt_1m_ac, ema_decay: float):
     return step
 
 
-def _atomic_write(path: str, data: bytes):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
-def _restore(path: str, template):
-    """The training state saved at `path`, checked leaf by leaf against `template` (ShapeDtypeStructs)."""
-    with open(path, "rb") as f:
-        restored = flax.serialization.from_bytes(template, f.read())
-    want, got = jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(restored)
-    if len(want) != len(got) or any(tuple(w.shape) != np.shape(g) for w, g in zip(want, got)):
-        raise ValueError(f"training state {path} does not match the configured model and optimiser")
-    return jax.tree_util.tree_map(lambda w, g: jnp.asarray(g, w.dtype), template, restored)
 
 
 def train(cfg, workdir: str) -> None:
@@ -97,19 +76,19 @@ def train(cfg, workdir: str) -> None:
 
     state_path = os.path.join(workdir, "state.msgpack")
     if os.path.exists(state_path):
-        state = _restore(state_path, jax.eval_shape(fresh_state))     # shapes only: no init is compiled
+        state = training.restore_state(state_path, jax.eval_shape(fresh_state))     # shapes only: no init is compiled
         print(f"resumed from {state_path} at step {int(state[3])}", flush=True)
     else:
         state = fresh_state()
     step_fn = make_train_step(model, tx, jnp.asarray(tables.sqrt_alphas_cumprod, jnp.float32),
                               jnp.asarray(tables.sqrt_one_minus_alphas_cumprod, jnp.float32),
                               cfg.optim.ema_decay)
-    data = load_data(cfg)
+    data = training.training_images(cfg)
     rng = np.random.default_rng(cfg.seed + int(state[3]))
     print(f"{len(data)} training images of shape {data.shape[1:]}; model {model_config.to_json()}", flush=True)
 
     def save():
-        _atomic_write(state_path, flax.serialization.to_bytes(state))
+        training.atomic_write(state_path, flax.serialization.to_bytes(state))
         # The EMA weights in float16 storage: what ships with the package (a few MB).
         save_checkpoint(os.path.join(workdir, "ema.msgpack"), jax.device_get(state[1]), model_config,
                         extra={"step": int(state[3]), "var_type": "fixed_large",

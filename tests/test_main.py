@@ -67,6 +67,14 @@ def test_classical_solvers_run_end_to_end_without_a_prior(task, solver, iteratio
         assert np.abs(samples[0] - samples[1]).max() > 0.1
 
 
+def test_ddrm_runs_its_own_schedule_end_to_end(tmp_path):
+    cfg = short_config("super_resolution", tmp_path, **{"solver.name": "ddrm", "solver.ddrm.steps": 4})
+    m = json.load(open(os.path.join(pipeline.run(cfg, stream=io.StringIO()), "metrics.json")))
+    assert m["solver"] == "ddrm" and m["steps"] == 4             # solver.ddrm.steps, not sampler.steps (3)
+    (img,) = m["images"]
+    assert len(img["samples"]) == 2 and img["mean"]["psnr"] > 15
+
+
 def check_outputs(run_dir, task):
     assert not run_dir.endswith((".partial", "-incomplete"))
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
@@ -193,6 +201,10 @@ BAD_INPUTS = [
     (("--config.solver.name=hio",), None, "solver 'hio' solves Fourier phase retrieval only; the operator is 'inpainting'"),
     (("--config.solver.name=admm_tv",), "configs/phase_retrieval.py", "'admm_tv' needs a linear operator"),
     (("--config.solver.name=oss", "--config.solver.oss.stages=0"), "configs/phase_retrieval.py", "stages must be an integer in [1, iterations], got 0"),
+    (("--config.solver.name=ddrm",), "configs/motion_deblur.py", "operator 'motion_blur' has no efficient SVD"),
+    (("--config.solver.name=ddrm",), "configs/phase_retrieval.py", "operator 'phase_retrieval' has no SVD"),
+    (("--config.solver.name=ddrm", "--config.noise.name=poisson"), None, "'ddrm' models Gaussian measurement noise"),
+    (("--config.solver.name=ddrm", "--config.solver.ddrm.eta=2"), None, "ddrm eta must be in [0, 1], got 2.0"),
     ((), "configs/phase_retrieval.py:ffhq256", "needs a converted checkpoint"),
     ((), "configs/phase_retrieval.py:ffhq1024", "unknown config preset 'ffhq1024'"),
 ]

@@ -63,3 +63,18 @@ def test_operators_without_an_svd_are_refused(name, options, match):
     op = operators.build(name, (16, 16, 1), jax.random.PRNGKey(0), **options)
     with pytest.raises(ValueError, match=re.escape(match)):
         spectral.of(op, (16, 16, 1))
+
+
+def test_cutoff_zeroes_small_singulars_but_keeps_them_observed():
+    op = operators.build("gaussian_blur", (16, 16, 1), kernel_size=9, intensity=2.0)
+    full, cut = spectral.of(op, (16, 16, 1)), spectral.of(op, (16, 16, 1), cutoff=0.03)
+    s_full, s_cut = np.asarray(full.singulars), np.asarray(cut.singulars)
+    one_d = np.sqrt(np.diag(s_full[..., 0]))                      # s_L = s_R here: the diagonal is s_i^2
+    small = one_d < 0.03
+    assert 0 < small.sum() < 16                                   # the case exercises both sides
+    assert (s_cut[small, :] == 0).all() and (s_cut[:, small] == 0).all()
+    np.testing.assert_array_equal(s_cut[~small][:, ~small], s_full[~small][:, ~small])
+    np.testing.assert_array_equal(np.asarray(cut.observed), 1.0)  # a square blur observes every coordinate
+    sr = spectral.of(operators.build("super_resolution", (32, 32, 1), scale_factor=4), (32, 32, 1))
+    obs = np.asarray(sr.observed)[..., 0]
+    assert obs[:8, :8].all() and obs.sum() == 64

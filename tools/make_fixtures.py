@@ -1,8 +1,10 @@
-"""Regenerate tests/fixtures/ from the official PyTorch DPS code (never copied: imported from a clone).
+"""Regenerate tests/fixtures/ from the official PyTorch DPS code and DDRM's reference code (never copied:
+imported from clones).
 
-    # a clone of DPS2022/diffusion-posterior-sampling, and torch (CPU is enough)
+    # clones of DPS2022/diffusion-posterior-sampling and bahjat-kawar/ddrm, and torch (CPU is enough)
     pip install torch==2.13.0 numpy scipy matplotlib tqdm pyyaml scikit-image
-    python tools/make_fixtures.py --official PATH --reuse tests/fixtures --out /tmp/regen --compare tests/fixtures
+    python tools/make_fixtures.py --official PATH --ddrm DDRM_PATH --reuse tests/fixtures --out /tmp/regen \
+        --compare tests/fixtures
     DPS_JAX_FIXTURES=/tmp/regen python -m pytest tests          # the suite against the regenerated files
 
 Two modes:
@@ -16,7 +18,8 @@ Two modes:
 --compare DIR prints, for every array, the largest difference between the new file and DIR's.
 
 What each file holds, and the tolerance the tests check it to: tests/fixtures/README.md. Which parts
-need which reference: everything here needs only the official DPS repository (its UNet is guided-diffusion's);
+need which reference: everything but ddrm_*.npz needs only the official DPS repository (its UNet is
+guided-diffusion's); ddrm_*.npz (written only with --ddrm) runs DDRM's sampler on the same UNet;
 the photograph for operators.npz comes from scikit-image (`skimage.data.astronaut`) in the default mode.
 """
 
@@ -117,7 +120,13 @@ def recorded_randn_like(replay=None):
 
 
 def read(directory, name):
-    return None if directory is None else np.load(os.path.join(directory, name))
+    """The fixture `name` of the --reuse directory; None (fresh inputs) without one or if it has no such file."""
+    if directory is None:
+        return None
+    if not os.path.exists(os.path.join(directory, name)):
+        print(f"{name}: not in {directory}; drawing fresh inputs")
+        return None
+    return np.load(os.path.join(directory, name))
 
 
 # ---- ADM UNet ----------------------------------------------------------------------------------
@@ -327,6 +336,216 @@ def make_operators(official, out, reuse, rng):
     np.savez_compressed(os.path.join(out, "operators.npz"), **{k: np.asarray(v) for k, v in arrays.items()})
 
 
+# ---- DDRM trajectories (reference: a clone of bahjat-kawar/ddrm) ---------------------------------
+
+DDRM_CASES = {
+    # 2 x 2 block averaging, DDRM's own super-resolution operator: a (8, 16) factor per axis.
+    "sr2": dict(operator="block_average", eta=0.85, eta_b=1.0, sigma_0=0.05),
+    # Gaussian blur (std 2 pixels, 9 taps, reflection at the borders) per axis: square, with 1-D singular
+    # values below 0.03 set to zero as the reference's own blur operators do; other etas.
+    "blur": dict(operator="gaussian_blur", eta=0.5, eta_b=0.8, sigma_0=0.05),
+    # Random pixels missing (the same in every channel).
+    "inpaint": dict(operator="inpainting", eta=0.85, eta_b=1.0, sigma_0=0.1),
+}
+DDRM_STEPS = 20
+SINGULAR_CUTOFF = 0.03
+
+
+def import_ddrm(path: str):
+    """The reference's sampler, `functions/denoising.py`, loaded by file path (the clone's other packages
+    would clash with the DPS clone's `guided_diffusion`); its torchvision import is never used here."""
+    import importlib.util
+
+    import torch
+
+    torchvision = sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
+    torchvision.torch = torch
+    utils = types.ModuleType("torchvision.utils")
+    torchvision.utils = utils
+    sys.modules.setdefault("torchvision.utils", utils)
+    spec = importlib.util.spec_from_file_location("ddrm_denoising", os.path.join(path, "functions", "denoising.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    spec = importlib.util.spec_from_file_location("ddrm_svd", os.path.join(path, "functions", "svd_replacement.py"))
+    svd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(svd)
+    return types.SimpleNamespace(denoising=module, H_functions=svd.H_functions)
+
+
+@contextlib.contextmanager
+def cuda_on_cpu():
+    """The reference sampler moves each state to 'cuda'; on a machine without CUDA, to the CPU instead."""
+    import torch
+
+    original = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        args = tuple("cpu" if a == "cuda" else a for a in args)
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.to = to
+    try:
+        yield
+    finally:
+        torch.Tensor.to = original
+
+
+def reflect_gaussian_matrix(length: int, std: float, taps: int) -> np.ndarray:
+    """(length, length): 1-D correlation with a normalised Gaussian after reflection padding."""
+    g = np.exp(-0.5 * (np.arange(taps) - taps // 2) ** 2 / std ** 2)
+    g /= g.sum()
+    mat = np.zeros((length, length))
+    for i in range(length):
+        for k in range(taps):
+            j = i + k - taps // 2
+            j = -j if j < 0 else (2 * (length - 1) - j if j >= length else j)
+            mat[i, j] += g[k]
+    return mat
+
+
+def ddrm_spectral(operator: str, size: int, channels: int, rng):
+    """The SVD of A in dps_jax's spectral layout (operators/spectral.py), float64 arrays:
+    v_h, v_w (size, size), u_h, u_w (m, m), singulars and observed (size, size, 1 or channels)."""
+    if operator == "inpainting":
+        mask = (rng.uniform(size=(size, size, 1)) > 0.6).astype(np.float64)
+        eye = np.eye(size)
+        return dict(v_h=eye, v_w=eye, u_h=eye, u_w=eye, singulars=mask, observed=mask)
+    if operator == "block_average":
+        factor = np.kron(np.eye(size // 2), np.full((1, 2), 0.5))
+    else:
+        factor = reflect_gaussian_matrix(size, 2.0, 9)
+    u, s, vt = np.linalg.svd(factor, full_matrices=True)
+    s = np.where(s < SINGULAR_CUTOFF, 0.0, s)
+    m = factor.shape[0]
+    singulars, observed = np.zeros((size, size, 1)), np.zeros((size, size, 1))
+    singulars[:m, :m, 0] = np.outer(s, s)
+    observed[:m, :m, 0] = 1.0
+    return dict(v_h=vt.T, v_w=vt.T, u_h=u, u_w=u, singulars=singulars, observed=observed)
+
+
+def spectral_h_functions(ddrm, sp, channels: int):
+    """The reference's H_functions interface over a decomposition in dps_jax's layout.
+
+    The reference flattens images as (C, H, W) and keeps the coordinates that have a singular value
+    first; here those are the observed coordinates of the (H, W, C) spectral array in row-major order,
+    then the rest. `perm[k]` is the (H, W, C)-flat index of reference coordinate k."""
+    import torch
+
+    h, w = sp["v_h"].shape[0], sp["v_w"].shape[0]
+    m, n = sp["u_h"].shape[0], sp["u_w"].shape[0]
+    observed = np.broadcast_to(sp["observed"], (h, w, channels)).reshape(-1) > 0
+    perm = np.concatenate([np.flatnonzero(observed), np.flatnonzero(~observed)])
+    obs = perm[:observed.sum()]
+    t = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sp.items()}
+    singulars = torch.from_numpy(np.broadcast_to(sp["singulars"], (h, w, channels)).reshape(-1)[obs].astype(np.float32))
+    perm_t, obs_t = torch.from_numpy(perm), torch.from_numpy(obs)
+
+    def to_hwc(vec, hh, ww):
+        return vec.reshape(vec.shape[0], channels, hh, ww).permute(0, 2, 3, 1)
+
+    def to_flat(img):
+        return img.permute(0, 3, 1, 2).reshape(img.shape[0], -1)
+
+    class Spectral(ddrm.H_functions):
+        def Vt(self, vec):
+            v = torch.einsum("hi,bhwc,wj->bijc", t["v_h"], to_hwc(vec, h, w), t["v_w"])
+            return v.reshape(v.shape[0], -1)[:, perm_t]
+
+        def V(self, vec):
+            full = torch.zeros_like(vec)
+            full[:, perm_t] = vec
+            img = torch.einsum("hi,bijc,wj->bhwc", t["v_h"], full.reshape(-1, h, w, channels), t["v_w"])
+            return to_flat(img)
+
+        def Ut(self, vec):
+            uy = torch.einsum("mi,bmnc,nj->bijc", t["u_h"], to_hwc(vec, m, n), t["u_w"])
+            full = torch.zeros(vec.shape[0], h, w, channels)
+            full[:, :m, :n] = uy
+            return full.reshape(vec.shape[0], -1)[:, obs_t]
+
+        def U(self, vec):
+            full = torch.zeros(vec.shape[0], h * w * channels)
+            full[:, obs_t] = vec
+            v = full.reshape(-1, h, w, channels)[:, :m, :n]
+            return to_flat(torch.einsum("mi,bijc,nj->bmnc", t["u_h"], v, t["u_w"]))
+
+        def singulars(self):
+            return singulars
+
+        def add_zeros(self, vec):
+            out = torch.zeros(vec.shape[0], h * w * channels)
+            out[:, :vec.shape[1]] = vec
+            return out
+
+    return Spectral(), perm
+
+
+def make_ddrm(ddrm, out, name, case, model, reuse, rng):
+    """One reference DDRM run (20 steps), with every noise it draws mapped to dps_jax's spectral layout."""
+    import torch
+
+    old = read(reuse, f"ddrm_{name}.npz")
+    size, channels = 16, 3
+    if old is not None:
+        sp = {k: old[k] for k in ("v_h", "v_w", "u_h", "u_w", "singulars", "observed")}
+    else:
+        sp = ddrm_spectral(case["operator"], size, channels, rng)
+    H, perm = spectral_h_functions(ddrm, sp, channels)
+    sigma_0 = case["sigma_0"]
+    m, n = sp["u_h"].shape[0], sp["u_w"].shape[0]
+    if old is not None:
+        ref, y_noise, x_T_noise = (torch.from_numpy(old[k]) for k in ("ref", "y_noise", "z_init_reference"))
+    else:
+        torch.manual_seed(int(rng.integers(2 ** 31)))
+        ref = torch.rand(1, channels, size, size) * 2 - 1
+        y_noise = torch.randn(1, channels * m * n)
+        x_T_noise = torch.randn(1, channels, size, size)
+    y_0 = H.H(ref) + sigma_0 * y_noise
+    betas = torch.from_numpy(np.linspace(1e-4, 0.02, 1000, dtype=np.float64)).float()
+    seq = list(range(0, 1000, 1000 // DDRM_STEPS))
+    # Which case each observed coordinate is in at each step, as the reference decides it.
+    s = H.singulars()
+    n_obs, dim = len(s), channels * size * size
+    cases = []
+    for j in reversed([-1] + seq[:-1]):
+        at_next = ddrm.denoising.compute_alpha(betas, torch.tensor([j]))[0, 0, 0, 0]
+        sigma_next = (1 - at_next).sqrt() / at_next.sqrt()
+        cases.append(((s * sigma_next > sigma_0).numpy(), (s * sigma_next < sigma_0).numpy()))
+    replay = None
+    if old is not None:
+        # The three draws of each step from the recorded z: every coordinate a draw's case uses has its
+        # value; the values no case uses do not change the result.
+        replay = []
+        for z_hwc, (before, after) in zip(old["z_steps"], cases):
+            z = z_hwc.reshape(-1)[perm]
+            replay += [z, z[:n_obs][after], z[:n_obs]]
+    with torch.no_grad(), cuda_on_cpu(), recorded_randn_like(replay) as drawn:
+        xs, x0_preds = ddrm.denoising.efficient_generalized_steps(
+            x_T_noise.clone(), seq, model, betas, H, y_0, sigma_0, etaB=case["eta_b"], etaA=case["eta"],
+            etaC=case["eta"])
+    # The three draws of each step (all coordinates; those where y is the noisier; all of U^T y) become one
+    # array z: on every coordinate the draw its case uses, in dps_jax's (H, W, C) spectral layout.
+    z_steps = []
+    for i, (before, after) in enumerate(cases):
+        r1, r2, r3 = (drawn[3 * i + q].numpy().reshape(-1) for q in range(3))
+        z = r1.copy()
+        z[:n_obs][after] = r2
+        z[:n_obs][before] = r3[before]
+        hwc = np.zeros(dim, np.float32)
+        hwc[perm] = z
+        z_steps.append(hwc.reshape(size, size, channels))
+    z_init = np.zeros(dim, np.float32)
+    z_init[perm] = x_T_noise.numpy().reshape(-1)
+    arrays = dict(
+        ref=ref.numpy(), y=y_0.numpy().reshape(1, channels, m, n), y_noise=y_noise.numpy(),
+        z_init_reference=x_T_noise.numpy(), z_init=z_init.reshape(size, size, channels), z_steps=np.stack(z_steps),
+        xs=np.concatenate([x.numpy() for x in xs]), x0_preds=np.concatenate([x.numpy() for x in x0_preds]),
+        timesteps=np.asarray(seq, np.int64),
+        spec=np.array(json.dumps({**case, "steps": DDRM_STEPS, "cutoff": SINGULAR_CUTOFF, "model": "adm_ffhq_like"})),
+        **{k: np.asarray(v, np.float32) for k, v in sp.items()})
+    np.savez_compressed(os.path.join(out, f"ddrm_{name}.npz"), **arrays)
+
+
 # ---- comparison --------------------------------------------------------------------------------
 
 def compare(out, ref_dir):
@@ -369,6 +588,7 @@ def compare(out, ref_dir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official", required=True, help="a clone of DPS2022/diffusion-posterior-sampling")
+    ap.add_argument("--ddrm", default=None, help="a clone of bahjat-kawar/ddrm: also write the ddrm_*.npz files")
     ap.add_argument("--out", required=True, help="where to write the fixtures (created)")
     ap.add_argument("--reuse", default=None, help="take the random inputs from the fixtures in this directory")
     ap.add_argument("--seed", type=int, default=0)
@@ -390,6 +610,10 @@ def main():
     for name, spec in TRAJECTORIES.items():
         make_trajectory(official, args.out, name, spec, models["ffhq_like"][0], args.reuse, rng)
     make_operators(official, args.out, args.reuse, rng)
+    if args.ddrm:
+        ddrm = import_ddrm(args.ddrm)
+        for name, case in DDRM_CASES.items():
+            make_ddrm(ddrm, args.out, name, case, models["ffhq_like"][0], args.reuse, rng)
     print(f"wrote {len(os.listdir(args.out))} files to {args.out}")
     if args.compare:
         compare(args.out, args.compare)

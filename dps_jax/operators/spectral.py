@@ -9,8 +9,11 @@ With the full SVDs L = U_L S_L V_L^T and R = U_R S_R V_R^T, the spectral coordin
     singulars[i, j] = s_L[i] s_R[j]   for i < m, j < n; 0 elsewhere (directions A does not see)
     U^T y = U_L^T Y U_R               (m, n, C), placed in the top-left of an (H, W, C) array of zeros
 
-so A x = U_L (singulars * V^T x)[:m, :n] U_R^T, and every spectral update is elementwise. For inpainting
-the singular values are the mask itself (V = U = I). Motion blur (a kernel of full rank) and phase
+so A x = U_L (singulars * V^T x)[:m, :n] U_R^T, and every spectral update is elementwise. `observed` marks
+the coordinates that have a row of U^T y (the (m, n) block); a singular value there may still be zero
+(`cutoff` zeroes the 1-D singular values below it, as DDRM's own operators do, so that a nearly invisible
+direction is not divided by). For inpainting the singular values and `observed` are the mask itself
+(V = U = I). Motion blur (a kernel of full rank) and phase
 retrieval (nonlinear) have no such decomposition: `of` says so.
 """
 
@@ -31,6 +34,7 @@ class Spectral(NamedTuple):
     u_h: jnp.ndarray          # (m, m)
     u_w: jnp.ndarray          # (n, n)
     singulars: jnp.ndarray    # (H, W, 1 or C), zero where A sees nothing
+    observed: jnp.ndarray     # (H, W, 1 or C), 1 on the coordinates of U^T y, 0 elsewhere
 
 
 def to_spectral(sp: Spectral, x):
@@ -58,15 +62,20 @@ def apply(sp: Spectral, x):
     return jnp.einsum("mi,ijc,nj->mnc", sp.u_h, v, sp.u_w)
 
 
-def _separable(left: np.ndarray, right: np.ndarray) -> Spectral:
-    """The Spectral of X -> L X R^T from L (m, H) and R (n, W), in float64 then stored as float32."""
+def _separable(left: np.ndarray, right: np.ndarray, cutoff: float = 0.0) -> Spectral:
+    """The Spectral of X -> L X R^T from L (m, H) and R (n, W), in float64 then stored as float32; 1-D
+    singular values below `cutoff` become 0."""
     u_l, s_l, vt_l = np.linalg.svd(np.asarray(left, np.float64), full_matrices=True)
     u_r, s_r, vt_r = np.linalg.svd(np.asarray(right, np.float64), full_matrices=True)
-    h, w = left.shape[1], right.shape[1]
-    singulars = np.zeros((h, w), np.float64)
+    s_l, s_r = np.where(s_l < cutoff, 0.0, s_l), np.where(s_r < cutoff, 0.0, s_r)
+    (m, h), (n, w) = left.shape, right.shape
+    singulars, observed = np.zeros((h, w), np.float64), np.zeros((h, w), np.float64)
     singulars[:len(s_l), :len(s_r)] = np.outer(s_l, s_r)
-    f = lambda a: jnp.asarray(a, jnp.float32)
-    return Spectral(v_h=f(vt_l.T), v_w=f(vt_r.T), u_h=f(u_l), u_w=f(u_r), singulars=f(singulars[..., None]))
+    observed[:m, :n] = 1.0
+    f = lambda a: jnp.asarray(a[..., None], jnp.float32)
+    g = lambda a: jnp.asarray(a, jnp.float32)
+    return Spectral(v_h=g(vt_l.T), v_w=g(vt_r.T), u_h=g(u_l), u_w=g(u_r), singulars=f(singulars),
+                    observed=f(observed))
 
 
 def reflect_correlation_matrix(taps: np.ndarray, length: int) -> np.ndarray:
@@ -83,24 +92,25 @@ def reflect_correlation_matrix(taps: np.ndarray, length: int) -> np.ndarray:
     return mat
 
 
-def of(op: Operator, image_shape) -> Spectral:
-    """The SVD of `op` for images of shape (H, W, C); a ValueError naming the operator if it has none."""
+def of(op: Operator, image_shape, cutoff: float = 0.0) -> Spectral:
+    """The SVD of `op` for images of shape (H, W, C), 1-D singular values below `cutoff` set to 0; a
+    ValueError naming the operator if it has none."""
     h, w, c = image_shape
     if op.name == "super_resolution":
-        return _separable(np.asarray(op.data["down_h"]), np.asarray(op.data["down_w"]))
+        return _separable(np.asarray(op.data["down_h"]), np.asarray(op.data["down_w"]), cutoff)
     if op.name == "inpainting":
         mask = jnp.broadcast_to(jnp.asarray(op.data["mask"], jnp.float32), (h, w, op.data["mask"].shape[-1]))
         eye = lambda n: jnp.eye(n, dtype=jnp.float32)
-        return Spectral(v_h=eye(h), v_w=eye(w), u_h=eye(h), u_w=eye(w), singulars=mask)
+        return Spectral(v_h=eye(h), v_w=eye(w), u_h=eye(h), u_w=eye(w), singulars=mask, observed=mask)
     if op.name == "identity":
-        return _separable(np.eye(h), np.eye(w))
+        return _separable(np.eye(h), np.eye(w), cutoff)
     if op.name == "gaussian_blur":
         kernel = np.asarray(op.data["kernel"], np.float64)
         u, s, vt = np.linalg.svd(kernel)
         if s[1:].max(initial=0.0) > 1e-6 * s[0]:
             raise ValueError("gaussian_blur kernel is not separable (rank one); no efficient SVD")
         g_h, g_w = np.sqrt(s[0]) * u[:, 0], np.sqrt(s[0]) * vt[0]
-        return _separable(reflect_correlation_matrix(g_h, h), reflect_correlation_matrix(g_w, w))
+        return _separable(reflect_correlation_matrix(g_h, h), reflect_correlation_matrix(g_w, w), cutoff)
     if op.name == "motion_blur":
         raise ValueError("operator 'motion_blur' has no efficient SVD (its kernel is not separable), so "
                          "spectral solvers such as DDRM cannot take it; use 'ps'")

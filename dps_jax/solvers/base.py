@@ -44,16 +44,25 @@ def static_field(default):
 
 @flax.struct.dataclass
 class Problem:
-    """One inverse problem y = noise(A(x)): `op` is A with its data, `noise` the noise model's name."""
+    """One inverse problem y = noise(A(x)): `op` is A with its data, `noise` the noise model's name.
+
+    sigma: the Gaussian noise std of y, for the methods that model it (DDRM); NaN when not stated.
+    aux: what a solver's `prepare` computed from the problem on the host (DDRM: the SVD of A).
+    """
     op: Operator
     y: Any
     noise: str = static_field("gaussian")
+    sigma: Any = float("nan")
+    aux: Any = None
 
 
-def make_problem(op: Operator, y, image_shape, noise: str = "gaussian") -> Problem:
-    """A checked Problem: y has the shape A gives images of `image_shape` and no NaN or Inf."""
+def make_problem(op: Operator, y, image_shape, noise: str = "gaussian", sigma: Optional[float] = None) -> Problem:
+    """A checked Problem: y has the shape A gives images of `image_shape` and no NaN or Inf; `sigma`, the
+    Gaussian noise std of y, is needed only by methods that model the noise (DDRM)."""
     if noise not in NOISE_MODELS:
         raise ValueError(f"unknown noise model {noise!r}; expected one of {NOISE_MODELS}")
+    if sigma is not None:
+        check_finite_number("noise sigma", sigma)
     expected = jax.eval_shape(op, jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)).shape
     y = np.asarray(y, np.float32)
     if tuple(y.shape) != tuple(expected):
@@ -63,7 +72,8 @@ def make_problem(op: Operator, y, image_shape, noise: str = "gaussian") -> Probl
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"measurement contains {int(bad.sum())} NaN/Inf values (first at index {idx})")
-    return Problem(op=op, y=jnp.asarray(y), noise=noise)
+    return Problem(op=op, y=jnp.asarray(y), noise=noise,
+                   sigma=np.float32("nan" if sigma is None else sigma))
 
 
 class Solver(NamedTuple):
@@ -76,6 +86,14 @@ class Solver(NamedTuple):
     result: Callable = lambda state: state
     kind: str = "diffusion"                        # "diffusion" or "iterative"
     check: Optional[Callable] = None               # (problem, options) -> None; raises if unsupported
+    # (problem, options, image_shape) -> problem with `aux` set: host work before compiling (an SVD)
+    prepare: Optional[Callable] = None
+    # options -> respacing, for a method that fixes its own schedule (DDRM's strided 20 steps); the
+    # run's steps and respacing are then not used
+    fixed_schedule: Optional[Callable] = None
+    # options -> the model an iterative solver brings itself (PnP-ADMM's denoiser); it is passed where
+    # diffusion solvers get the prior
+    own_model: Optional[Callable] = None
 
 
 def make_options(solver: Solver, **values):

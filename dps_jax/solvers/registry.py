@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from dps_jax.solvers import admm_tv, dps, fienup, mcg, score_sde, unconditional
+from dps_jax.solvers import admm_tv, ddrm, dps, fienup, mcg, pnp_admm, score_sde, unconditional
 from dps_jax.solvers.base import Solver
 
 REGISTRY: Dict[str, Solver] = {
@@ -13,6 +13,8 @@ REGISTRY: Dict[str, Solver] = {
     "mcg": mcg.SOLVER,                   # manifold constrained gradients (Chung et al. 2022)
     "projection": score_sde.SOLVER,      # Score-SDE / ILVR-style projection
     "vanilla": unconditional.SOLVER,     # the prior alone
+    "ddrm": ddrm.SOLVER,                 # denoising diffusion restoration models (Kawar et al. 2022)
+    "pnp_admm": pnp_admm.SOLVER,         # plug-and-play ADMM with a DnCNN denoiser (Chan et al. 2016)
     "admm_tv": admm_tv.SOLVER,           # total-variation regularised least squares by ADMM
     "er": fienup.ER,                     # error reduction (Fienup 1982), phase retrieval
     "hio": fienup.HIO,                   # hybrid input-output (Fienup 1982, 1987), phase retrieval

@@ -78,11 +78,15 @@ def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[d
             raise ValueError(f"solver {spec.name!r} needs a diffusion prior")
         prior.check()
         prior.check_image_shape(image_shape)
+        if spec.fixed_schedule is not None:
+            respacing = spec.fixed_schedule(opts)
         steps = check_int("steps", steps, 1)
         num_timesteps = check_int("num_timesteps", num_timesteps, 1)
         if not respacing and steps > num_timesteps:
             raise ValueError(f"steps {steps} exceeds num_timesteps {num_timesteps}")
         tables = schedule_lib.build_tables(schedule, num_timesteps, respacing or steps)
+    elif spec.own_model is not None and prior is None:
+        prior = spec.own_model(opts)
     xs = step_inputs(spec, opts, tables)
     if check_int("snapshots", snapshots, 0) and not record_every:
         record_every = max(1, int(jax.tree_util.tree_leaves(xs)[0].shape[0]) // snapshots)
@@ -164,8 +168,17 @@ class Runner:
         leaves, tree = jax.tree_util.tree_flatten(problem)
         return tree, tuple((np.shape(l), str(getattr(l, "dtype", type(l).__name__))) for l in leaves)
 
+    def prepare(self, problem: Problem) -> Problem:
+        """The problem checked for this solver, with what the solver computes on the host (`aux`)."""
+        if self.solver.check is not None:
+            self.solver.check(problem, self.options)
+        if self.solver.prepare is not None and problem.aux is None:
+            problem = self.solver.prepare(problem, self.options, self.image_shape)
+        return problem
+
     def compile(self, problem: Problem) -> float:
         """Compile both programs for this problem's shapes ahead of time; returns the seconds it took."""
+        problem = self.prepare(problem)
         sig = self._signature(problem)
         if sig in self._compiled:
             return 0.0
@@ -189,8 +202,7 @@ class Runner:
                 raise ValueError(f"options {options} differ from the runner's {self.options} in more than "
                                  f"their float values; build a new runner")
             self.options = options
-        if self.solver.check is not None:
-            self.solver.check(problem, self.options)
+        problem = self.prepare(problem)
         self.compile(problem)
         init, advance = self._compiled[self._signature(problem)]
         problem = jax.device_put(problem, self.replicated)

@@ -1,0 +1,107 @@
+"""Train a DnCNN denoiser (the prior of PnP-ADMM) on the same data as the diffusion prior.
+
+    python -m dps_jax.train_denoiser --config=configs/train/dncnn_fmnist.py --workdir=runs/dncnn
+
+Blind Gaussian denoising as in Zhang et al. 2017 (DnCNN-B): each training image in [0, 1] gets noise of a
+std drawn uniformly from [0, sigma_max], the loss is the mean squared error of the denoised image. Batch
+norm statistics are kept as running averages. Checkpoints `workdir/state.msgpack` (atomic) and resumes from
+it; writes the denoiser as `workdir/dncnn.msgpack` (float16, the layout `models/dncnn.py` reads).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from dps_jax.models import dncnn
+from dps_jax import training
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and the trained denoiser")
+
+
+def make_train_step(model: dncnn.DnCNN, tx, sigma_max: float):
+    def loss_fn(params, batch_stats, x, key):
+        k_s, k_n = jax.random.split(key)
+        sigma = jax.random.uniform(k_s, (x.shape[0], 1, 1, 1), maxval=sigma_max)
+        noisy = x + sigma * jax.random.normal(k_n, x.shape)
+        out, new = model.apply({"params": params, "batch_stats": batch_stats}, noisy, train=True,
+                               mutable=["batch_stats"])
+        return jnp.mean((out - x) ** 2), new["batch_stats"]
+
+    @jax.jit
+    def step(state, x, key):
+        params, batch_stats, opt_state, n = state
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, x, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state, n + 1), loss
+
+    return step
+
+
+def train(cfg, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    model = dncnn.DnCNN(depth=cfg.model.depth, channels=1, features=cfg.model.features)
+    tx = optax.adam(optax.cosine_decay_schedule(cfg.optim.lr, cfg.num_steps, alpha=0.01))
+    key = jax.random.PRNGKey(cfg.seed)
+
+    def fresh_state():
+        v = dncnn.init_variables(jax.random.fold_in(key, 1), cfg.model.depth, cfg.model.features, cfg.data.image_size)
+        return v["params"], v["batch_stats"], tx.init(v["params"]), jnp.zeros((), jnp.int32)
+
+    state_path = os.path.join(workdir, "state.msgpack")
+    if os.path.exists(state_path):
+        state = training.restore_state(state_path, jax.eval_shape(fresh_state))
+        print(f"resumed from {state_path} at step {int(state[3])}", flush=True)
+    else:
+        state = fresh_state()
+    step_fn = make_train_step(model, tx, cfg.sigma_max)
+    data = (training.training_images(cfg) + 1.0) / 2.0                 # the denoiser works on [0, 1] images
+    rng = np.random.default_rng(cfg.seed + int(state[3]))
+    print(f"{len(data)} training images of shape {data.shape[1:]}; DnCNN depth {cfg.model.depth}, "
+          f"{cfg.model.features} features", flush=True)
+
+    def save():
+        training.atomic_write(state_path, flax.serialization.to_bytes(state))
+        variables = {"params": jax.device_get(state[0]), "batch_stats": jax.device_get(state[1])}
+        training.atomic_write(os.path.join(workdir, "dncnn.msgpack"), dncnn.to_bytes(variables, np.float16))
+
+    t_start, last_save, losses, start_step = time.time(), time.time(), [], int(state[3])
+    while int(state[3]) < cfg.num_steps:
+        x = data[rng.integers(0, len(data), cfg.batch_size)]
+        if rng.random() < 0.5:
+            x = x[:, :, ::-1]
+        state, loss = step_fn(state, jnp.asarray(x), jax.random.fold_in(key, int(state[3])))
+        losses.append(float(loss))
+        n = int(state[3])
+        if n % cfg.log_every == 0 or n == cfg.num_steps:
+            rate = (n - start_step) / (time.time() - t_start)
+            print(f"step {n}/{cfg.num_steps} mse {np.mean(losses[-cfg.log_every:]):.5f} {rate:.2f} steps/s "
+                  f"eta {(cfg.num_steps - n) / max(rate, 1e-9) / 60:.1f} min", flush=True)
+        if time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            save()
+            last_save = time.time()
+    save()
+    print(f"done: {int(state[3])} steps, mse (mean of last {cfg.log_every}) {np.mean(losses[-cfg.log_every:]):.5f}",
+          flush=True)
+
+
+def main(argv):
+    del argv
+    if _WORKDIR.value is None:
+        print("error: --workdir is required", file=sys.stderr)
+        sys.exit(2)
+    train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -26,6 +26,9 @@ def atomic_write(path: str, data: bytes):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)          # the mode a plain open() gives, not mkstemp's 0600
     os.replace(tmp, path)
 
 

@@ -53,7 +53,8 @@ def test_task_runs_end_to_end(task, tmp_path):
     check_outputs(run_dir, task)
 
 
-@pytest.mark.parametrize("task, solver, iterations", [("phase_retrieval", "hio", 40), ("super_resolution", "admm_tv", 40)])
+@pytest.mark.parametrize("task, solver, iterations", [("phase_retrieval", "hio", 40), ("super_resolution", "admm_tv", 40),
+                                                      ("gaussian_deblur", "pnp_admm", 10)])
 def test_classical_solvers_run_end_to_end_without_a_prior(task, solver, iterations, tmp_path):
     cfg = short_config(task, tmp_path, **{"solver.name": solver, f"solver.{solver}.iterations": iterations})
     run_dir = pipeline.run(cfg, stream=io.StringIO())

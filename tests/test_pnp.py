@@ -117,6 +117,15 @@ def test_pnp_admm_on_motion_blur_uses_conjugate_gradients():
     assert np.isfinite(out["residual"]).all() and out["residual"][0, -1] < 0.1 * out["residual"][0, 0]
 
 
+def test_shipped_denoiser_loads_and_denoises():
+    den = dncnn.load()
+    x = jnp.full((32, 32, 1), -1.0).at[8:24, 10:22].set(0.6)
+    noisy = x + 0.2 * jax.random.normal(jax.random.PRNGKey(0), x.shape)     # std 0.1 on [0, 1]
+    err_noisy = float(jnp.sqrt(jnp.mean((noisy - x) ** 2)))
+    err_out = float(jnp.sqrt(jnp.mean((dncnn.denoise(den, noisy) - x) ** 2)))
+    assert err_out < 0.6 * err_noisy, (err_out, err_noisy)
+
+
 def _write(tmp_path, name, data):
     path = os.path.join(tmp_path, name)
     with open(path, "wb") as f:

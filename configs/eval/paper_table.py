@@ -1,0 +1,38 @@
+"""The paper's comparison table on the shipped prior: every method on every task, 64 held-out images.
+
+    python -m dps_jax.evaluate --config=configs/eval/paper_table.py
+
+64 Fashion-MNIST test images never trained on (t10k 100-163; `apt-get install dataset-fashion-mnist`).
+The paper's setting is one override away, for example:
+
+    python -m dps_jax.evaluate --config=configs/eval/paper_table.py --config.preset=ffhq256 \
+        --config.model.checkpoint=ffhq256.msgpack --config.data.source=folder --config.data.root=ffhq_val \
+        --config.data.image_size=256 --config.data.num_images=1000
+"""
+
+import ml_collections
+
+from dps_jax import config_base
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.preset = "fmnist32"                 # the task configs' preset: fmnist32, ffhq256, imagenet256
+    c.tasks = ",".join(config_base.TASKS)
+    # The paper's methods; each runs on the tasks it supports (the others are n/a with a reason).
+    c.methods = "ps,ddrm,mcg,projection,admm_tv,er,hio,oss,pnp_admm"
+    c.steps = 0                           # diffusion steps; 0 keeps each task config's own (50 shipped, 1000 paper)
+    c.pr_samples = 4                      # samples / restarts per image for phase retrieval (the paper: 4)
+    c.seed = 0
+    # Task-config values for every cell, "key=value;key=value", e.g. "solver.pnp_admm.denoiser=dncnn17M.mpk"
+    c.overrides = ""
+    c.model = ml_collections.ConfigDict(dict(checkpoint=""))     # "" = the shipped prior
+    c.data = ml_collections.ConfigDict(dict(
+        source="fashion_mnist",           # or "folder": every image in data.root ("" = the shipped test images)
+        fashion_mnist_root="",            # "" = /usr/share/datasets/fashion-mnist
+        first=100, num_images=64, root="", image_size=32))
+    c.grid_image = 0                      # which image grid.png shows
+    c.png_scale = 3
+    c.output = "outputs/paper_table"
+    c.compilation_cache = "~/.cache/dps_jax/xla"
+    return c

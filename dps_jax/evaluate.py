@@ -1,0 +1,315 @@
+"""The paper's comparison (Tables 1-3, 6-7): every method on every task it supports, on one set of images.
+
+    python -m dps_jax.evaluate --config=configs/eval/paper_table.py [--config.data.num_images=8 ...]
+
+Each (task, method) cell runs the task's config (`configs/<task>.py` with the chosen preset: its operator,
+noise and tuned step sizes) with that solver on the same measurements: image i is measured with the same
+key for every method. A finished cell is saved under `<output>/cells/` and never computed again; an
+interrupted run resumes at the first unfinished cell. The results are written as `table.md`, `table.json`
+(per cell: PSNR and SSIM, mean and standard error over images, network evaluations per sample, seconds
+per image) and `grid.png` (one image: the truth and the measurement, then one row per method; one column
+per task). A method that cannot take a task (DDRM on motion blur, a Fienup method on anything but phase
+retrieval) is a cell "n/a" with its reason, once, under the table.
+
+Phase retrieval draws `pr_samples` (4) samples or restarts per image and reports the one with the smallest
+measurement residual || |F pad x| - y || (what a user without the truth can do), and separately the
+oracle best by PSNR that the paper reports. LPIPS and FID are not computed yet.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dps_jax import config_base, data, io, likelihoods, metrics, pipeline, solvers, training
+
+
+class Unsupported(ValueError):
+    pass
+
+
+# ---- images and cells --------------------------------------------------------------------------
+
+def load_images(cfg, prior) -> np.ndarray:
+    """(N, H, W, C) in [-1, 1]: Fashion-MNIST's test split [first, first + N) or an image folder."""
+    if cfg.data.source == "fashion_mnist":
+        x = data.fashion_mnist("test", cfg.data.fashion_mnist_root or data.FASHION_MNIST_DIR, cfg.data.image_size)
+        x = x[cfg.data.first:cfg.data.first + cfg.data.num_images]
+    elif cfg.data.source == "folder":
+        files = data.list_images(cfg.data.root or data.SHIPPED_IMAGES)[:cfg.data.num_images or None]
+        x = np.stack([data.load_image(p, cfg.data.image_size, prior.channels) for p in files])
+    else:
+        raise ValueError(f"data.source must be 'fashion_mnist' or 'folder', got {cfg.data.source!r}")
+    if not len(x):
+        raise ValueError("no images to evaluate on")
+    prior.check_image_shape(x.shape[1:])
+    return x
+
+
+def split(names: str) -> List[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def task_config(cfg, task: str, method: str):
+    """The config of one cell: the task's own config, this solver, the evaluation's data and model."""
+    t = config_base.task_config(task, cfg.preset)
+    t.solver.name = method
+    t.num_samples = cfg.pr_samples if task == "phase_retrieval" else 1
+    t.model.checkpoint = cfg.model.checkpoint
+    t.data.image_size = cfg.data.image_size
+    if cfg.steps:
+        t.sampler.steps = cfg.steps
+    for key, value in parse_overrides(cfg.overrides):
+        node, *path = key.split(".")
+        parent = t
+        for name in [node] + path[:-1]:
+            if name not in parent:
+                raise ValueError(f"override {key!r}: the task config has no {name!r}")
+            parent = parent[name]
+        leaf = path[-1] if path else node
+        if leaf not in parent:
+            raise ValueError(f"override {key!r}: the task config has no {leaf!r}")
+        parent[leaf] = typed(key, parent[leaf], value)
+    return t
+
+
+def typed(key: str, current, text: str):
+    """`text` as a value of `current`'s type (bool, int, float or str), or a ValueError naming `key`."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok, value = True, text if isinstance(current, str) else value
+    if not ok:
+        raise ValueError(f"override {key}={text}: expected a value of type {type(current).__name__}")
+    return value
+
+
+def parse_overrides(text: str):
+    """[(key, value)] from "solver.ddrm.eta=0.5;solver.pnp_admm.denoiser=dncnn17M.mpk" (values as strings)."""
+    pairs = []
+    for item in text.split(";"):
+        if item.strip():
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item.strip()!r} is not key=value")
+            pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def measure(tcfg, x, key, image_shape):
+    """The problem of image x under the task's operator and noise (the same key for every method)."""
+    k_op, k_noise, k_sample = jax.random.split(key, 3)
+    op = pipeline.build_operator(tcfg, image_shape, k_op)
+    y = likelihoods.add_noise(k_noise, op(jnp.asarray(x)), tcfg.noise.name, tcfg.noise.sigma, tcfg.noise.rate)
+    sigma = tcfg.noise.sigma if tcfg.noise.name == "gaussian" else None
+    return solvers.make_problem(op, y, image_shape, tcfg.noise.name, sigma), k_sample
+
+
+def network_evaluations(runner) -> int:
+    """Evaluations of a network per sample: the diffusion steps, PnP-ADMM's denoiser calls, else 0."""
+    if runner.solver.kind == "diffusion":
+        return runner.num_steps
+    return runner.num_steps if runner.solver.own_model is not None else 0
+
+
+def run_cell(cfg, task, method, prior, images, progress) -> Dict:
+    """One cell: per-image metrics, the shown sample of image `cfg.grid_image`, cost. Unsupported if the
+    solver refuses the task (its own message)."""
+    tcfg = task_config(cfg, task, method)
+    image_shape = images.shape[1:]
+    try:
+        runner = pipeline.build_runner(tcfg, prior, image_shape)
+        first, _ = measure(tcfg, images[0], jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0), image_shape)
+        runner.prepare(first)
+    except ValueError as e:
+        raise Unsupported(" ".join(str(e).split())) from None
+    runner.compile(first)
+    rows, shown, seconds = [], None, 0.0
+    for i, x in enumerate(images):
+        problem, k_sample = measure(tcfg, x, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), i), image_shape)
+        t0 = time.perf_counter()
+        samples = runner(problem, k_sample)["samples"]
+        seconds += time.perf_counter() - t0
+        residual = [float(jnp.linalg.norm(problem.op(jnp.asarray(s)) - problem.y)) for s in samples]
+        psnr = [metrics.psnr(s, x) for s in samples]
+        pick, oracle = int(np.argmin(residual)), int(np.argmax(psnr))
+        row = {"psnr": psnr[pick], "ssim": metrics.ssim(samples[pick], x), "residual": residual[pick]}
+        if len(samples) > 1:
+            row.update(psnr_oracle=psnr[oracle], ssim_oracle=metrics.ssim(samples[oracle], x))
+        rows.append(row)
+        if i == cfg.grid_image:
+            shown = samples[pick]
+        progress(i + 1)
+    summary = {k: summarise([r[k] for r in rows]) for k in rows[0]}
+    return {"task": task, "method": method, "num_images": len(images), "samples_per_image": tcfg.num_samples,
+            "nfe": network_evaluations(runner), "seconds_per_image": seconds / len(images),
+            "metrics": summary, "per_image": rows, "shown": None if shown is None else np.asarray(shown).tolist()}
+
+
+def summarise(values) -> Dict[str, float]:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "se": float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0}
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+def table_markdown(cfg, tasks, methods, cells, reasons, num_images) -> str:
+    columns = []
+    for task in tasks:
+        columns.append((task, "psnr", "ssim", task))
+        if task == "phase_retrieval":
+            columns.append((task, "psnr_oracle", "ssim_oracle", "phase_retrieval (oracle)"))
+    head = "| method | " + " | ".join(c[3] for c in columns) + " |"
+    lines = [f"PSNR [dB] / SSIM, mean ± standard error over {num_images} images "
+             f"(preset {cfg.preset}; phase retrieval: best of {cfg.pr_samples} by measurement residual, "
+             f"and the oracle best by PSNR as the paper reports)", "", head,
+             "|" + " --- |" * (len(columns) + 1)]
+    for method in methods:
+        row = [f"`{method}`"]
+        for task, p, s, _ in columns:
+            c = cells.get((task, method))
+            if c is None:
+                row.append("n/a")
+            else:
+                m = c["metrics"]
+                row.append(f"{m[p]['mean']:.2f} ± {m[p]['se']:.2f} / {m[s]['mean']:.3f} ± {m[s]['se']:.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Network evaluations per sample / seconds per image (this machine):", "",
+              "| method | " + " | ".join(tasks) + " |", "|" + " --- |" * (len(tasks) + 1)]
+    for method in methods:
+        row = [f"`{method}`"]
+        for task in tasks:
+            c = cells.get((task, method))
+            row.append("n/a" if c is None else f"{c['nfe']} / {c['seconds_per_image']:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    if reasons:
+        lines += ["", "n/a:"]
+        lines += [f"- `{m}` on {', '.join(ts)}: {why}" for (m, why), ts in sorted(reasons.items())]
+    lines += ["", "grid.png: the truth and the measurement, then one row per method in this order (grey: n/a); "
+              "one column per task.", "", "LPIPS and FID: not computed yet."]
+    return "\n".join(lines) + "\n"
+
+
+def grid_image(tasks, methods, cells, truth, inputs) -> np.ndarray:
+    """Rows: truth, measurement, then each method; columns: tasks. Empty cells are mid-grey."""
+    blank = np.zeros_like(truth[0])
+    tiles = list(truth) + list(inputs)
+    for method in methods:
+        for task in tasks:
+            c = cells.get((task, method))
+            tiles.append(blank if c is None or c["shown"] is None else np.asarray(c["shown"], np.float32))
+    return io.grid(np.stack(tiles), columns=len(tasks))
+
+
+def evaluate(cfg, stream=sys.stderr) -> str:
+    tasks, methods = split(cfg.tasks), split(cfg.methods)
+    for t in tasks:
+        if t not in config_base.TASKS:
+            raise ValueError(f"unknown task {t!r}; expected one of {config_base.TASKS}")
+    for m in methods:
+        solvers.get(m)
+    if cfg.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
+    prior = pipeline.load_prior(task_config(cfg, tasks[0], "ps"))
+    images = load_images(cfg, prior)
+    if not 0 <= cfg.grid_image < len(images):
+        raise ValueError(f"grid_image {cfg.grid_image} is not one of the {len(images)} images")
+    out = os.path.expanduser(cfg.output)
+    os.makedirs(os.path.join(out, "cells"), exist_ok=True)
+
+    cells, reasons = {}, {}
+    total, done, t_start = len(tasks) * len(methods) * len(images), 0, time.perf_counter()
+
+    def progress(task, method):
+        def report(i):
+            n = done + i
+            eta = (time.perf_counter() - t_start) / max(n - skipped, 1) * (total - n)
+            stream.write(f"\r[{'#' * int(30 * n / total):<30}] {n}/{total} {task} {method} "
+                         f"image {i}/{len(images)} eta {eta / 60:5.1f} min ")
+            stream.flush()
+        return report
+
+    skipped = 0
+    for method in methods:
+        for task in tasks:
+            path = os.path.join(out, "cells", f"{task}__{method}.json")
+            if os.path.exists(path):
+                cell = json.load(open(path))
+                skipped += len(images)
+            else:
+                try:
+                    cell = run_cell(cfg, task, method, prior, images, progress(task, method))
+                except Unsupported as e:
+                    cell = {"task": task, "method": method, "unsupported": str(e)}
+                    skipped += len(images)
+                training.atomic_write(path, json.dumps(cell).encode())
+            done += len(images)
+            if "unsupported" in cell:
+                reasons.setdefault((method, cell["unsupported"]), []).append(task)
+            else:
+                cells[(task, method)] = cell
+    stream.write("\n")
+
+    truth, inputs = [], []
+    for task in tasks:
+        tcfg = task_config(cfg, task, "ps")
+        problem, _ = measure(tcfg, images[cfg.grid_image], jax.random.fold_in(jax.random.PRNGKey(cfg.seed),
+                                                                               cfg.grid_image), images.shape[1:])
+        truth.append(images[cfg.grid_image])
+        picture = np.clip(np.asarray(problem.op.display(problem.y)), -1, 1)
+        if picture.shape != images.shape[1:]:          # e.g. the padded Fourier amplitude: resized to fit
+            picture = np.asarray(jax.image.resize(picture, images.shape[1:], "linear"))
+        inputs.append(picture)
+    io.save_png(os.path.join(out, "grid.png"), grid_image(tasks, methods, cells, truth, inputs), cfg.png_scale)
+    markdown = table_markdown(cfg, tasks, methods, cells, reasons, len(images))
+    training.atomic_write(os.path.join(out, "table.md"), markdown.encode())
+    summary = {"config": json.loads(cfg.to_json_best_effort()), "date": time.strftime("%Y-%m-%d"),
+               "cells": [{k: v for k, v in c.items() if k not in ("shown", "per_image")} for c in cells.values()],
+               "unsupported": [{"method": m, "tasks": ts, "reason": why} for (m, why), ts in sorted(reasons.items())]}
+    training.atomic_write(os.path.join(out, "table.json"), json.dumps(summary, indent=2).encode())
+    stream.write(markdown + f"wrote {out}/table.md, table.json, grid.png\n")
+    return out
+
+
+def cli(argv, stream=sys.stderr) -> int:
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", None, "evaluation config, e.g. configs/eval/paper_table.py",
+                                             flag_values=fv, lock_config=True, sys_argv=list(argv))
+    try:
+        rest = fv(list(argv))
+        if len(rest) > 1:
+            raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+        if config.value is None:
+            raise ValueError("--config is required, e.g. --config=configs/eval/paper_table.py")
+        evaluate(config.value, stream)
+    except Exception as e:          # bad flags, configs, data, checkpoints: one line, status 1
+        if not isinstance(e, (ValueError, OSError, flags.Error)):
+            raise
+        stream.write(f"\nerror: {' '.join(str(e).split())}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv))

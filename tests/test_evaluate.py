@@ -1,0 +1,80 @@
+"""The comparison table command: cells, n/a reasons, outputs, resuming, bad input."""
+
+import importlib.util
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dps_jax import evaluate
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.path.join(TESTS, "..", ".pytest_cache", "dps_jax_eval_xla")
+
+
+CONFIG = os.path.join(TESTS, "..", "configs", "eval", "paper_table.py")
+
+
+def config(out, **over):
+    """The paper-table config, shrunk: 2 shipped images, 2 tasks, 3 methods, 2 diffusion steps."""
+    spec = importlib.util.spec_from_file_location("paper_table", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.data.source, c.data.num_images = "folder", 2           # two of the shipped test images
+    c.tasks, c.methods, c.steps = "super_resolution,phase_retrieval", "ps,ddrm,hio", 2
+    c.overrides = "solver.hio.iterations=20"
+    c.output, c.compilation_cache, c.pr_samples = str(out), CACHE, 2
+    for k, v in over.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
+    stream = io.StringIO()
+    evaluate.evaluate(config(tmp_path), stream)
+    summary = json.load(open(tmp_path / "table.json"))
+    cells = {(c["task"], c["method"]): c for c in summary["cells"]}
+    assert set(cells) == {("super_resolution", "ps"), ("super_resolution", "ddrm"), ("phase_retrieval", "ps"),
+                          ("phase_retrieval", "hio")}
+    assert cells[("super_resolution", "ddrm")]["nfe"] == 20 and cells[("super_resolution", "ps")]["nfe"] == 2
+    assert cells[("phase_retrieval", "hio")]["nfe"] == 0
+    pr = cells[("phase_retrieval", "hio")]["metrics"]
+    assert pr["psnr_oracle"]["mean"] >= pr["psnr"]["mean"]                   # the oracle is the best by PSNR
+    for c in cells.values():
+        assert np.isfinite(c["metrics"]["psnr"]["mean"]) and c["metrics"]["psnr"]["se"] >= 0
+        assert c["num_images"] == 2 and c["seconds_per_image"] > 0
+    reasons = {(u["method"], tuple(u["tasks"])) for u in summary["unsupported"]}
+    assert reasons == {("ddrm", ("phase_retrieval",)), ("hio", ("super_resolution",))}
+    md = open(tmp_path / "table.md").read()
+    assert "| `ddrm` |" in md and "n/a" in md and "has no SVD (it is not linear)" in md
+    # grid: 2 tasks wide; truth, measurement and 3 methods high (32 px tiles, 1 px gaps, scale 3)
+    h, w = np.asarray(Image.open(tmp_path / "grid.png")).shape[:2]
+    assert (h, w) == (3 * (5 * 33 - 1), 3 * (2 * 33 - 1))
+
+    # A second run computes nothing: every cell is read back.
+    monkeypatch.setattr(evaluate, "run_cell", lambda *a, **k: pytest.fail("a finished cell was recomputed"))
+    evaluate.evaluate(config(tmp_path), io.StringIO())
+    assert json.load(open(tmp_path / "table.json"))["cells"] == summary["cells"]
+
+
+@pytest.mark.parametrize("over, match", [
+    (dict(tasks="deblur_everything"), "unknown task 'deblur_everything'"),
+    (dict(methods="ps,dpsx"), "unknown solver 'dpsx'"),
+    (dict(overrides="solver.ddrm.etta=0.5"), "override 'solver.ddrm.etta': the task config has no 'etta'"),
+    (dict(grid_image=7), "grid_image 7 is not one of the 2 images"),
+    (dict(overrides="solver.ddrm.steps=0.5"), "override solver.ddrm.steps=0.5: expected a value of type int"),
+    (dict(overrides="solver.ddrm.eta"), "override 'solver.ddrm.eta' is not key=value"),
+])
+def test_bad_input_is_one_line(tmp_path, over, match):
+    argv = ["evaluate", f"--config={CONFIG}",
+            "--config.data.source=folder", "--config.data.num_images=2", "--config.steps=2",
+            f"--config.output={tmp_path / 'out'}", f"--config.compilation_cache={CACHE}",
+            *(f"--config.{k}={v}" for k, v in over.items())]
+    stream = io.StringIO()
+    assert evaluate.cli(argv, stream) == 1
+    lines = [l for l in stream.getvalue().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0], stream.getvalue()

@@ -130,18 +130,21 @@ def network_evaluations(runner) -> int:
     return runner.num_steps if runner.solver.own_model is not None else 0
 
 
-def run_cell(cfg, task, method, prior, images, progress) -> Dict:
-    """One cell: per-image metrics, the shown sample of image `cfg.grid_image`, cost. Unsupported if the
-    solver refuses the task (its own message)."""
+def cell_runner(cfg, task, method, prior, images):
+    """(task config, Runner) of one cell, or Unsupported with the solver's own reason (no compiling)."""
     tcfg = task_config(cfg, task, method)
-    image_shape = images.shape[1:]
     try:
-        runner = pipeline.build_runner(tcfg, prior, image_shape)
-        first, _ = measure(tcfg, images[0], jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0), image_shape)
+        runner = pipeline.build_runner(tcfg, prior, images.shape[1:])
+        first, _ = measure(tcfg, images[0], jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0), images.shape[1:])
         runner.prepare(first)
     except ValueError as e:
         raise Unsupported(" ".join(str(e).split())) from None
-    runner.compile(first)
+    return tcfg, runner
+
+
+def run_cell(cfg, task, method, tcfg, runner, images, progress) -> Dict:
+    """One cell: per-image metrics, the shown sample of image `cfg.grid_image`, cost."""
+    image_shape = images.shape[1:]
     rows, shown, seconds = [], None, 0.0
     for i, x in enumerate(images):
         problem, k_sample = measure(tcfg, x, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), i), image_shape)
@@ -235,37 +238,35 @@ def evaluate(cfg, stream=sys.stderr) -> str:
     out = os.path.expanduser(cfg.output)
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
 
-    cells, reasons = {}, {}
-    total, done, t_start = len(tasks) * len(methods) * len(images), 0, time.perf_counter()
-
-    def progress(task, method):
-        def report(i):
-            n = done + i
-            eta = (time.perf_counter() - t_start) / max(n - skipped, 1) * (total - n)
-            stream.write(f"\r[{'#' * int(30 * n / total):<30}] {n}/{total} {task} {method} "
-                         f"image {i}/{len(images)} eta {eta / 60:5.1f} min ")
-            stream.flush()
-        return report
-
-    skipped = 0
-    for method in methods:
+    cells, reasons, todo = {}, {}, []
+    for method in methods:          # what is on disk, what cannot run (said at once), what is left
         for task in tasks:
             path = os.path.join(out, "cells", f"{task}__{method}.json")
             if os.path.exists(path):
                 cell = json.load(open(path))
-                skipped += len(images)
             else:
                 try:
-                    cell = run_cell(cfg, task, method, prior, images, progress(task, method))
+                    todo.append((task, method, path) + cell_runner(cfg, task, method, prior, images))
+                    continue
                 except Unsupported as e:
                     cell = {"task": task, "method": method, "unsupported": str(e)}
-                    skipped += len(images)
-                training.atomic_write(path, json.dumps(cell).encode())
-            done += len(images)
+                    training.atomic_write(path, json.dumps(cell).encode())
             if "unsupported" in cell:
                 reasons.setdefault((method, cell["unsupported"]), []).append(task)
             else:
                 cells[(task, method)] = cell
+    total, t_start = len(todo) * len(images), time.perf_counter()
+    stream.write(f"{len(cells)} cells done before, {len(todo)} to run, {sum(map(len, reasons.values()))} n/a\n")
+    for k, (task, method, path, tcfg, runner) in enumerate(todo):
+        def report(i, k=k, task=task, method=method):
+            n = k * len(images) + i
+            eta = (time.perf_counter() - t_start) / n * (total - n)
+            stream.write(f"\r[{'#' * int(30 * n / total):<30}] {n}/{total} {method} on {task}, image "
+                         f"{i}/{len(images)}, eta {eta / 60:5.1f} min ")
+            stream.flush()
+        cell = run_cell(cfg, task, method, tcfg, runner, images, report)
+        training.atomic_write(path, json.dumps(cell).encode())
+        cells[(task, method)] = cell
     stream.write("\n")
 
     truth, inputs = [], []

@@ -34,6 +34,7 @@ class StepCoefficients(NamedTuple):
     posterior_mean_coef2: jnp.ndarray
     log_betas: jnp.ndarray
     fixed_large_log_variance: jnp.ndarray
+    fraction: jnp.ndarray                # index / (T - 1): 1 at the first reverse step, 0 at the last
 
 
 def step_coefficients(tables: DiffusionTables, reverse: bool = True) -> StepCoefficients:
@@ -43,7 +44,8 @@ def step_coefficients(tables: DiffusionTables, reverse: bool = True) -> StepCoef
     return StepCoefficients(
         t_model=jnp.asarray(tables.timestep_map[order], jnp.int32),
         index=jnp.asarray(order, jnp.int32),
-        **{name: f32(getattr(tables, name)) for name in StepCoefficients._fields[2:]},
+        **{name: f32(getattr(tables, name)) for name in StepCoefficients._fields[2:-1]},
+        fraction=jnp.asarray(order / max(tables.num_steps - 1, 1), jnp.float32),
     )
 
 

@@ -76,6 +76,13 @@ def test_ddrm_runs_its_own_schedule_end_to_end(tmp_path):
     assert len(img["samples"]) == 2 and img["mean"]["psnr"] > 15
 
 
+@pytest.mark.parametrize("solver", ["ps_unit", "scoreald", "sdedit"])
+def test_seed_solvers_run_end_to_end(solver, tmp_path):
+    m = json.load(open(os.path.join(pipeline.run(short_config("inpainting_box", tmp_path, **{"solver.name": solver}),
+                                                 stream=io.StringIO()), "metrics.json")))
+    assert m["solver"] == solver and m["steps"] == 3 and np.isfinite(m["mean_psnr_of_mean"])
+
+
 def check_outputs(run_dir, task):
     assert not run_dir.endswith((".partial", "-incomplete"))
     m = json.load(open(os.path.join(run_dir, "metrics.json")))

@@ -12,6 +12,7 @@ weighting; `likelihoods.distance`). The gradient goes through the network. Each 
 own distance and its own gradient: nothing couples the samples.
 
 `ps+` averages d over `num_perturb` perturbed estimates x0_hat + perturb_scale * u, u ~ U[0, 1)^n.
+`ps_unit` (seed 003's "unit-normalised DPS") steps a fixed length `scale` along -grad / ||grad||.
 """
 
 from __future__ import annotations
@@ -71,6 +72,19 @@ def update(x_t, c, noise, problem, prior, options: Options):
     return guided_step(x_t, c, noise, prior, options, lambda x0_hat: distance(problem, x0_hat))
 
 
+@flax.struct.dataclass
+class UnitOptions(Options):
+    scale: float = 0.3                              # the step's length in image space (seed 003: 0.3 deconvolution)
+
+
+def update_unit(x_t, c, noise, problem, prior, options: UnitOptions):
+    """Unit-normalised DPS (seed 003): x'_{t-1} - scale * g / ||g||, g = grad_{x_t} ||y - A(x0_hat)||."""
+    den, d, grad = denoise_with_gradient(x_t, c, prior, lambda x0_hat: distance(problem, x0_hat))
+    x_prime = base.reverse_update(x_t, den, c, noise["x"], options)
+    unit = grad / jnp.maximum(jnp.sqrt(jnp.sum(grad ** 2)), 1e-12)
+    return x_prime - options.scale * unit, {"distance": d, "x0_hat": den.x0_hat}
+
+
 def draw_plus(key, x_t, problem, options: PlusOptions):
     u = jax.random.uniform(jax.random.fold_in(key, 1), (options.num_perturb,) + x_t.shape, x_t.dtype)
     return {**base.draw_x(key, x_t, problem, options), "perturb": u}
@@ -85,3 +99,4 @@ def update_plus(x_t, c, noise, problem, prior, options: PlusOptions):
 
 SOLVER = base.Solver("ps", Options, init=base.start, draw=base.draw_x, update=update)
 SOLVER_PLUS = base.Solver("ps+", PlusOptions, init=base.start, draw=draw_plus, update=update_plus)
+SOLVER_UNIT = base.Solver("ps_unit", UnitOptions, init=base.start, draw=base.draw_x, update=update_unit)

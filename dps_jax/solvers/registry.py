@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Dict
 
-from dps_jax.solvers import admm_tv, ddrm, dps, fienup, mcg, pnp_admm, score_sde, unconditional
+from dps_jax.solvers import (admm_tv, ddrm, dps, fienup, mcg, pnp_admm, score_sde, scoreald, sdedit,
+                             unconditional)
 from dps_jax.solvers.base import Solver
 
 REGISTRY: Dict[str, Solver] = {
     "ps": dps.SOLVER,                    # DPS (Chung et al. 2023)
     "ps+": dps.SOLVER_PLUS,              # DPS averaged over perturbed x0_hat (the official variant)
+    "ps_unit": dps.SOLVER_UNIT,          # DPS with the gradient normalised to unit length (seed 003)
+    "scoreald": scoreald.SOLVER,         # the DPS gradient with a linearly annealed step (seed 003)
+    "sdedit": sdedit.SOLVER,             # noise a start image from y to t*, then the prior alone (Meng et al.)
     "mcg": mcg.SOLVER,                   # manifold constrained gradients (Chung et al. 2022)
     "projection": score_sde.SOLVER,      # Score-SDE / ILVR-style projection
     "vanilla": unconditional.SOLVER,     # the prior alone

@@ -76,7 +76,7 @@ def test_ddrm_runs_its_own_schedule_end_to_end(tmp_path):
     assert len(img["samples"]) == 2 and img["mean"]["psnr"] > 15
 
 
-@pytest.mark.parametrize("solver", ["ps_unit", "scoreald", "sdedit"])
+@pytest.mark.parametrize("solver", ["sdedit"])      # ps_unit / scoreald: the same state and runner path as ps
 def test_seed_solvers_run_end_to_end(solver, tmp_path):
     m = json.load(open(os.path.join(pipeline.run(short_config("inpainting_box", tmp_path, **{"solver.name": solver}),
                                                  stream=io.StringIO()), "metrics.json")))

@@ -133,9 +133,10 @@ def network_evaluations(runner) -> int:
 def cell_runner(cfg, task, method, prior, images):
     """(task config, Runner) of one cell, or Unsupported with the solver's own reason (no compiling)."""
     tcfg = task_config(cfg, task, method)
+    # Bad options are errors of the run; only the solver's verdict on the problem (check / prepare) is n/a.
+    runner = pipeline.build_runner(tcfg, prior, images.shape[1:])
+    first, _ = measure(tcfg, images[0], jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0), images.shape[1:])
     try:
-        runner = pipeline.build_runner(tcfg, prior, images.shape[1:])
-        first, _ = measure(tcfg, images[0], jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0), images.shape[1:])
         runner.prepare(first)
     except ValueError as e:
         raise Unsupported(" ".join(str(e).split())) from None

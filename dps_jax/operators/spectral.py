@@ -62,6 +62,18 @@ def apply(sp: Spectral, x):
     return jnp.einsum("mi,ijc,nj->mnc", sp.u_h, v, sp.u_w)
 
 
+def regularised_pinv(sp: Spectral, y, lam=0.0):
+    """A^T (A A^T + lam I)^{-1} y = V diag(s / (s^2 + lam)) U^T y: (m, n, C) -> (H, W, C).
+
+    lam = 0 is the pseudo-inverse A^+ y (coordinates with a zero singular value give 0); lam > 0 the
+    Tikhonov-regularised inverse.
+    """
+    s = jnp.broadcast_to(sp.singulars, (sp.v_h.shape[0], sp.v_w.shape[0], jnp.shape(y)[-1]))
+    seen = (sp.observed > 0) & (s > 0)
+    gain = jnp.where(seen, s / jnp.where(seen, s ** 2 + lam, 1.0), 0.0)
+    return from_spectral(sp, gain * measurement_to_spectral(sp, y))
+
+
 def _separable(left: np.ndarray, right: np.ndarray, cutoff: float = 0.0) -> Spectral:
     """The Spectral of X -> L X R^T from L (m, H) and R (n, W), in float64 then stored as float32; 1-D
     singular values below `cutoff` become 0."""

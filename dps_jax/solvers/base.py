@@ -199,3 +199,16 @@ def needs_projection(solver_name: str):
             raise ValueError(f"solver {solver_name!r} needs a linear operator with a projection; "
                              f"{problem.op.name!r} is nonlinear: use 'ps'")
     return check
+
+
+def needs_gaussian_sigma(solver_name: str):
+    """A `check` for solvers that model Gaussian measurement noise of a known std (the problem's `sigma`)."""
+    def check(problem: Problem, options) -> None:
+        if problem.noise != "gaussian":
+            raise ValueError(f"solver {solver_name!r} models Gaussian measurement noise; got {problem.noise!r} "
+                             f"noise: use 'ps'")
+        if not np.isfinite(float(np.asarray(problem.sigma))):
+            raise ValueError(f"solver {solver_name!r} needs the Gaussian noise std of y: make_problem(..., "
+                             f"sigma=...) (api.sample(..., sigma=...))")
+    return check
+

@@ -112,12 +112,7 @@ def result(state):
     return state["x"]
 
 
-def check(problem: base.Problem, options: Options) -> None:
-    if problem.noise != "gaussian":
-        raise ValueError(f"solver 'ddrm' models Gaussian measurement noise; got {problem.noise!r} noise: use 'ps'")
-    if not np.isfinite(float(np.asarray(problem.sigma))):
-        raise ValueError("solver 'ddrm' needs the Gaussian noise std of y: make_problem(..., sigma=...) "
-                         "(api.sample(..., sigma=...))")
+check = base.needs_gaussian_sigma("ddrm")
 
 
 def prepare(problem: base.Problem, options: Options, image_shape) -> base.Problem:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-from dps_jax.solvers import (admm_tv, ddrm, dps, fienup, mcg, pnp_admm, score_sde, scoreald, sdedit,
-                             unconditional)
+from dps_jax.solvers import (admm_tv, ddrm, dps, fienup, mcg, pigdm, pnp_admm, reddiff, score_sde, scoreald,
+                             sdedit, unconditional)
 from dps_jax.solvers.base import Solver
 
 REGISTRY: Dict[str, Solver] = {
@@ -18,6 +18,8 @@ REGISTRY: Dict[str, Solver] = {
     "projection": score_sde.SOLVER,      # Score-SDE / ILVR-style projection
     "vanilla": unconditional.SOLVER,     # the prior alone
     "ddrm": ddrm.SOLVER,                 # denoising diffusion restoration models (Kawar et al. 2022)
+    "pigdm": pigdm.SOLVER,               # pseudoinverse-guided diffusion (Song et al. 2023)
+    "reddiff": reddiff.SOLVER,           # variational RED-diff (Mardani et al. 2023)
     "pnp_admm": pnp_admm.SOLVER,         # plug-and-play ADMM with a DnCNN denoiser (Chan et al. 2016)
     "admm_tv": admm_tv.SOLVER,           # total-variation regularised least squares by ADMM
     "er": fienup.ER,                     # error reduction (Fienup 1982), phase retrieval

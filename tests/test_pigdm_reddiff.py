@@ -1,0 +1,141 @@
+"""PiGDM and RED-diff against their reference code (pigdm_*.npz, reddiff_*.npz: NVlabs/RED-diff's PGDM and
+REDDIFF classes with their own default configs, the random-weight adm_ffhq_like network, 10 steps,
+tools/make_solver_fixtures.py): PiGDM's start and every step teacher-forced, RED-diff's start and whole
+run step by step; then both solvers on dps_jax's operators and the pairs they refuse."""
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import load_npz, nhwc, row
+from dps_jax import api, diffusion, operators, prior, schedule, solvers
+from dps_jax.operators import spectral
+from dps_jax.solvers import pigdm, reddiff
+
+CASES = ["sr2", "blur", "inpaint"]
+
+
+class SpectralOp:
+    """Stands in for problem.op: A x through the fixture's SVD."""
+    linear = True
+
+    def __init__(self, sp):
+        self.sp = sp
+
+    def __call__(self, x):
+        return spectral.apply(self.sp, x)
+
+
+def case(prefix, name, ffhq_like, sigma):
+    f = load_npz(f"{prefix}_{name}.npz")
+    sp = spectral.Spectral(**{k: jnp.asarray(f[k]) for k in spectral.Spectral._fields})
+    problem = solvers.Problem(op=SpectralOp(sp), y=jnp.asarray(nhwc(f["y"])[0]), sigma=np.float32(sigma), aux=sp)
+    tables = schedule.build_tables("linear", 1000, f"ddim{len(f['timesteps'])}")
+    np.testing.assert_array_equal(tables.timestep_map, f["timesteps"])
+    model, params, _ = ffhq_like
+    return f, problem, prior.from_unet(model, params, "learned_range"), diffusion.step_coefficients(tables)
+
+
+def rel(a, b):
+    return float(np.abs(np.asarray(a) - b).max() / np.abs(b).max())
+
+
+def reference_pinv_extra(sp, y):
+    """What the reference's `H_pinv` adds to the pseudo-inverse: on the observed coordinates whose singular
+    value the cutoff zeroed it skips the division but keeps (U^T y)_i, so A^+ y gains V (those (U^T y)_i).
+    dps_jax computes the pseudo-inverse (0 there). Zero for operators without zeroed singulars."""
+    s = jnp.broadcast_to(sp.singulars, (16, 16, 3))
+    zeroed = (sp.observed > 0) & (s == 0)
+    return spectral.from_spectral(sp, jnp.where(zeroed, spectral.measurement_to_spectral(sp, y), 0.0))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_pigdm_against_reference(name, ffhq_like):
+    f, problem, pr, coefs = case("pigdm", name, ffhq_like, 0.0)
+    spec = json.loads(str(f["spec"]))
+    assert (spec["eta"], spec["grad_term_weight"], spec["awd"]) == (0.0, 1, True)
+    options = solvers.make_options(pigdm.SOLVER)
+    traj, x0s = nhwc(f["xs"])[::-1], nhwc(f["x0s"])[::-1]      # the reference lists them last step first
+    randn = nhwc(f["randn"][:, 0])
+    num = len(x0s)
+    # y is noiseless here (the reference's PiGDM is), so the reference's H_pinv quirk (see
+    # reference_pinv_extra) adds nothing: U^T y is 0 where the cutoff zeroed a singular value
+    assert np.abs(reference_pinv_extra(problem.aux, problem.y)).max() < 1e-6
+    # the first step from the start noise: x_T from A^+ y, then the step
+    step = jax.jit(lambda s, c, z: pigdm.update(s, c, {"x": z}, problem, pr, options))
+    first, _ = step({"x": jnp.asarray(randn[0]), "started": jnp.asarray(False)}, row(coefs, 0), jnp.asarray(randn[1]))
+    assert rel(first["x"], traj[1]) <= 1e-5
+    # every step teacher-forced from the reference's state
+    states = {"x": jnp.asarray(traj[:-1]), "started": jnp.ones(num, bool)}
+    new, record = jax.jit(jax.vmap(lambda s, c, z: pigdm.update(s, c, {"x": z}, problem, pr, options)))(
+        states, coefs, jnp.asarray(randn[1:]))
+    for i in range(num):
+        assert rel(new["x"][i], traj[i + 1]) <= 1e-5, (i, rel(new["x"][i], traj[i + 1]))
+        assert rel(record["x0_hat"][i], x0s[i]) <= 1e-5, i
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_reddiff_against_reference(name, ffhq_like):
+    f, problem, pr, coefs = case("reddiff", name, ffhq_like, json.loads(str(f_spec(name)))["sigma"])
+    spec = json.loads(str(f["spec"]))
+    options = solvers.make_options(reddiff.SOLVER, lr=spec["lr"], lam=spec["grad_term_weight"],
+                                   obs_weight=spec["obs_weight"])
+    assert (spec["lr"], spec["grad_term_weight"], spec["sigma_x0"]) == (0.1, 0.25, 0.0)
+    state = reddiff.init(None, problem, pr, options, (16, 16, 3))
+    extra = reference_pinv_extra(problem.aux, problem.y)
+    np.testing.assert_allclose(state["mu"] + extra, nhwc(f["start"])[0], atol=2e-6)
+    # from the reference's start (they differ only for the blur, by `extra`) the rest is the same method
+    state = reddiff.init(None, problem, pr, options, (16, 16, 3)) if name != "blur" else \
+        {"mu": jnp.asarray(nhwc(f["start"])[0]), "x0": jnp.asarray(nhwc(f["start"])[0]),
+         "adam": reddiff.optimizer(options).init(jnp.asarray(nhwc(f["start"])[0]))}
+    randn = nhwc(f["randn"][:, 0])                                 # per step: noise_x0 (unused), noise_xt
+    mus = nhwc(f["mus"])
+    step = jax.jit(lambda s, c, z: reddiff.update(s, c, {"x": z}, problem, pr, options))
+    for i in range(len(mus)):
+        state, _ = step(state, row(coefs, i), jnp.asarray(randn[2 * i + 1]))
+        assert rel(state["mu"], mus[i]) <= 2e-5, (i, rel(state["mu"], mus[i]))
+    assert rel(reddiff.result(state), nhwc(f["x0_pred"])[0]) <= 2e-5
+
+
+def f_spec(name):
+    return load_npz(f"reddiff_{name}.npz")["spec"]
+
+
+def test_pigdm_and_reddiff_through_the_api():
+    """Shipped prior, SR x4 on 32 x 32: both fit y to about the noise level; the pairs they cannot take
+    are refused in one line naming the solver."""
+    pr = api.load_prior()
+    op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
+    x = jnp.full((32, 32, 1), -0.9).at[8:24, 8:24].set(0.8).at[12:20, 4:28].set(-0.6)
+    sigma = 0.05
+    y = api.measure(op, x, jax.random.PRNGKey(1), sigma=sigma)
+    for name in ("pigdm", "reddiff"):
+        out = api.sample(pr, op, y, solver=name, num_samples=2, sigma=sigma, steps=20)
+        assert out["samples"].shape == (2, 32, 32, 1)
+        fit = np.sqrt(np.mean((np.asarray(jax.vmap(op)(jnp.asarray(out["samples"]))) - np.asarray(y)) ** 2,
+                              axis=(1, 2, 3)))
+        assert (fit < 2 * sigma).all(), (name, fit)
+        assert not np.allclose(out["samples"][0], out["samples"][1])
+    with pytest.raises(ValueError, match=re.escape("'pigdm' needs the Gaussian noise std of y")):
+        api.sample(pr, op, y, solver="pigdm", steps=2)
+    pr_op = operators.build("phase_retrieval", (32, 32, 1))
+    y_pr = pr_op(x)
+    with pytest.raises(ValueError, match="'reddiff' starts from A\\^\\+ y and needs a linear operator"):
+        api.sample(pr, pr_op, y_pr, solver="reddiff", steps=2)
+    with pytest.raises(ValueError, match="'reddiff' fits a Gaussian likelihood"):
+        api.sample(pr, op, y, solver="reddiff", noise="poisson", steps=2)
+
+
+def test_reddiff_start_without_svd_is_the_least_norm_solution():
+    """Motion blur has no SVD: the start is A^+ y by the operator's projection, and A(start) = y."""
+    op = operators.build("motion_blur", (16, 16, 1), key=jax.random.PRNGKey(0), kernel_size=5)
+    x = jax.random.uniform(jax.random.PRNGKey(2), (16, 16, 1), minval=-1, maxval=1)
+    problem = solvers.make_problem(op, op(x), (16, 16, 1))
+    problem = reddiff.prepare(problem, solvers.make_options(reddiff.SOLVER), (16, 16, 1))
+    assert problem.aux is None
+    mu = reddiff.start(problem, (16, 16, 1))
+    np.testing.assert_allclose(op(mu), op(x), atol=2e-3)

@@ -1,0 +1,218 @@
+"""Fixtures for PiGDM and RED-diff from their reference code (NVlabs/RED-diff), never copied: imported from
+a clone and run on the random-weight adm_ffhq_like network of tests/fixtures.
+
+    # a clone of DPS2022/diffusion-posterior-sampling (its guided-diffusion UNet) and of NVlabs/RED-diff,
+    # torch (CPU), and the reference's config library
+    pip install torch==2.13.0 numpy omegaconf pyyaml matplotlib
+    python tools/make_solver_fixtures.py --official DPS_PATH --reddiff REDDIFF_PATH --out /tmp/regen \\
+        [--reuse tests/fixtures]
+    DPS_JAX_FIXTURES=/tmp/regen python -m pytest tests/test_pigdm_reddiff.py
+
+The reference algorithms (`algos/pgdm.py` PGDM, `algos/reddiff.py` REDDIFF) are built by their own
+constructors from the reference's own `_configs/algo/*.yaml` defaults, with their `ClassifierGuidanceModel`
+and `Diffusion` (`models/`); only the degradation is ours: the reference's `H_functions` base class
+(`utils/degredations.py`, whose `H`, `Ht` and `H_pinv` it computes) over a decomposition in dps_jax's
+spectral layout (`make_fixtures.spectral_h_functions`), on three operators (2 x 2 block averaging, a Gaussian
+blur with singular values below 0.03 zeroed, random inpainting). 10 steps (`exp.num_steps`), images 16 x 16.
+Every `torch.randn_like` draw is recorded; with --reuse the inputs and the draws of an existing fixture are
+replayed, and the outputs recomputed (a regeneration check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import types
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_fixtures as mf  # noqa: E402
+
+CASES = {"sr2": "block_average", "blur": "gaussian_blur", "inpaint": "inpainting"}
+NUM_STEPS = 10
+SIZE, CHANNELS = 16, 3
+REDDIFF_SIGMA = 0.05           # RED-diff's y is noisy (its loss does not use sigma); PiGDM's reference is noiseless
+
+
+def package(name: str, directory: str):
+    """An empty package `name` whose submodules load from `directory` (its real __init__ is never run: the
+    reference's pull in hydra, distributed training and every algorithm)."""
+    module = types.ModuleType(name)
+    module.__path__ = [directory]
+    sys.modules[name] = module
+    return module
+
+
+def import_reddiff(path: str):
+    import torch
+
+    for name in ("algos", "models", "utils"):
+        package(name, os.path.join(path, name))
+    original_cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *a, **k: self           # the reference's Diffusion moves its tables to CUDA
+    from algos.pgdm import PGDM
+    from algos.reddiff import REDDIFF
+    from models.classifier_guidance_model import ClassifierGuidanceModel
+    from models.diffusion import Diffusion
+    from omegaconf import OmegaConf
+    from utils import degredations
+    return types.SimpleNamespace(PGDM=PGDM, REDDIFF=REDDIFF, ClassifierGuidanceModel=ClassifierGuidanceModel,
+                                 Diffusion=Diffusion, OmegaConf=OmegaConf, H_functions=degredations.H_functions,
+                                 path=path, restore=lambda: setattr(torch.Tensor, "cuda", original_cuda))
+
+
+def config(ref, algo: str):
+    """The reference's defaults for `algo` (its yaml files), with our step count."""
+    oc = ref.OmegaConf
+    return oc.create({"algo": oc.load(os.path.join(ref.path, "_configs", "algo", f"{algo}.yaml")),
+                      "exp": {**oc.to_container(oc.load(os.path.join(ref.path, "_configs", "exp", "default.yaml"))),
+                              "num_steps": NUM_STEPS, "save_evolution": False}})
+
+
+def timesteps(cfg):
+    skip = (cfg.exp.start_step - cfg.exp.end_step) // cfg.exp.num_steps
+    return list(range(cfg.exp.end_step, cfg.exp.start_step, skip))
+
+
+def load_unet(official, fixtures):
+    import torch
+
+    cfg = json.loads(str(np.load(os.path.join(fixtures, "adm_ffhq_like.npz"))["config"]))
+    model = official.unet.UNetModel(**cfg).eval()
+    model.load_state_dict(torch.load(os.path.join(fixtures, "adm_ffhq_like.pt"), weights_only=True))
+    return model
+
+
+def inputs(name, old, rng, sigma):
+    """The SVD, the image, y (noisy with `sigma`) and the H_functions: from `old` or drawn."""
+    import torch
+
+    if old is not None:
+        sp = {k: old[k] for k in ("v_h", "v_w", "u_h", "u_w", "singulars", "observed")}
+        ref, y_noise = torch.from_numpy(old["ref"]), torch.from_numpy(old["y_noise"])
+    else:
+        sp = mf.ddrm_spectral(CASES[name], SIZE, CHANNELS, rng)
+        torch.manual_seed(int(rng.integers(2 ** 31)))
+        m, n = sp["u_h"].shape[0], sp["u_w"].shape[0]
+        ref = torch.rand(1, CHANNELS, SIZE, SIZE) * 2 - 1
+        y_noise = torch.randn(1, CHANNELS * m * n)
+    return sp, ref, y_noise
+
+
+def draws(old, key):
+    return None if old is None else [np.asarray(a) for a in old[key]]
+
+
+def make_pigdm(ref, model, out, name, reuse, rng):
+    import torch
+
+    old = mf.read(reuse, f"pigdm_{name}.npz")
+    sp, img, y_noise = inputs(name, old, rng, 0.0)
+    H, _ = mf.spectral_h_functions(ref, sp, CHANNELS)
+    cfg = config(ref, "pgdm")
+    diffusion = ref.Diffusion()
+    algo_module = sys.modules[ref.PGDM.__module__]
+    algo_module.build_degredation_model = lambda c: H
+    algo = ref.PGDM(ref.ClassifierGuidanceModel(model, None, diffusion, cfg), cfg)
+    y_0 = H.H(img)
+    ts = timesteps(cfg)
+    replay = draws(old, "randn")
+    with mf.cuda_on_cpu(), mf.recorded_randn_like(replay) as drawn:
+        xs, x0s = algo.sample(torch.zeros_like(img), None, ts, y_0=y_0)
+    m, n = sp["u_h"].shape[0], sp["u_w"].shape[0]
+    arrays = dict(ref=img.numpy(), y_noise=y_noise.numpy(), y=y_0.numpy().reshape(1, CHANNELS, m, n),
+                  randn=np.stack([d.numpy() for d in drawn]), xs=np.concatenate([x.numpy() for x in xs]),
+                  x0s=np.concatenate([x.numpy() for x in x0s]), timesteps=np.asarray(ts, np.int64),
+                  spec=np.array(json.dumps({**ref.OmegaConf.to_container(cfg.algo), "operator": CASES[name],
+                                            "model": "adm_ffhq_like"})),
+                  **{k: np.asarray(v, np.float32) for k, v in sp.items()})
+    np.savez_compressed(os.path.join(out, f"pigdm_{name}.npz"), **arrays)
+
+
+class RecordingAdam:
+    """torch.optim.Adam that keeps a copy of its parameter after every step (RED-diff returns only the end)."""
+
+    def __init__(self, torch, trail):
+        base = torch.optim.Adam
+
+        class Adam(base):
+            def step(self, *a, **k):
+                out = super().step(*a, **k)
+                trail.append(self.param_groups[0]["params"][0].detach().clone())
+                return out
+        self.cls = Adam
+
+
+def make_reddiff(ref, model, out, name, reuse, rng):
+    import torch
+
+    old = mf.read(reuse, f"reddiff_{name}.npz")
+    sp, img, y_noise = inputs(name, old, rng, REDDIFF_SIGMA)
+    H, _ = mf.spectral_h_functions(ref, sp, CHANNELS)
+    cfg = config(ref, "reddiff")
+    diffusion = ref.Diffusion()
+    algo_module = sys.modules[ref.REDDIFF.__module__]
+    algo_module.build_degredation_model = lambda c: H
+    algo = ref.REDDIFF(ref.ClassifierGuidanceModel(model, None, diffusion, cfg), cfg)
+    y_0 = H.H(img) + REDDIFF_SIGMA * y_noise
+    ts = timesteps(cfg)
+    replay = draws(old, "randn")
+    trail = []
+    original_adam = torch.optim.Adam
+    torch.optim.Adam = RecordingAdam(torch, trail).cls
+    try:
+        with mf.cuda_on_cpu(), mf.recorded_randn_like(replay) as drawn:
+            x0_pred, mu = algo.sample(torch.zeros_like(img), None, ts, y_0=y_0)
+    finally:
+        torch.optim.Adam = original_adam
+    m, n = sp["u_h"].shape[0], sp["u_w"].shape[0]
+    arrays = dict(ref=img.numpy(), y_noise=y_noise.numpy(), y=y_0.numpy().reshape(1, CHANNELS, m, n),
+                  randn=np.stack([d.numpy() for d in drawn]), mus=np.concatenate([t.numpy() for t in trail]),
+                  start=H.H_pinv(y_0).reshape(img.shape).numpy(),
+                  x0_pred=x0_pred.detach().numpy(), mu=mu.detach().numpy(), timesteps=np.asarray(ts, np.int64),
+                  spec=np.array(json.dumps({**ref.OmegaConf.to_container(cfg.algo), "operator": CASES[name],
+                                            "sigma": REDDIFF_SIGMA, "model": "adm_ffhq_like"})),
+                  **{k: np.asarray(v, np.float32) for k, v in sp.items()})
+    np.savez_compressed(os.path.join(out, f"reddiff_{name}.npz"), **arrays)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--official", required=True, help="a clone of DPS2022/diffusion-posterior-sampling (the UNet)")
+    ap.add_argument("--reddiff", required=True, help="a clone of NVlabs/RED-diff")
+    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                                       "fixtures"), help="where adm_ffhq_like.{pt,npz} are")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--reuse", default=None, help="replay the inputs and draws of the fixtures in this directory")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--compare", default=None, help="print differences against the fixtures in this directory")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.reuse and os.path.abspath(args.out) == os.path.abspath(args.reuse):
+        sys.exit("error: --out must differ from --reuse")
+    os.makedirs(args.out, exist_ok=True)
+    official = mf.import_official(args.official)
+    model = load_unet(official, args.fixtures)
+    ref = import_reddiff(args.reddiff)
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    try:
+        for name in CASES:
+            make_pigdm(ref, model, args.out, name, args.reuse, rng)
+            make_reddiff(ref, model, args.out, name, args.reuse, rng)
+    finally:
+        ref.restore()
+    print(f"wrote {len(CASES) * 2} files to {args.out}")
+    if args.compare:
+        mf.compare(args.out, args.compare)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,17 +41,37 @@ def betas_for_alpha_bar(num_timesteps: int, alpha_bar, max_beta: float = 0.999) 
     return np.minimum(1.0 - ratio, max_beta)
 
 
+def quadratic_timesteps(num_timesteps: int, spec: str, original) -> np.ndarray:
+    """The "quadN" respacing (see `space_timesteps`), ascending."""
+    try:
+        n = int(spec[len("quad"):])
+    except ValueError:
+        raise ValueError(f"bad respacing {original!r}: expected 'quadN' with an integer N") from None
+    if not 2 <= n <= num_timesteps:
+        raise ValueError(f"respacing {original!r}: N must be in [2, {num_timesteps}]")
+    seq = np.sqrt(np.linspace(0, num_timesteps ** 2, n)).astype(np.int64)
+    seq[-1] -= 1
+    kept = num_timesteps - 1 - seq
+    if len(np.unique(kept)) != n:
+        raise ValueError(f"respacing {original!r}: quadratic spacing repeats a timestep; use fewer steps")
+    return np.sort(kept)
+
+
 def space_timesteps(num_timesteps: int, section_counts: Union[str, int, Sequence[int]]) -> np.ndarray:
     """The kept timesteps of a respaced process, sorted ascending (the `timestep_map`).
 
     `section_counts` splits [0, num_timesteps) into equal sections and keeps the given number of
     evenly spaced steps in each ("250", "10,20,30", [10, 20, 30]); "ddimN" keeps range(0, T, stride)
-    with the integer stride that gives exactly N steps (the DDIM paper's striding).
+    with the integer stride that gives exactly N steps (the DDIM paper's striding); "quadN" keeps
+    T - 1 - floor(sqrt(k / (N - 1)) T) for k = 0 .. N - 2 and 0 (DiffPIR's quadratic spacing: large strides
+    at high noise, fine ones near t = 0).
     """
     _check_steps(num_timesteps, "num_timesteps")
     spec = section_counts
     if isinstance(spec, str):
         spec = spec.strip()
+        if spec.startswith("quad"):
+            return quadratic_timesteps(num_timesteps, spec, section_counts)
         if spec.startswith("ddim"):
             try:
                 desired = int(spec[len("ddim"):])

@@ -14,7 +14,7 @@ from helpers import fixture_path, load_npz
 from dps_jax import api, operators, solvers
 from dps_jax.models import dncnn
 from dps_jax.operators import spectral
-from dps_jax.solvers import loop, pnp_admm
+from dps_jax.solvers import loop, pnp_admm, proximal
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +99,10 @@ def test_exact_x_update_solves_the_normal_equations(name, options):
     y = op(jax.random.normal(jax.random.PRNGKey(1), shape))
     r = jax.random.normal(jax.random.PRNGKey(2), shape)
     problem = solvers.make_problem(op, y, shape)
-    x = pnp_admm.solve_spectral(spectral.of(op, shape), problem.y, r, rho)
+    x = proximal.solve_spectral(spectral.of(op, shape), problem.y, r, rho)
     gradient = op.adjoint(op(x) - y, x) + rho * (x - r)
     assert float(jnp.abs(gradient).max()) < 1e-4
-    x_cg = pnp_admm.solve_cg(problem, jnp.zeros(shape), r, rho, 300)
+    x_cg = proximal.solve_cg(problem, jnp.zeros(shape), r, rho, 300)
     np.testing.assert_allclose(x, x_cg, atol=1e-4)
 
 

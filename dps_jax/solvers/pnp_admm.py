@@ -8,7 +8,7 @@ proximal map of the prior, for a linear A (the paper's baseline, Appendix D.2):
 from x_0 = z_0 = A^T y, u_0 = 0; the result is x. The x-subproblem is solved exactly where A has an SVD
 (`operators.spectral`: x = V (Sigma^T U^T y + rho V^T (z - u)) / (Sigma^2 + rho) -- elementwise for masks,
 the separable SR resize and the Gaussian blur with reflection), and by conjugate gradients otherwise
-(motion blur). Defaults are those of SCICO's PnP-DnCNN ADMM example, whose implementation the paper used
+(motion blur): `solvers.proximal`. Defaults are those of SCICO's PnP-DnCNN ADMM example, whose implementation the paper used
 (rho = 0.2, 10 iterations); the denoiser is a weight file (`models/dncnn.py`: SCICO's published DnCNNs, or
 the one shipped for the 32 x 32 prior). Deterministic: every sample of a run is the same.
 """
@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dps_jax.models import dncnn
-from dps_jax.operators import spectral
-from dps_jax.solvers import base
+from dps_jax.solvers import base, proximal
 
 
 @flax.struct.dataclass
@@ -38,23 +37,6 @@ class Options:
             raise ValueError(f"rho must be > 0, got {self.rho!r}")
 
 
-def solve_spectral(sp: spectral.Spectral, y, rhs_prior, rho):
-    """argmin_x 1/2 ||y - A x||^2 + rho/2 ||x - rhs_prior||^2 through A = U Sigma V^T: (H, W, C)."""
-    s = sp.singulars
-    v = (s * spectral.measurement_to_spectral(sp, y) + rho * spectral.to_spectral(sp, rhs_prior)) / (s ** 2 + rho)
-    return spectral.from_spectral(sp, v)
-
-
-def solve_cg(problem, x_start, rhs_prior, rho, iterations: int):
-    """The same minimiser by conjugate gradients on (A^T A + rho I) x = A^T y + rho rhs_prior."""
-    at = lambda v: problem.op.adjoint(v, x_start)
-    normal = lambda v: at(problem.op(v)) + rho * v
-    # Stop at float32 precision: iterating on a solved system divides 0 by 0.
-    x, _ = jax.scipy.sparse.linalg.cg(normal, at(problem.y) + rho * rhs_prior, x0=x_start, tol=1e-6, atol=0.0,
-                                      maxiter=iterations)
-    return x
-
-
 def init(key, problem, prior, options, image_shape):
     x0 = problem.op.adjoint(problem.y, jnp.zeros(image_shape, jnp.float32))
     return {"x": x0, "z": x0, "u": jnp.zeros_like(x0)}
@@ -67,10 +49,7 @@ def draw(key, state, problem, options):
 def update(state, k, noise, problem, denoiser, options: Options):
     """One ADMM iteration; `denoiser` (in the prior's place) maps an (H, W, C) image to its denoised one."""
     x, z, u = state["x"], state["z"], state["u"]
-    if problem.aux is not None:
-        x = solve_spectral(problem.aux, problem.y, z - u, options.rho)
-    else:
-        x = solve_cg(problem, x, z - u, options.rho, options.cg_iterations)
+    x = proximal.solve(problem, z - u, options.rho, x_start=x, cg_iterations=options.cg_iterations)
     z = denoiser(x + u)
     u = u + x - z
     r = problem.y - problem.op(x)
@@ -87,12 +66,7 @@ def check(problem, options) -> None:
         raise ValueError(f"solver 'pnp_admm' needs a linear operator; {problem.op.name!r} is nonlinear")
 
 
-def prepare(problem, options, image_shape):
-    """The SVD of A for the exact x-update, where A has one (else None: conjugate gradients)."""
-    try:
-        return problem.replace(aux=spectral.of(problem.op, image_shape))
-    except ValueError:
-        return problem
+prepare = proximal.prepare
 
 
 def load_denoiser(options: Options):

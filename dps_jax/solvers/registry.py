@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from dps_jax.solvers import (admm_tv, ddrm, dps, fienup, mcg, pigdm, pnp_admm, reddiff, score_sde, scoreald,
+from dps_jax.solvers import (admm_tv, ddrm, diffpir, dps, fienup, mcg, pigdm, pnp_admm, reddiff, score_sde, scoreald,
                              sdedit, unconditional)
 from dps_jax.solvers.base import Solver
 
@@ -18,6 +18,7 @@ REGISTRY: Dict[str, Solver] = {
     "projection": score_sde.SOLVER,      # Score-SDE / ILVR-style projection
     "vanilla": unconditional.SOLVER,     # the prior alone
     "ddrm": ddrm.SOLVER,                 # denoising diffusion restoration models (Kawar et al. 2022)
+    "diffpir": diffpir.SOLVER,           # plug-and-play diffusion by half-quadratic splitting (Zhu et al. 2023)
     "pigdm": pigdm.SOLVER,               # pseudoinverse-guided diffusion (Song et al. 2023)
     "reddiff": reddiff.SOLVER,           # variational RED-diff (Mardani et al. 2023)
     "pnp_admm": pnp_admm.SOLVER,         # plug-and-play ADMM with a DnCNN denoiser (Chan et al. 2016)

@@ -1,0 +1,104 @@
+"""DiffPIR against its reference code (diffpir_inpaint.npz: yuanzhi-zhu/DiffPIR's inpainting script run
+unchanged on the random-weight adm_ffhq_like network, 20 steps, tools/make_diffpir_fixtures.py): the
+quadratic schedule, every step teacher-forced and the whole run; the data step against dense linear algebra
+for the operators the fixture does not cover; then the solver through the API and the pairs it refuses."""
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import load_npz, nhwc
+from dps_jax import api, diffusion, operators, prior, schedule, solvers
+from dps_jax.solvers import diffpir, loop, proximal
+
+
+def case(ffhq_like):
+    f = load_npz("diffpir_inpaint.npz")
+    spec = json.loads(str(f["spec"]))
+    options = solvers.make_options(diffpir.SOLVER, lam=spec["lambda"], zeta=spec["zeta"], steps=spec["iter_num"])
+    mask = nhwc(f["mask"])[0]
+    x = 2 * (f["img"].astype(np.float32) / 255) - 1
+    op = operators.build("inpainting", (16, 16, 3), mask=mask)
+    problem = solvers.make_problem(op, op(jnp.asarray(x)), (16, 16, 3), sigma=0.0)
+    problem = diffpir.SOLVER.prepare(problem, options, (16, 16, 3))
+    tables = schedule.build_tables("linear", 1000, diffpir.fixed_schedule(options))
+    model, params, _ = ffhq_like
+    return f, problem, prior.from_unet(model, params, "learned_range"), options, diffusion.step_coefficients(tables)
+
+
+def test_quadratic_schedule_is_the_reference_one(ffhq_like):
+    f, *_, coefs = case(ffhq_like)
+    tables = schedule.build_tables("linear", 1000, 1000)
+    reduced = np.sqrt(1 - tables.alphas_cumprod) / np.sqrt(tables.alphas_cumprod)
+    t_ref = [int(np.abs(reduced - level / 255).argmin()) for level in f["noise_level"]]
+    np.testing.assert_array_equal(np.asarray(coefs.t_model), t_ref)
+
+
+def test_teacher_forced_steps_and_whole_run(ffhq_like):
+    f, problem, pr, options, coefs = case(ffhq_like)
+    x_in, x0 = nhwc(f["x_in"]), nhwc(f["x0"])
+    randn = nhwc(f["randn"][:, 0])
+    num = len(x_in)
+    zeta_noise = np.stack([randn[1 + 3 * i + 2] for i in range(num - 1)] + [np.zeros_like(randn[0])])
+    start = np.asarray(diffpir.start(problem, (16, 16, 3)))
+    # the start: ours is sqrt(ab_T) A^+ y + sqrt(1 - ab_T) z; the reference reads y (holes at -1) as a
+    # level-0 diffusion state, which differs by at most sqrt(ab_999) = 0.0064 per pixel
+    c0 = jax.tree_util.tree_map(lambda a: a[0], coefs)
+    ours = c0.sqrt_alphas_cumprod * start + c0.sqrt_one_minus_alphas_cumprod * randn[0]
+    assert np.abs(ours - x_in[0]).max() < 0.007
+    states = {"x": jnp.asarray(x_in), "start": jnp.broadcast_to(start, x_in.shape), "started": jnp.ones(num, bool)}
+    step = jax.jit(jax.vmap(lambda s, c, z: diffpir.update(s, c, {"x": z}, problem, pr, options)))
+    new, record = step(states, coefs, jnp.asarray(zeta_noise))
+    scale = np.abs(x_in).max()
+    assert np.abs(np.asarray(new["x"][:-1]) - x_in[1:]).max() <= 1e-5 * scale
+    # x0_hat = (x_t - sqrt(1 - ab) eps) / sqrt(ab): at t = 999 float32 rounding of eps grows by 1 / sqrt(ab) = 156
+    np.testing.assert_allclose(record["x0_hat"], x0, atol=1e-4)
+    # the last step (t = 0) keeps x, which is the reference's output
+    np.testing.assert_allclose(new["x"][-1], x_in[-1], atol=1e-6)
+    # a whole run from the reference's x_T with its draws
+    state = {"x": jnp.asarray(x_in[0]), "start": jnp.asarray(start), "started": jnp.asarray(True)}
+    final, _, _ = jax.jit(lambda s, z: loop.scan(diffpir.SOLVER, s, coefs, None, problem, pr, options,
+                                                 noise={"x": z}))(state, jnp.asarray(zeta_noise))
+    want = nhwc(f["out"])[0] * 2 - 1
+    assert np.abs(np.asarray(final["x"]) - want).max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("name", ["super_resolution", "gaussian_blur"])
+def test_data_step_is_the_regularised_least_squares(name):
+    """x0 = argmin ||y - A x||^2 + rho ||x - r||^2 = (A^T A + rho I)^{-1} (A^T y + rho r), with the dense A."""
+    shape = (8, 8, 1)
+    kw = {"scale_factor": 2} if name == "super_resolution" else {"kernel_size": 5, "intensity": 1.0}
+    op = operators.build(name, shape, **kw)
+    rng = np.random.default_rng(0)
+    x, r = (rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2))
+    problem = solvers.make_problem(op, op(x), shape, sigma=0.05)
+    problem = diffpir.SOLVER.prepare(problem, solvers.make_options(diffpir.SOLVER), shape)
+    a = np.asarray(jax.jacfwd(lambda v: op(v.reshape(shape)).reshape(-1))(jnp.zeros(64)), np.float64)
+    for rho in (0.01, 1.0):
+        want = np.linalg.solve(a.T @ a + rho * np.eye(64), a.T @ np.asarray(problem.y, np.float64).reshape(-1)
+                               + rho * r.reshape(-1))
+        got = proximal.solve(problem, jnp.asarray(r), rho)
+        np.testing.assert_allclose(np.asarray(got).reshape(-1), want, atol=2e-4)
+
+
+def test_diffpir_through_the_api():
+    pr = api.load_prior()
+    op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
+    x = jnp.full((32, 32, 1), -0.9).at[8:24, 8:24].set(0.8).at[12:20, 4:28].set(-0.6)
+    sigma = 0.05
+    y = api.measure(op, x, jax.random.PRNGKey(1), sigma=sigma)
+    out = api.sample(pr, op, y, solver="diffpir", num_samples=2, sigma=sigma, steps=10, zeta=1.0, lam=1.0)
+    assert out["samples"].shape == (2, 32, 32, 1) and out["distance"].shape == (2, 100)
+    fit = np.sqrt(np.mean((np.asarray(jax.vmap(op)(jnp.asarray(out["samples"]))) - np.asarray(y)) ** 2, axis=(1, 2, 3)))
+    assert (fit < 2 * sigma).all(), fit
+    with pytest.raises(ValueError, match=re.escape("'diffpir' needs the Gaussian noise std of y")):
+        api.sample(pr, op, y, solver="diffpir")
+    pr_op = operators.build("phase_retrieval", (32, 32, 1))
+    with pytest.raises(ValueError, match="'diffpir' needs a linear operator"):
+        api.sample(pr, pr_op, pr_op(x), solver="diffpir", sigma=sigma)
+    with pytest.raises(ValueError, match=r"zeta must be in \[0, 1\]"):
+        solvers.make_options(diffpir.SOLVER, zeta=1.5)

@@ -1,0 +1,166 @@
+"""A DiffPIR fixture from its reference code (yuanzhi-zhu/DiffPIR), never copied: the reference's inpainting
+script (`main_ddpir_inpainting.py`, whose sampler is written inline in `main`) run as it is, on the
+random-weight adm_ffhq_like network and one random 16 x 16 image.
+
+    # a clone of yuanzhi-zhu/DiffPIR, torch (CPU), opencv
+    pip install torch==2.13.0 numpy opencv-python-headless matplotlib
+    python tools/make_diffpir_fixtures.py --diffpir DIFFPIR_PATH --out /tmp/regen [--reuse tests/fixtures]
+    DPS_JAX_FIXTURES=/tmp/regen python -m pytest tests/test_diffpir.py
+
+How it runs unchanged: in a temporary directory it lays out what the script reads (the network as
+`model_zoo/diffusion_ffhq_10m.pt`, the image as `testsets/demo_test/`), and it replaces only the model's
+constructor (`create_model_and_diffusion` returns guided-diffusion's UNetModel in the small adm_ffhq_like layout
+and the reference's own diffusion for the 1000-step linear schedule) and gives its mask generator the image
+size (the script leaves it at 256). Its settings are the script's own: 20 steps
+of quadratic spacing, lambda 1, zeta 1, noiseless y, a random 50% mask (numpy seed 0, drawn by its own
+mask generator). Recorded on the way: every `torch.randn_like` draw, each call of the reference's
+`utils_model.model_fn` (its input x_t and the clipped x0 it returns), the mask and the output image before
+quantisation. Two imports the called code never uses stand in as empty modules (`torchvision.utils.make_grid`,
+and `lpips`, whose score is only logged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import types
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_fixtures as mf  # noqa: E402
+
+SIZE = 16
+
+
+def stub_modules():
+    import torch
+
+    torchvision = types.ModuleType("torchvision")
+    utils = types.ModuleType("torchvision.utils")
+    utils.make_grid = None
+    torchvision.utils = utils
+    sys.modules.setdefault("torchvision", torchvision)
+    sys.modules.setdefault("torchvision.utils", utils)
+    lpips = types.ModuleType("lpips")
+
+    class LPIPS(torch.nn.Module):
+        def __init__(self, *a, **k):
+            super().__init__()
+
+        def forward(self, a, b):
+            return torch.zeros(1, 1, 1, 1)
+    lpips.LPIPS = LPIPS
+    sys.modules.setdefault("lpips", lpips)
+
+
+@contextlib.contextmanager
+def inside(directory):
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
+def run(diffpir_path, fixtures, img, replay=None):
+    """Run the reference inpainting script on `img` (uint8 (16, 16, 3)); returns what was recorded."""
+    import cv2
+    import torch
+
+    sys.path.insert(0, os.path.abspath(diffpir_path))
+    stub_modules()
+    import main_ddpir_inpainting as script
+    from guided_diffusion import script_util, unet
+
+    cfg = json.loads(str(np.load(os.path.join(fixtures, "adm_ffhq_like.npz"))["config"]))
+    record = {"x_in": [], "x0": [], "noise_level": [], "mask": [], "out": []}
+
+    def create_model_and_diffusion(**kwargs):
+        diffusion = script_util.create_gaussian_diffusion(
+            steps=kwargs["diffusion_steps"], learn_sigma=kwargs["learn_sigma"], noise_schedule=kwargs["noise_schedule"],
+            use_kl=kwargs["use_kl"], predict_xstart=kwargs["predict_xstart"], rescale_timesteps=kwargs["rescale_timesteps"],
+            rescale_learned_sigmas=kwargs["rescale_learned_sigmas"], timestep_respacing=kwargs["timestep_respacing"])
+        return unet.UNetModel(**cfg), diffusion
+
+    model_fn = script.utils_model.model_fn
+
+    def recording_model_fn(x, noise_level, *a, **k):
+        out = model_fn(x, noise_level, *a, **k)
+        record["x_in"].append(x.detach().clone())
+        record["x0"].append(out.detach().clone())
+        record["noise_level"].append(float(noise_level))
+        return out
+
+    mask_generator = script.mask_generator
+
+    class RecordingMaskGenerator(mask_generator):
+        def __init__(self, *a, **k):
+            k.setdefault("image_size", SIZE)              # the script leaves it at its default, 256
+            super().__init__(*a, **k)
+
+        def __call__(self, img_tensor):
+            mask = super().__call__(img_tensor)
+            record["mask"].append(mask.clone())
+            return mask
+
+    tensor2uint = script.util.tensor2uint
+
+    def recording_tensor2uint(x):
+        record["out"].append(x.detach().clone())
+        return tensor2uint(x)
+
+    script.create_model_and_diffusion = create_model_and_diffusion
+    script.utils_model.model_fn = recording_model_fn
+    script.mask_generator = RecordingMaskGenerator
+    script.util.tensor2uint = recording_tensor2uint
+    with tempfile.TemporaryDirectory() as tmp, inside(tmp):
+        os.makedirs("model_zoo")
+        shutil.copy(os.path.join(fixtures, "adm_ffhq_like.pt"), os.path.join("model_zoo", "diffusion_ffhq_10m.pt"))
+        os.makedirs(os.path.join("testsets", "demo_test"))
+        cv2.imwrite(os.path.join("testsets", "demo_test", "img.png"), img[..., ::-1])   # the script reads BGR -> RGB
+        with mf.recorded_randn_like(replay) as drawn:
+            script.main()
+    return record, [d.numpy() for d in drawn]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--diffpir", required=True, help="a clone of yuanzhi-zhu/DiffPIR")
+    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                                       "fixtures"), help="where adm_ffhq_like.{pt,npz} are")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--reuse", default=None, help="replay the image and the draws of the fixture in this directory")
+    ap.add_argument("--seed", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    os.makedirs(args.out, exist_ok=True)
+    old = mf.read(args.reuse, "diffpir_inpaint.npz")
+    if old is not None:
+        img, replay = old["img"], [np.asarray(a) for a in old["randn"]]
+    else:
+        img, replay = np.random.default_rng(args.seed).integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8), None
+        torch.manual_seed(args.seed)
+    fixtures = os.path.abspath(args.fixtures)
+    record, drawn = run(args.diffpir, fixtures, img, replay)
+    arrays = dict(img=img, mask=record["mask"][0].numpy(), randn=np.stack(drawn),
+                  x_in=np.concatenate([x.numpy() for x in record["x_in"]]),
+                  x0=np.concatenate([x.numpy() for x in record["x0"]]),
+                  noise_level=np.asarray(record["noise_level"], np.float64), out=record["out"][0].numpy(),
+                  spec=np.array(json.dumps({"iter_num": 20, "lambda": 1.0, "zeta": 1.0, "sigma": 0.001,
+                                            "skip_type": "quad", "model": "adm_ffhq_like"})))
+    np.savez_compressed(os.path.join(args.out, "diffpir_inpaint.npz"), **arrays)
+    print(f"wrote diffpir_inpaint.npz to {args.out}: {len(record['x_in'])} network calls, {len(drawn)} draws")
+
+
+if __name__ == "__main__":
+    main()

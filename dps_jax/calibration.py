@@ -31,6 +31,11 @@ def moments(mix: gmm_lib.GaussianMixture):
     return mean, w @ (diag + mu ** 2) - mean ** 2
 
 
+def float32(mix: gmm_lib.GaussianMixture) -> gmm_lib.GaussianMixture:
+    return gmm_lib.GaussianMixture(*(np.asarray(a, np.float32) for a in mix))
+
+
+@jax.jit
 def responsibilities(mix: gmm_lib.GaussianMixture, x):
     """(N, K) posterior probabilities of the components at the points x (N, D) (eigenvalues floored at 1e-12)."""
     lam = jnp.maximum(mix.eigvals, 1e-12)
@@ -40,7 +45,7 @@ def responsibilities(mix: gmm_lib.GaussianMixture, x):
         coords = jnp.einsum("kdj,kd->kj", mix.eigvecs, r)
         log_p = mix.log_weights - 0.5 * jnp.sum(coords ** 2 / lam + jnp.log(lam), axis=-1)
         return jax.nn.softmax(log_p)
-    return jax.vmap(one)(jnp.asarray(x, mix.means.dtype))
+    return jax.vmap(one)(x)
 
 
 def sliced_wasserstein(a, b, key, projections: int = 256) -> float:
@@ -61,10 +66,10 @@ def compare(samples, exact: gmm_lib.GaussianMixture, key, projections: int = 256
         raise ValueError(f"samples have dimension {x.shape[1]}; the posterior has {exact.dim}")
     mean, var = moments(exact)
     k_exact, k_proj = jax.random.split(key)
-    resp = np.asarray(responsibilities(exact, x))
+    resp = np.asarray(responsibilities(float32(exact), np.asarray(x, np.float32)))
     fractions = np.bincount(resp.argmax(axis=1), minlength=resp.shape[1]) / len(x)
     weights = np.exp(np.asarray(exact.log_weights, np.float64))
-    reference, _ = gmm_lib.sample(exact, k_exact, len(x))
+    reference, _ = gmm_lib.sample(float32(exact), k_exact, len(x))
     finite = bool(np.all(np.isfinite(x)))
     return {
         "mean_error": float(np.sqrt(np.mean((x.mean(0) - mean) ** 2))),
@@ -77,5 +82,5 @@ def compare(samples, exact: gmm_lib.GaussianMixture, key, projections: int = 256
 def floor(exact: gmm_lib.GaussianMixture, num: int, key, projections: int = 256) -> dict:
     """What `num` exact draws score: the sampling noise under every figure."""
     k_draw, k_cmp = jax.random.split(key)
-    x, _ = gmm_lib.sample(exact, k_draw, num)
+    x, _ = gmm_lib.sample(float32(exact), k_draw, num)
     return compare(x, exact, k_cmp, projections)

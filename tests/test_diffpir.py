@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import load_npz, nhwc
-from dps_jax import api, diffusion, operators, prior, schedule, solvers
+from dps_jax import api, diffusion, gmm, operators, prior, schedule, solvers
 from dps_jax.solvers import diffpir, loop, proximal
 
 
@@ -86,19 +86,30 @@ def test_data_step_is_the_regularised_least_squares(name):
 
 
 def test_diffpir_through_the_api():
-    pr = api.load_prior()
-    op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
-    x = jnp.full((32, 32, 1), -0.9).at[8:24, 8:24].set(0.8).at[12:20, 4:28].set(-0.6)
-    sigma = 0.05
+    """On the Gaussian-mixture prior (fast to compile), SR x2 of an 8 x 8 image: vmapped samples that fit y to
+    about the noise level; bad options and unsupported pairs are refused in one line."""
+    shape, sigma = (8, 8, 1), 0.05
+    mix = random_mixture(64)
+    pr = gmm.as_prior(mix, shape)
+    op = operators.build("super_resolution", shape, scale_factor=2)
+    x = np.asarray(gmm.sample(mix, jax.random.PRNGKey(0), 1)[0]).reshape(shape)
     y = api.measure(op, x, jax.random.PRNGKey(1), sigma=sigma)
-    out = api.sample(pr, op, y, solver="diffpir", num_samples=2, sigma=sigma, steps=10, zeta=1.0, lam=1.0)
-    assert out["samples"].shape == (2, 32, 32, 1) and out["distance"].shape == (2, 100)
+    out = api.sample(pr, op, y, solver="diffpir", num_samples=3, sigma=sigma, steps=20, image_shape=shape)
+    assert out["samples"].shape == (3,) + shape and out["distance"].shape == (3, 100)
     fit = np.sqrt(np.mean((np.asarray(jax.vmap(op)(jnp.asarray(out["samples"]))) - np.asarray(y)) ** 2, axis=(1, 2, 3)))
     assert (fit < 2 * sigma).all(), fit
+    assert not np.allclose(out["samples"][0], out["samples"][1])
     with pytest.raises(ValueError, match=re.escape("'diffpir' needs the Gaussian noise std of y")):
-        api.sample(pr, op, y, solver="diffpir")
-    pr_op = operators.build("phase_retrieval", (32, 32, 1))
+        api.sample(pr, op, y, solver="diffpir", image_shape=shape)
+    pr_op = operators.build("phase_retrieval", shape)
     with pytest.raises(ValueError, match="'diffpir' needs a linear operator"):
-        api.sample(pr, pr_op, pr_op(x), solver="diffpir", sigma=sigma)
+        api.sample(pr, pr_op, pr_op(x), solver="diffpir", sigma=sigma, image_shape=shape)
     with pytest.raises(ValueError, match=r"zeta must be in \[0, 1\]"):
         solvers.make_options(diffpir.SOLVER, zeta=1.5)
+
+
+def random_mixture(dim, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(k, dim, dim)) * (0.3 / np.sqrt(dim))
+    return gmm.make(rng.uniform(0.5, 2.0, size=k), rng.uniform(-0.6, 0.6, (k, dim)),
+                    a @ np.swapaxes(a, 1, 2) + 0.01 * np.eye(dim))

@@ -62,11 +62,17 @@ def make(weights, means, covariances, dtype=np.float32) -> GaussianMixture:
         raise ValueError(f"mixture weights must be finite and positive, got {w}")
     if not np.allclose(cov, np.swapaxes(cov, 1, 2), atol=1e-8 * max(1.0, np.abs(cov).max())):
         raise ValueError("mixture covariances must be symmetric")
+    return _from_log_weights(np.log(w), mu, cov, dtype)
+
+
+def _from_log_weights(log_w, mu, cov, dtype) -> GaussianMixture:
+    """The mixture from unnormalised log weights (no underflow for far-apart components)."""
     lam, u = np.linalg.eigh(cov)
     if lam.min() < -1e-8 * max(1.0, lam.max()):
         raise ValueError(f"mixture covariance has a negative eigenvalue {lam.min():.3g}")
     lam = np.maximum(lam, 0.0)
-    log_w = np.log(w) - np.log(w.sum())
+    top = log_w.max()
+    log_w = log_w - (top + np.log(np.exp(log_w - top).sum()))
     # numpy arrays: float64 stays float64 for the exact posterior (jax converts them when it computes)
     return GaussianMixture(*(np.asarray(a, dtype) for a in (log_w, mu, u, lam)))
 
@@ -152,7 +158,7 @@ def posterior(gmm: GaussianMixture, a, y, sigma: float) -> GaussianMixture:
         post_means.append(mu[k] + gain @ (y - a @ mu[k]))
         cov = s - gain @ s_at.T
         post_covs.append(0.5 * (cov + cov.T))
-    return make(np.exp(log_w - log_w.max()), np.stack(post_means), np.stack(post_covs), dtype=np.float64)
+    return _from_log_weights(log_w, np.stack(post_means), np.stack(post_covs), np.float64)
 
 
 def operator_matrix(op, image_shape) -> np.ndarray:

@@ -72,7 +72,6 @@ def inside(directory):
 def run(diffpir_path, fixtures, img, replay=None):
     """Run the reference inpainting script on `img` (uint8 (16, 16, 3)); returns what was recorded."""
     import cv2
-    import torch
 
     sys.path.insert(0, os.path.abspath(diffpir_path))
     stub_modules()

@@ -21,7 +21,6 @@ replayed, and the outputs recomputed (a regeneration check).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys

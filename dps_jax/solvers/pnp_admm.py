@@ -16,7 +16,6 @@ the one shipped for the 32 x 32 prior). Deterministic: every sample of a run is 
 from __future__ import annotations
 
 import flax.struct
-import jax
 import jax.numpy as jnp
 
 from dps_jax.models import dncnn

@@ -10,7 +10,6 @@ gradients otherwise (motion blur).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from dps_jax.operators import spectral
 

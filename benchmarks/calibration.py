@@ -80,8 +80,8 @@ def problem_for(bed, task, mix, key):
 
 
 def run_cell(solver, nfe, pr, problem, exact, shape, num, key):
-    own_steps = solver in ("ddrm", "diffpir", "daps")
-    options = {"steps": nfe} if own_steps else {}
+    # a solver with its own schedule (DDRM, DiffPIR) takes the NFE as its `steps` option
+    options = {"steps": nfe} if solvers.get(solver).fixed_schedule is not None else {}
     runner = solvers.build(pr, shape, solver=solver, options=options, steps=nfe, num_samples=num)
     runner.compile(problem)
     t0 = time.perf_counter()

@@ -26,7 +26,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from dps_jax.operators import spectral
 from dps_jax.prior import denoise
 from dps_jax.solvers import base, dps, proximal
 
@@ -55,17 +54,9 @@ def rho(c, sigma_y, options: Options):
     return options.lam * sigma_n ** 2 / sigma_t2
 
 
-def start(problem, image_shape):
-    """A^+ y (H, W, C): through the SVD when `prepare` found one, else the least-norm projection of 0."""
-    zeros = jnp.zeros(tuple(image_shape), jnp.float32)
-    if problem.aux is not None:
-        return spectral.regularised_pinv(problem.aux, problem.y)
-    return problem.op.project(zeros, problem.y)
-
-
 def init(key, problem, prior, options, image_shape):
     """The start noise and A^+ y; the first update mixes them at the first step's level."""
-    return {"x": jax.random.normal(key, tuple(image_shape), jnp.float32), "start": start(problem, image_shape),
+    return {"x": jax.random.normal(key, tuple(image_shape), jnp.float32), "start": proximal.pseudo_inverse(problem, image_shape),
             "started": jnp.asarray(False)}
 
 

@@ -2,19 +2,20 @@
 
 The likelihood p(y | x_t) is approximated by N(y; A x0_hat, r_t^2 A A^T + sigma_y^2 I), r_t^2 = 1 - ab_t
 (the paper's r_t^2 = sigma_t^2 / (1 + sigma_t^2) in the variance-preserving parameterisation). Its gradient
-at x_t, through the network, is the vector-Jacobian product
+at x_t, through the network, is 1 / r_t^2 times the vector-Jacobian product
 
-    g = (d x0_hat / d x_t)^T  A^T (A A^T + (sigma_y^2 / r_t^2) I)^{-1} (y - A x0_hat)       (times 1 / r_t^2)
+    g = (d x0_hat / d x_t)^T  A^T (A A^T + (sigma_y^2 / r_t^2) I)^{-1} (y - A x0_hat)
 
 and one step from x_t (ab = ab_t, ab' = ab_{t-1}, the DDIM step with its eta) is
 
     x_{t-1} = sqrt(ab') x0_hat + c1 z + c2 eps + weight sqrt(ab' ab) g
 
-The vector is taken as in the reference code (NVlabs/RED-diff, `algos/pgdm.py`, `awd: True`): without the
+g is taken as in the reference code (NVlabs/RED-diff, `algos/pgdm.py`, `awd: True`): without the
 1 / r_t^2 factor, so that with sigma_y = 0 it is the pseudo-inverse residual A^+ y - A^+ A x0_hat the
 reference uses; with sigma_y > 0 the paper's noisy form (scaled by the same r_t^2). x0_hat is not clipped.
 The start is A^+ y noised to the first step: x_T = sqrt(ab_T) A^+ y + sqrt(1 - ab_T) z. Defaults are the
-reference's: DDIM with eta 0, weight 1, its steps strided as respacing "ddimN" (e.g. "ddim100").
+reference's: DDIM with eta 0, weight 1; the reference strides its steps as the respacing "ddimN" (pass e.g.
+respacing "ddim100" to match it; the run's own steps are used otherwise).
 
 A^+ and the regularised inverse come from the operator's SVD (`operators.spectral`, 1-D singular values
 below `cutoff` treated as zero as in DDRM): super-resolution, Gaussian blur, inpainting. The Gaussian noise

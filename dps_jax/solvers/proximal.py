@@ -4,12 +4,13 @@
 
 solved exactly where A has an SVD (`operators.spectral`: x = V (Sigma^T U^T y + rho V^T r) / (Sigma^2 + rho),
 elementwise for masks, the separable SR resize and the Gaussian blur with reflection) and by conjugate
-gradients otherwise (motion blur).
+gradients otherwise (motion blur). Also the start A^+ y that RED-diff and DiffPIR share (`pseudo_inverse`).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from dps_jax.operators import spectral
 
@@ -38,9 +39,17 @@ def solve(problem, r, rho, x_start=None, cg_iterations: int = 50):
     return solve_cg(problem, r if x_start is None else x_start, r, rho, cg_iterations)
 
 
-def prepare(problem, options, image_shape):
-    """The problem with the SVD of A as `aux` where A has one (else unchanged: conjugate gradients)."""
+def prepare(problem, options, image_shape, cutoff: float = 0.0):
+    """The problem with the SVD of A as `aux` where A has one (1-D singular values below `cutoff` set to 0),
+    else unchanged (conjugate gradients, the operator's projection)."""
     try:
-        return problem.replace(aux=spectral.of(problem.op, image_shape))
+        return problem.replace(aux=spectral.of(problem.op, image_shape, cutoff=cutoff))
     except ValueError:
         return problem
+
+
+def pseudo_inverse(problem, image_shape):
+    """A^+ y (H, W, C): through the SVD when `prepare` found one, else the least-norm projection of 0."""
+    if problem.aux is not None:
+        return spectral.regularised_pinv(problem.aux, problem.y)
+    return problem.op.project(jnp.zeros(tuple(image_shape), jnp.float32), problem.y)

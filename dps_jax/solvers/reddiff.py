@@ -12,9 +12,9 @@ the gradient, so a step costs one network evaluation and no backpropagation thro
 the pixels of one image (and of y): each posterior sample is its own optimisation. mu starts at A^+ y.
 The sample is mu as the last step's loss saw it (the reference returns that, not mu after its last update).
 
-Defaults are the reference's `_configs/algo/reddiff.yaml` (NVlabs/RED-diff): lr 0.1, lambda 0.25, the
-steps strided as respacing "ddimN". The measurement term needs only A, so any differentiable operator
-works; the start A^+ y comes from the SVD where the operator has one (DDRM's 0.03 singular cutoff), from
+Defaults are the reference's `_configs/algo/reddiff.yaml` (NVlabs/RED-diff): lr 0.1, lambda 0.25; the
+reference strides its steps as the respacing "ddimN" (the run's own steps are used unless it is given).
+The measurement term needs only A, so any differentiable operator works; the start A^+ y comes from the SVD where the operator has one (DDRM's 0.03 singular cutoff), from
 the least-norm projection (`Operator.project`) for other linear operators; nonlinear ones are refused.
 """
 
@@ -26,9 +26,8 @@ import jax.numpy as jnp
 import optax
 
 from dps_jax import diffusion
-from dps_jax.operators import spectral
 from dps_jax.prior import denoise
-from dps_jax.solvers import base, dps
+from dps_jax.solvers import base, dps, proximal
 
 CUTOFF = 0.03
 
@@ -48,15 +47,8 @@ def optimizer(options: Options):
     return optax.adam(options.lr, b1=0.9, b2=0.99, eps=1e-8)
 
 
-def start(problem, image_shape):
-    """A^+ y (H, W, C): through the SVD when `prepare` found one, else the least-norm projection of 0."""
-    if problem.aux is not None:
-        return spectral.regularised_pinv(problem.aux, problem.y)
-    return problem.op.project(jnp.zeros(tuple(image_shape), jnp.float32), problem.y)
-
-
 def init(key, problem, prior, options, image_shape):
-    mu = start(problem, image_shape)
+    mu = proximal.pseudo_inverse(problem, image_shape)
     return {"mu": mu, "x0": mu, "adam": optimizer(options).init(mu)}
 
 
@@ -94,10 +86,7 @@ def check(problem: base.Problem, options: Options) -> None:
 
 def prepare(problem: base.Problem, options: Options, image_shape) -> base.Problem:
     """The operator's SVD for the start A^+ y where it has one (else the start uses its projection)."""
-    try:
-        return problem.replace(aux=spectral.of(problem.op, image_shape, cutoff=CUTOFF))
-    except ValueError:
-        return problem
+    return proximal.prepare(problem, options, image_shape, cutoff=CUTOFF)
 
 
 SOLVER = base.Solver("reddiff", Options, init=init, draw=draw, update=update, result=result, check=check,

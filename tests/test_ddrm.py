@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import load_npz, nhwc
+from helpers import SpectralOp, load_npz, nhwc
 from dps_jax import api, diffusion, operators, prior, schedule, solvers
 from dps_jax.operators import spectral
 from dps_jax.solvers import ddrm, loop
@@ -31,15 +31,6 @@ def case(name, ffhq_like):
     model, params, _ = ffhq_like
     options = solvers.make_options(ddrm.SOLVER, eta=spec["eta"], eta_b=spec["eta_b"])
     return f, problem, prior.from_unet(model, params, "learned_range"), options, diffusion.step_coefficients(tables)
-
-
-class SpectralOp:
-    """Stands in for problem.op: A x through the fixture's SVD."""
-    def __init__(self, sp):
-        self.sp = sp
-
-    def __call__(self, x):
-        return spectral.apply(self.sp, x)
 
 
 def with_op(problem):

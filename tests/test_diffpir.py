@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import load_npz, nhwc
-from dps_jax import api, diffusion, gmm, operators, prior, schedule, solvers
+from helpers import load_npz, measurement_fit, mixture_sr_case, nhwc
+from dps_jax import api, diffusion, operators, prior, schedule, solvers
 from dps_jax.solvers import diffpir, proximal
 
 
@@ -44,7 +44,7 @@ def test_teacher_forced_steps_and_whole_run(ffhq_like):
     randn = nhwc(f["randn"][:, 0])
     num = len(x_in)
     zeta_noise = np.stack([randn[1 + 3 * i + 2] for i in range(num - 1)] + [np.zeros_like(randn[0])])
-    start = np.asarray(diffpir.start(problem, (16, 16, 3)))
+    start = np.asarray(proximal.pseudo_inverse(problem, (16, 16, 3)))
     # the start: ours is sqrt(ab_T) A^+ y + sqrt(1 - ab_T) z; the reference reads y (holes at -1) as a
     # level-0 diffusion state, which differs by at most sqrt(ab_999) = 0.0064 per pixel
     c0 = jax.tree_util.tree_map(lambda a: a[0], coefs)
@@ -83,15 +83,11 @@ def test_data_step_is_the_regularised_least_squares(name):
 def test_diffpir_through_the_api():
     """On the Gaussian-mixture prior (fast to compile), SR x2 of an 8 x 8 image: vmapped samples that fit y to
     about the noise level; bad options and unsupported pairs are refused in one line."""
-    shape, sigma = (8, 8, 1), 0.05
-    mix = random_mixture(64)
-    pr = gmm.as_prior(mix, shape)
-    op = operators.build("super_resolution", shape, scale_factor=2)
-    x = np.asarray(gmm.sample(mix, jax.random.PRNGKey(0), 1)[0]).reshape(shape)
-    y = api.measure(op, x, jax.random.PRNGKey(1), sigma=sigma)
+    pr, op, x, y, sigma = mixture_sr_case()
+    shape = x.shape
     out = api.sample(pr, op, y, solver="diffpir", num_samples=3, sigma=sigma, steps=20, image_shape=shape)
     assert out["samples"].shape == (3,) + shape and out["distance"].shape == (3, 100)
-    fit = np.sqrt(np.mean((np.asarray(jax.vmap(op)(jnp.asarray(out["samples"]))) - np.asarray(y)) ** 2, axis=(1, 2, 3)))
+    fit = measurement_fit(op, out["samples"], y)
     assert (fit < 2 * sigma).all(), fit
     assert not np.allclose(out["samples"][0], out["samples"][1])
     with pytest.raises(ValueError, match=re.escape("'diffpir' needs the Gaussian noise std of y")):
@@ -101,10 +97,3 @@ def test_diffpir_through_the_api():
         api.sample(pr, pr_op, pr_op(x), solver="diffpir", sigma=sigma, image_shape=shape)
     with pytest.raises(ValueError, match=r"zeta must be in \[0, 1\]"):
         solvers.make_options(diffpir.SOLVER, zeta=1.5)
-
-
-def random_mixture(dim, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    a = rng.normal(size=(k, dim, dim)) * (0.3 / np.sqrt(dim))
-    return gmm.make(rng.uniform(0.5, 2.0, size=k), rng.uniform(-0.6, 0.6, (k, dim)),
-                    a @ np.swapaxes(a, 1, 2) + 0.01 * np.eye(dim))

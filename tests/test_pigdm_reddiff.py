@@ -11,27 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import load_npz, nhwc, row
-from dps_jax import api, diffusion, gmm, operators, prior, schedule, solvers
+from helpers import SpectralOp, load_npz, measurement_fit, mixture_sr_case, nhwc, row
+from dps_jax import api, diffusion, operators, prior, schedule, solvers
 from dps_jax.operators import spectral
-from dps_jax.solvers import pigdm, reddiff
+from dps_jax.solvers import pigdm, proximal, reddiff
 
 CASES = ["sr2", "blur", "inpaint"]
 
 
-class SpectralOp:
-    """Stands in for problem.op: A x through the fixture's SVD."""
-    linear = True
-
-    def __init__(self, sp):
-        self.sp = sp
-
-    def __call__(self, x):
-        return spectral.apply(self.sp, x)
-
-
-def case(prefix, name, ffhq_like, sigma):
+def case(prefix, name, ffhq_like):
+    """The fixture, a problem carrying its SVD (sigma: the file's, 0 for PiGDM's noiseless y), the prior, rows."""
     f = load_npz(f"{prefix}_{name}.npz")
+    sigma = json.loads(str(f["spec"])).get("sigma", 0.0)
     sp = spectral.Spectral(**{k: jnp.asarray(f[k]) for k in spectral.Spectral._fields})
     problem = solvers.Problem(op=SpectralOp(sp), y=jnp.asarray(nhwc(f["y"])[0]), sigma=np.float32(sigma), aux=sp)
     tables = schedule.build_tables("linear", 1000, f"ddim{len(f['timesteps'])}")
@@ -57,7 +48,7 @@ def reference_pinv_extra(sp, y):
 # kept as fixtures (RED-diff's test runs sr2; the regeneration check covers all three)
 @pytest.mark.parametrize("name", ["blur"])
 def test_pigdm_against_reference(name, ffhq_like):
-    f, problem, pr, coefs = case("pigdm", name, ffhq_like, 0.0)
+    f, problem, pr, coefs = case("pigdm", name, ffhq_like)
     spec = json.loads(str(f["spec"]))
     assert (spec["eta"], spec["grad_term_weight"], spec["awd"]) == (0.0, 1, True)
     options = solvers.make_options(pigdm.SOLVER)
@@ -80,7 +71,7 @@ def test_pigdm_against_reference(name, ffhq_like):
 
 @pytest.mark.parametrize("name", ["sr2", "blur"])    # blur: the reference's H_pinv quirk (see above)
 def test_reddiff_against_reference(name, ffhq_like):
-    f, problem, pr, coefs = case("reddiff", name, ffhq_like, json.loads(str(f_spec(name)))["sigma"])
+    f, problem, pr, coefs = case("reddiff", name, ffhq_like)
     spec = json.loads(str(f["spec"]))
     options = solvers.make_options(reddiff.SOLVER, lr=spec["lr"], lam=spec["grad_term_weight"],
                                    obs_weight=spec["obs_weight"])
@@ -101,24 +92,15 @@ def test_reddiff_against_reference(name, ffhq_like):
     assert rel(reddiff.result(state), nhwc(f["x0_pred"])[0]) <= 2e-5
 
 
-def f_spec(name):
-    return load_npz(f"reddiff_{name}.npz")["spec"]
-
-
 @pytest.mark.parametrize("name", ["pigdm", "reddiff"])
 def test_through_the_api(name):
     """On the Gaussian-mixture prior (fast to compile), SR x2 of an 8 x 8 image: N vmapped samples that fit y
     to about the noise level and differ from each other; the pairs they cannot take are refused in one line."""
-    shape, sigma = (8, 8, 1), 0.05
-    mix = random_mixture(64)
-    pr = gmm.as_prior(mix, shape)
-    op = operators.build("super_resolution", shape, scale_factor=2)
-    x = np.asarray(gmm.sample(mix, jax.random.PRNGKey(0), 1)[0]).reshape(shape)
-    y = api.measure(op, x, jax.random.PRNGKey(1), sigma=sigma)
+    pr, op, x, y, sigma = mixture_sr_case()
+    shape = x.shape
     out = api.sample(pr, op, y, solver=name, num_samples=3, sigma=sigma, steps=50, image_shape=shape)
     assert out["samples"].shape == (3,) + shape and np.isfinite(out["samples"]).all()
-    fit = np.sqrt(np.mean((np.asarray(jax.vmap(op)(jnp.asarray(out["samples"]))) - np.asarray(y)) ** 2,
-                          axis=(1, 2, 3)))
+    fit = measurement_fit(op, out["samples"], y)
     assert (fit < 2 * sigma).all(), fit
     assert not np.allclose(out["samples"][0], out["samples"][1])
     pr_op = operators.build("phase_retrieval", shape)
@@ -134,13 +116,6 @@ def test_through_the_api(name):
             api.sample(pr, op, y, solver="reddiff", noise="poisson", steps=2, image_shape=shape)
 
 
-def random_mixture(dim, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    a = rng.normal(size=(k, dim, dim)) * (0.3 / np.sqrt(dim))
-    return gmm.make(rng.uniform(0.5, 2.0, size=k), rng.uniform(-0.6, 0.6, (k, dim)),
-                    a @ np.swapaxes(a, 1, 2) + 0.01 * np.eye(dim))
-
-
 def test_reddiff_start_without_svd_is_the_least_norm_solution():
     """Motion blur has no SVD: the start is A^+ y by the operator's projection, and A(start) = y."""
     op = operators.build("motion_blur", (16, 16, 1), key=jax.random.PRNGKey(0), kernel_size=5)
@@ -148,5 +123,5 @@ def test_reddiff_start_without_svd_is_the_least_norm_solution():
     problem = solvers.make_problem(op, op(x), (16, 16, 1))
     problem = reddiff.prepare(problem, solvers.make_options(reddiff.SOLVER), (16, 16, 1))
     assert problem.aux is None
-    mu = reddiff.start(problem, (16, 16, 1))
+    mu = proximal.pseudo_inverse(problem, (16, 16, 1))
     np.testing.assert_allclose(op(mu), op(x), atol=2e-3)

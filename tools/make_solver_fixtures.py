@@ -86,8 +86,8 @@ def load_unet(official, fixtures):
     return model
 
 
-def inputs(name, old, rng, sigma):
-    """The SVD, the image, y (noisy with `sigma`) and the H_functions: from `old` or drawn."""
+def inputs(name, old, rng):
+    """The SVD, the image and y's noise: from `old` or drawn."""
     import torch
 
     if old is not None:
@@ -102,6 +102,16 @@ def inputs(name, old, rng, sigma):
     return sp, ref, y_noise
 
 
+def build(ref, cls, algo_name, model, sp):
+    """The reference algorithm `cls`, built by its own constructor from its own config, with our H_functions
+    in place of its degradation (its module-level `build_degredation_model`); returns (algo, H, cfg)."""
+    H, _ = mf.spectral_h_functions(ref, sp, CHANNELS)
+    cfg = config(ref, algo_name)
+    sys.modules[cls.__module__].build_degredation_model = lambda c: H
+    algo = cls(ref.ClassifierGuidanceModel(model, None, ref.Diffusion(), cfg), cfg)
+    return algo, H, cfg
+
+
 def draws(old, key):
     return None if old is None else [np.asarray(a) for a in old[key]]
 
@@ -110,13 +120,8 @@ def make_pigdm(ref, model, out, name, reuse, rng):
     import torch
 
     old = mf.read(reuse, f"pigdm_{name}.npz")
-    sp, img, y_noise = inputs(name, old, rng, 0.0)
-    H, _ = mf.spectral_h_functions(ref, sp, CHANNELS)
-    cfg = config(ref, "pgdm")
-    diffusion = ref.Diffusion()
-    algo_module = sys.modules[ref.PGDM.__module__]
-    algo_module.build_degredation_model = lambda c: H
-    algo = ref.PGDM(ref.ClassifierGuidanceModel(model, None, diffusion, cfg), cfg)
+    sp, img, y_noise = inputs(name, old, rng)
+    algo, H, cfg = build(ref, ref.PGDM, "pgdm", model, sp)
     y_0 = H.H(img)
     ts = timesteps(cfg)
     replay = draws(old, "randn")
@@ -132,37 +137,29 @@ def make_pigdm(ref, model, out, name, reuse, rng):
     np.savez_compressed(os.path.join(out, f"pigdm_{name}.npz"), **arrays)
 
 
-class RecordingAdam:
-    """torch.optim.Adam that keeps a copy of its parameter after every step (RED-diff returns only the end)."""
-
-    def __init__(self, torch, trail):
-        base = torch.optim.Adam
-
-        class Adam(base):
-            def step(self, *a, **k):
-                out = super().step(*a, **k)
-                trail.append(self.param_groups[0]["params"][0].detach().clone())
-                return out
-        self.cls = Adam
+def recording_adam(torch, trail):
+    """torch.optim.Adam that appends a copy of its parameter to `trail` after every step (RED-diff returns
+    only the end)."""
+    class Adam(torch.optim.Adam):
+        def step(self, *a, **k):
+            out = super().step(*a, **k)
+            trail.append(self.param_groups[0]["params"][0].detach().clone())
+            return out
+    return Adam
 
 
 def make_reddiff(ref, model, out, name, reuse, rng):
     import torch
 
     old = mf.read(reuse, f"reddiff_{name}.npz")
-    sp, img, y_noise = inputs(name, old, rng, REDDIFF_SIGMA)
-    H, _ = mf.spectral_h_functions(ref, sp, CHANNELS)
-    cfg = config(ref, "reddiff")
-    diffusion = ref.Diffusion()
-    algo_module = sys.modules[ref.REDDIFF.__module__]
-    algo_module.build_degredation_model = lambda c: H
-    algo = ref.REDDIFF(ref.ClassifierGuidanceModel(model, None, diffusion, cfg), cfg)
+    sp, img, y_noise = inputs(name, old, rng)
+    algo, H, cfg = build(ref, ref.REDDIFF, "reddiff", model, sp)
     y_0 = H.H(img) + REDDIFF_SIGMA * y_noise
     ts = timesteps(cfg)
     replay = draws(old, "randn")
     trail = []
     original_adam = torch.optim.Adam
-    torch.optim.Adam = RecordingAdam(torch, trail).cls
+    torch.optim.Adam = recording_adam(torch, trail)
     try:
         with mf.cuda_on_cpu(), mf.recorded_randn_like(replay) as drawn:
             x0_pred, mu = algo.sample(torch.zeros_like(img), None, ts, y_0=y_0)

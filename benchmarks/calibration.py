@@ -12,7 +12,8 @@ exact posterior is again a mixture (`gmm.posterior`). For every solver and NFE, 
 (vmapped) are scored against it (`dps_jax.calibration`): RMS error of the posterior mean and of the per-pixel
 std, the mixture-weight error (total variation) and the sliced Wasserstein distance to exact samples; the
 "exact" row is N exact samples (the sampling floor). Every solver runs with its default options (the
-paper's or reference code's), the NFE set through `steps` (DDRM and DiffPIR: their own `steps` option).
+paper's or reference code's), the NFE set through `steps` (DDRM and DiffPIR: their own `steps` option;
+DAPS: NFE / 5 annealing levels of 5 ODE steps, its 1k preset's split).
 Cells are saved as they finish; a rerun skips the cells already in --out.
 """
 
@@ -79,9 +80,17 @@ def problem_for(bed, task, mix, key):
     return solvers.make_problem(op, y, shape, sigma=SIGMA), exact
 
 
+def nfe_options(solver, nfe):
+    """The options that make `solver` spend `nfe` network evaluations per sample (besides `steps`)."""
+    if solvers.get(solver).fixed_schedule is not None:       # DDRM, DiffPIR: their own `steps` option
+        return {"steps": nfe}
+    if solver == "daps":                                     # levels x 5 ODE steps, as its 1k preset
+        return {"annealing_steps": max(1, nfe // 5), "ode_steps": 5}
+    return {}
+
+
 def run_cell(solver, nfe, pr, problem, exact, shape, num, key):
-    # a solver with its own schedule (DDRM, DiffPIR) takes the NFE as its `steps` option
-    options = {"steps": nfe} if solvers.get(solver).fixed_schedule is not None else {}
+    options = nfe_options(solver, nfe)
     runner = solvers.build(pr, shape, solver=solver, options=options, steps=nfe, num_samples=num)
     runner.compile(problem)
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ def get_config(preset=None):
     # ADMM-TV's lam and rho: the best of a grid on 8 held-out images (benchmarks/admm_tv_grid.json);
     # not searched for the paper presets, which keep them.
     c.solver.admm_tv.update(dict(lam=0.003, rho=1.0))
+    c.solver.daps.lr = 5e-5           # DAPS's step size for this task (its task config)
     if is_paper(c):
         c.operator.kernel_size = 61
         set_scale(c, 0.3)

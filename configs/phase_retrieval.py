@@ -16,6 +16,7 @@ def get_config(preset=None):
     c.operator = ConfigDict(dict(name="phase_retrieval", oversample=2.0))
     c.num_samples = 4
     set_scale(c, 10.0)
+    c.solver.daps.lr = 5e-5           # DAPS's step size for this task (its task config)
     if is_paper(c):
         set_scale(c, 0.4)
     return c

@@ -63,6 +63,7 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
         record_every=0,                  # snapshots of x and x0_hat every k steps (0: steps // 10)
         steps_per_call=0))               # steps per compiled call, progress between calls (0: about 20 calls)
     c.solver = solver_sections()
+    c.solver.daps.preset = "1k" if paper else "cpu"      # DAPS's published 1000 evaluations, or 50 on a CPU
     c.operator = ml_collections.ConfigDict()     # the task's A: `name` and the options of operators.build
     c.noise = ml_collections.ConfigDict(dict(name="gaussian", sigma=0.05, rate=1.0))
     c.data = ml_collections.ConfigDict(dict(

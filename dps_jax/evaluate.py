@@ -124,7 +124,10 @@ def measure(tcfg, x, key, image_shape):
 
 
 def network_evaluations(runner) -> int:
-    """Evaluations of a network per sample: the diffusion steps, PnP-ADMM's denoiser calls, else 0."""
+    """Evaluations of a network per sample: the diffusion steps (or what the solver says: DAPS), PnP-ADMM's
+    denoiser calls, else 0."""
+    if runner.solver.evaluations is not None:
+        return int(runner.solver.evaluations(runner.options))
     if runner.solver.kind == "diffusion":
         return runner.num_steps
     return runner.num_steps if runner.solver.own_model is not None else 0

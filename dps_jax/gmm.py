@@ -112,6 +112,12 @@ class MixtureEps:
         ab = params["alphas_cumprod"][t]
         return exact_eps(params["gmm"], x.reshape(-1), ab).reshape(x.shape)
 
+    def x0_at_sigma(self, params, x, sigma):
+        """E[x_0 | x_0 + sigma n = x] (`prior.x0_at_sigma`): the VP view x / sqrt(1 + sigma^2) at
+        alphas_cumprod 1 / (1 + sigma^2), exactly."""
+        ab = 1 / (1 + sigma ** 2)
+        return exact_x0_hat(params["gmm"], x.reshape(-1) * jnp.sqrt(ab), ab).reshape(x.shape)
+
 
 def as_prior(gmm: GaussianMixture, image_shape: Tuple[int, int, int], beta_schedule: str = "linear",
              num_timesteps: int = 1000, var_type: str = "fixed_small") -> prior_lib.Prior:

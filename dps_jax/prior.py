@@ -121,3 +121,30 @@ def denoise(prior: Prior, x_t, c: StepCoefficients) -> Denoised:
         out, x_t, c, mean_type=prior.mean_type, var_type=prior.var_type, clip_denoised=prior.clip_denoised,
         use_dynamic_threshold=prior.dynamic_threshold)
     return Denoised(x0_hat, diffusion.eps_from_x0(x_t, c, x0_hat), mean, log_variance)
+
+
+# The continuous VP schedule beta(s) = beta_min + beta_d s, s in [0, 1], that the linear 1000-step DDPM
+# schedule discretises (betas 1e-4 .. 0.02 = beta(s) / 1000); EDM's VPPrecond reads a DDPM network with it.
+VP_BETA_MIN, VP_BETA_D = 0.1, 19.9
+
+
+def x0_at_sigma(prior: Prior, x, sigma, num_timesteps: int = 1000):
+    """Tweedie's E[x_0 | x] for x = x_0 + sigma n (H, W, C): the denoiser at any noise level sigma > 0.
+
+    A DDPM network is asked at the variance-preserving point that has the same signal-to-noise ratio:
+    x / sqrt(1 + sigma^2) at the continuous time s with 1 / (1 + sigma^2) = exp(-(beta_d s^2 / 2 + beta_min s)),
+    fed as timestep (T - 1) s (EDM's VPPrecond; what DAPS's reference does). No clipping. A prior whose
+    `apply` knows its exact denoiser (the Gaussian mixture) answers with it.
+    """
+    exact = getattr(prior.apply, "x0_at_sigma", None)
+    if exact is not None:
+        return exact(prior.params, x, sigma)
+    if prior.mean_type not in ("epsilon", "start_x"):
+        raise ValueError(f"x0_at_sigma needs a network that predicts epsilon or x_0; this one predicts "
+                         f"{prior.mean_type!r}")
+    s = (jnp.sqrt(VP_BETA_MIN ** 2 + 2 * VP_BETA_D * jnp.log1p(sigma ** 2)) - VP_BETA_MIN) / VP_BETA_D
+    scale = 1 / jnp.sqrt(1 + sigma ** 2)
+    out = prior.apply(prior.params, scale * x, (num_timesteps - 1) * s)[..., :x.shape[-1]]
+    if prior.mean_type == "start_x":
+        return out
+    return x - sigma * out

@@ -107,6 +107,10 @@ def test_phase_retrieval_solvers_refuse_other_operators():
     problem = solvers.make_problem(op, op(jnp.zeros((8, 8, 1))), (8, 8, 1))
     with pytest.raises(ValueError, match="'hio' solves Fourier phase retrieval only; the operator is 'super_resolution'"):
         run("hio", problem, (8, 8, 1), iterations=2)
+    op = operators.build("phase_retrieval", (8, 8, 1), unit_range=True)
+    problem = solvers.make_problem(op, op(jnp.zeros((8, 8, 1))), (8, 8, 1))
+    with pytest.raises(ValueError, match="'er' iterates on the \\[-1, 1\\] image; phase retrieval with unit_range"):
+        run("er", problem, (8, 8, 1), iterations=2)
 
 
 # ---- ADMM-TV --------------------------------------------------------------------------------------

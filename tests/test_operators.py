@@ -67,7 +67,7 @@ def test_centered_fft_matches_official():
 
 def test_paper_phase_retrieval_padding():
     op = operators.build("phase_retrieval", (256, 256, 3), oversample=2.0)
-    assert dict(op.static) == {"pad_h": 64, "pad_w": 64}
+    assert dict(op.static) == {"pad_h": 64, "pad_w": 64, "unit_range": False}
 
 
 def test_box_mask_fixture():
@@ -207,6 +207,19 @@ def test_phase_retrieval_projection_restores_amplitude_of_true_image():
     x, _ = _images((8, 8, 1))
     op = operators.build("phase_retrieval", x.shape, oversample=2.0)
     np.testing.assert_allclose(op.project(x, op(x)), x, atol=1e-5)
+
+
+def test_phase_retrieval_unit_range_measures_the_image_in_0_1():
+    """DAPS's variant: A(x) = |F pad((x + 1) / 2)|, so x and -x differ in y; its projection keeps the true image."""
+    x, _ = _images((8, 8, 1))
+    op = operators.build("phase_retrieval", x.shape, oversample=2.0, unit_range=True)
+    plain = operators.build("phase_retrieval", x.shape, oversample=2.0)
+    np.testing.assert_allclose(op(x), plain((x + 1) / 2), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(plain(x), plain(-x), atol=1e-5)
+    assert float(jnp.abs(op(x) - op(-x)).max()) > 0.1
+    np.testing.assert_allclose(op.project(x, op(x)), x, atol=1e-5)
+    with pytest.raises(ValueError, match="unit_range must be True or False, got 'yes'"):
+        operators.build("phase_retrieval", x.shape, unit_range="yes")
 
 
 # ---- transforms compose ------------------------------------------------------------------------

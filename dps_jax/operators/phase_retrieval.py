@@ -2,11 +2,16 @@
 
 Oversampling by zero padding: `pad = oversample / 8 * H` pixels on each side (the paper: oversample
 2.0 on 256 x 256 gives 64, so the amplitude is 384 x 384). A is nonlinear.
+
+`unit_range=True` measures the image mapped to [0, 1], |F(pad((x + 1) / 2))| (DAPS's operator): a
+non-negative image cannot be confused with its negative, one of the ambiguities of the [-1, 1] convention
+the paper's code uses (the default).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def fft2_centered(x):
@@ -20,8 +25,10 @@ def ifft2_centered(k):
     return jnp.fft.fftshift(jnp.fft.ifft2(jnp.fft.ifftshift(k, axes=axes), axes=axes, norm="ortho"), axes=axes)
 
 
-def make(image_shape, oversample=2.0, pad=None):
+def make(image_shape, oversample=2.0, pad=None, unit_range=False):
     """Data (static padding) for images of shape (H, W, C); `pad` overrides oversample / 8 * H."""
+    if not isinstance(unit_range, (bool, np.bool_)):
+        raise ValueError(f"phase retrieval unit_range must be True or False, got {unit_range!r}")
     h, w, _ = image_shape
     if pad is None:
         if not float(oversample) >= 0:
@@ -32,17 +39,22 @@ def make(image_shape, oversample=2.0, pad=None):
             raise ValueError(f"phase retrieval pad must be a non-negative integer, got {pad!r}")
         pad_h = pad_w = int(pad)
     # Python ints: `Operator` keeps them static (shapes under jit depend on them).
-    return {"pad_h": pad_h, "pad_w": pad_w}
+    return {"pad_h": pad_h, "pad_w": pad_w, "unit_range": bool(unit_range)}
 
 
 def _pads(data):
     return data["pad_h"], data["pad_w"]
 
 
+def _measured(x, data):
+    """The image as the operator measures it: x, or (x + 1) / 2 with unit_range."""
+    return (x + 1) / 2 if data.get("unit_range") else x
+
+
 def forward(x, data):
     """(H, W, C) -> (H + 2 pad, W + 2 pad, C): the Fourier amplitude of the zero-padded image."""
     ph, pw = _pads(data)
-    padded = jnp.pad(x, ((ph, ph), (pw, pw), (0, 0)))
+    padded = jnp.pad(_measured(x, data), ((ph, ph), (pw, pw), (0, 0)))
     return jnp.abs(fft2_centered(padded.astype(jnp.complex64)))
 
 
@@ -58,7 +70,8 @@ def project(x, y, data):
     the support (one step of error reduction; Fienup 1982)."""
     ph, pw = _pads(data)
     h, w = x.shape[0], x.shape[1]
-    return amplitude_projection(jnp.pad(x, ((ph, ph), (pw, pw), (0, 0))), y)[ph:ph + h, pw:pw + w]
+    p = amplitude_projection(jnp.pad(_measured(x, data), ((ph, ph), (pw, pw), (0, 0))), y)[ph:ph + h, pw:pw + w]
+    return 2 * p - 1 if data.get("unit_range") else p
 
 
 def display(y, data):

@@ -91,6 +91,11 @@ class Solver(NamedTuple):
     # options -> respacing, for a method that fixes its own schedule (DDRM's strided 20 steps); the
     # run's steps and respacing are then not used
     fixed_schedule: Optional[Callable] = None
+    # options -> the step inputs of a diffusion solver that walks its own grid of noise levels instead of
+    # the coefficient table (DAPS's annealing sigmas); the run's steps and respacing are then not used
+    own_steps: Optional[Callable] = None
+    # options -> network evaluations per sample, for a solver that makes other than one per step (DAPS)
+    evaluations: Optional[Callable] = None
     # options -> the model an iterative solver brings itself (PnP-ADMM's denoiser); it is passed where
     # diffusion solvers get the prior
     own_model: Optional[Callable] = None

@@ -99,6 +99,9 @@ def check(name):
         if problem.op.name != "phase_retrieval":
             raise ValueError(f"solver {name!r} solves Fourier phase retrieval only; the operator is "
                              f"{problem.op.name!r}")
+        if problem.op.data.get("unit_range"):
+            raise ValueError(f"solver {name!r} iterates on the [-1, 1] image; phase retrieval with "
+                             f"unit_range=True is not supported: use 'ps' or 'daps'")
     return check_operator
 
 

@@ -41,8 +41,10 @@ MIN_STEPS_PER_CALL = 10
 
 
 def step_inputs(solver: Solver, options, tables: Optional[schedule_lib.DiffusionTables]):
-    """What the loop scans over: the coefficient rows in reverse time order (diffusion solvers), or the
-    iteration indices 0 .. iterations - 1 (iterative solvers)."""
+    """What the loop scans over: the coefficient rows in reverse time order (diffusion solvers), a solver's
+    own steps (DAPS's noise levels), or the iteration indices 0 .. iterations - 1 (iterative solvers)."""
+    if solver.own_steps is not None:
+        return solver.own_steps(options)
     if solver.kind == "diffusion":
         return diffusion.step_coefficients(tables)
     return jnp.arange(options.iterations, dtype=jnp.int32)
@@ -78,13 +80,14 @@ def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[d
             raise ValueError(f"solver {spec.name!r} needs a diffusion prior")
         prior.check()
         prior.check_image_shape(image_shape)
-        if spec.fixed_schedule is not None:
-            respacing = spec.fixed_schedule(opts)
-        steps = check_int("steps", steps, 1)
-        num_timesteps = check_int("num_timesteps", num_timesteps, 1)
-        if not respacing and steps > num_timesteps:
-            raise ValueError(f"steps {steps} exceeds num_timesteps {num_timesteps}")
-        tables = schedule_lib.build_tables(schedule, num_timesteps, respacing or steps)
+        if spec.own_steps is None:          # else the solver's own grid (DAPS) replaces the table
+            if spec.fixed_schedule is not None:
+                respacing = spec.fixed_schedule(opts)
+            steps = check_int("steps", steps, 1)
+            num_timesteps = check_int("num_timesteps", num_timesteps, 1)
+            if not respacing and steps > num_timesteps:
+                raise ValueError(f"steps {steps} exceeds num_timesteps {num_timesteps}")
+            tables = schedule_lib.build_tables(schedule, num_timesteps, respacing or steps)
     elif spec.own_model is not None and prior is None:
         prior = spec.own_model(opts)
     xs = step_inputs(spec, opts, tables)

@@ -1,0 +1,154 @@
+"""Fixtures for DAPS from its reference code (github zhangbingliang2019/DAPS), never copied: the reference's
+`DAPS` sampler (sampler.py, cores/), `DDPM` model wrapper with EDM's VPPrecond (model/), and its operators
+(forward_operator/) are imported from a clone and run on the random-weight adm_ffhq_like network.
+
+    # a clone of zhangbingliang2019/DAPS and torch (CPU) with the reference's small dependencies
+    pip install torch==2.13.0 numpy scipy pyyaml tqdm torchdiffeq pillow
+    python tools/make_daps_fixtures.py --daps DAPS_PATH --out /tmp/regen [--reuse tests/fixtures]
+    DPS_JAX_FIXTURES=/tmp/regen python -m pytest tests/test_daps.py
+
+The sampler is built by the reference's `get_sampler` from its own `configs/sampler/edm_daps.yaml` and the
+"pixel" section of its task configs (`down_sampling.yaml`: SR x4, lr 1e-4; `phase_retrieval.yaml`:
+oversampling 2, lr 5e-5), with fewer steps: 4 annealing levels, the published 5 ODE steps, 3 Langevin
+steps. Images 16 x 16 x 3, so its SR is 16 -> 4 and its phase retrieval pads by 4. The network is the
+reference's own `create_model` in the adm_ffhq_like configuration with that file's weights. Every
+`torch.randn_like` draw (per level: the Langevin draws, then the re-noising) is recorded, and the
+trajectory the sampler records itself (x_t, x0_hat, x0_y per level); with --reuse the inputs and draws of
+an existing fixture are replayed and the outputs recomputed (a regeneration check). `diffusers`, imported
+by the reference's model module for its Stable Diffusion wrapper, is stood in for by an empty module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import types
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_fixtures as mf  # noqa: E402
+
+SIZE = 16
+CASES = {"sr4": ("down_sampling", dict(resolution=SIZE, scale_factor=4, device="cpu")),
+         "pr": ("phase_retrieval", dict(oversample=2.0, resolution=SIZE))}
+ANNEALING_STEPS, ODE_STEPS, LANGEVIN_STEPS = 4, 5, 3
+SIGMA_Y = 0.05
+
+
+def import_daps(path: str):
+    import yaml
+
+    sys.path.insert(0, os.path.abspath(path))
+    diffusers = types.ModuleType("diffusers")
+    diffusers.StableDiffusionPipeline = None
+    sys.modules.setdefault("diffusers", diffusers)
+    import forward_operator
+    import model as model_lib
+    import sampler as sampler_lib
+
+    def numbers(node):
+        # the reference reads its configs through hydra, whose YAML loader takes 1e-4 as a float
+        if isinstance(node, dict):
+            return {k: numbers(v) for k, v in node.items()}
+        if isinstance(node, str):
+            try:
+                return float(node)
+            except ValueError:
+                return node
+        return node
+
+    def load(*parts):
+        with open(os.path.join(path, "configs", *parts)) as f:
+            return numbers(yaml.safe_load(f))
+    return types.SimpleNamespace(operators=forward_operator, model=model_lib, sampler=sampler_lib, load=load)
+
+
+def load_model(ref, fixtures):
+    """The reference's DDPM wrapper (VPPrecond around its create_model) in the adm_ffhq_like configuration."""
+    import torch
+
+    cfg = json.loads(str(np.load(os.path.join(fixtures, "adm_ffhq_like.npz"))["config"]))
+    model_config = dict(image_size=cfg["image_size"], num_channels=cfg["model_channels"],
+                        num_res_blocks=cfg["num_res_blocks"], channel_mult=",".join(map(str, cfg["channel_mult"])),
+                        learn_sigma=cfg["out_channels"] == 2 * cfg["in_channels"], class_cond=False,
+                        attention_resolutions=",".join(str(cfg["image_size"] // d)
+                                                       for d in cfg["attention_resolutions"]),
+                        num_heads=cfg["num_heads"], num_head_channels=cfg["num_head_channels"],
+                        num_heads_upsample=cfg["num_heads_upsample"],
+                        use_scale_shift_norm=cfg["use_scale_shift_norm"], dropout=0.0,
+                        resblock_updown=cfg["resblock_updown"], use_fp16=False,
+                        use_new_attention_order=cfg["use_new_attention_order"], model_path="")
+    net = ref.model.DDPM(model_config, device="cpu")
+    net.model.model.load_state_dict(torch.load(os.path.join(fixtures, "adm_ffhq_like.pt"), weights_only=True))
+    return net
+
+
+def make_case(ref, net, out, name, reuse, rng):
+    import torch
+
+    old = mf.read(reuse, f"daps_{name}.npz")
+    task, op_kwargs = CASES[name]
+    task_cfg = ref.load("task", f"{task}.yaml")["pixel"]
+    mcmc = dict(task_cfg["mcmc_sampler_config"], num_steps=LANGEVIN_STEPS)
+    sampler_cfg = ref.load("sampler", "edm_daps.yaml")
+    sampler_cfg["annealing_scheduler_config"]["num_steps"] = ANNEALING_STEPS
+    sampler_cfg["diffusion_scheduler_config"]["num_steps"] = ODE_STEPS
+    sampler = ref.sampler.get_sampler(**sampler_cfg, mcmc_sampler_config=mcmc)
+    operator = ref.operators.get_operator(task, **op_kwargs, sigma=SIGMA_Y)
+
+    if old is not None:
+        img, y_noise, x_start = (torch.from_numpy(old[k]) for k in ("ref", "y_noise", "x_start"))
+        replay = [np.asarray(a) for a in old["randn"]]
+    else:
+        torch.manual_seed(int(rng.integers(2 ** 31)))
+        img = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
+        y_noise = torch.randn_like(operator(img))
+        x_start = sampler.get_start(1, net)
+        replay = None
+    y = operator(img) + SIGMA_Y * y_noise
+    with mf.recorded_randn_like(replay) as drawn:
+        sample = sampler.sample(net, x_start, operator, y, record=True)
+    traj = sampler.trajectory.compile().tensor_data
+    arrays = dict(ref=img.numpy(), y_noise=y_noise.numpy(), y=y.numpy(), x_start=x_start.numpy(),
+                  randn=np.stack([d.numpy() for d in drawn]), sample=sample.detach().numpy(),
+                  xt=traj["xt"][:, 0].numpy(), x0hat=traj["x0hat"][:, 0].numpy(), x0y=traj["x0y"][:, 0].numpy(),
+                  sigmas=sampler.annealing_scheduler.sigma_steps.numpy(),
+                  spec=np.array(json.dumps({"task": task, "operator": {k: v for k, v in op_kwargs.items()
+                                                                       if k != "device"},
+                                            "sigma_y": SIGMA_Y, "mcmc": mcmc, "sampler": sampler_cfg,
+                                            "model": "adm_ffhq_like"})))
+    np.savez_compressed(os.path.join(out, f"daps_{name}.npz"), **arrays)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--daps", required=True, help="a clone of zhangbingliang2019/DAPS")
+    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                                       "fixtures"), help="where adm_ffhq_like.{pt,npz} are")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--reuse", default=None, help="replay the inputs and draws of the fixtures in this directory")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--compare", default=None, help="print differences against the fixtures in this directory")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.reuse and os.path.abspath(args.out) == os.path.abspath(args.reuse):
+        sys.exit("error: --out must differ from --reuse")
+    os.makedirs(args.out, exist_ok=True)
+    ref = import_daps(args.daps)
+    net = load_model(ref, args.fixtures)
+    rng = np.random.default_rng(args.seed)
+    for name in CASES:
+        make_case(ref, net, args.out, name, args.reuse, rng)
+    print(f"wrote {len(CASES)} files to {args.out}")
+    if args.compare:
+        mf.compare(args.out, args.compare)
+
+
+if __name__ == "__main__":
+    main()

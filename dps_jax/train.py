@@ -59,10 +59,6 @@ def make_train_step(model: UNet, tx, sqrt_ac, sqrt_1m_ac, ema_decay: float):
     return step
 
 
-
-
-
-
 def train(cfg, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     model_config = UNetConfig.from_dict(dict(cfg.model))

@@ -48,11 +48,14 @@ def short_flags(root, cache=CACHE):
 
 
 # Inpainting (box) and motion blur stand for their siblings here (random inpainting, Gaussian blur: the same
-# operator functions with other masks / kernels, tested in test_operators.py) to keep the suite under 8 min.
-@pytest.mark.parametrize("task", ["super_resolution", "inpainting_box", "motion_deblur"])
-def test_task_runs_end_to_end(task, tmp_path):
-    run_dir = pipeline.run(short_config(task, tmp_path), stream=io.StringIO())
-    check_outputs(run_dir, task)
+# operator functions with other masks / kernels, tested in test_operators.py) to keep the suite under 8 min;
+# motion blur runs DAPS (its own grid of 3 noise levels), the others DPS.
+@pytest.mark.parametrize("task, solver", [("super_resolution", "ps"), ("inpainting_box", "ps"),
+                                          ("motion_deblur", "daps")])
+def test_task_runs_end_to_end(task, solver, tmp_path):
+    over = {"solver.name": solver, "solver.daps.annealing_steps": 3, "solver.daps.langevin_steps": 5}
+    run_dir = pipeline.run(short_config(task, tmp_path, **over), stream=io.StringIO())
+    check_outputs(run_dir, task, solver)
 
 
 @pytest.mark.parametrize("task, solver, iterations", [("phase_retrieval", "hio", 40), ("super_resolution", "admm_tv", 40)])
@@ -77,10 +80,10 @@ def test_ddrm_runs_its_own_schedule_end_to_end(tmp_path):
     assert len(img["samples"]) == 2 and img["mean"]["psnr"] > 15
 
 
-def check_outputs(run_dir, task):
+def check_outputs(run_dir, task, solver="ps"):
     assert not run_dir.endswith((".partial", "-incomplete"))
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
-    assert m["task"] == task and m["num_samples"] == 2 and m["steps"] == 3 and m["solver"] == "ps"
+    assert m["task"] == task and m["num_samples"] == 2 and m["steps"] == 3 and m["solver"] == solver
     assert m["compile_seconds"] > 0 and m["seconds_per_step"] > 0
     (img,) = m["images"]
     assert len(img["samples"]) == 2
@@ -95,16 +98,19 @@ def check_outputs(run_dir, task):
 
 
 def test_cli_end_to_end_with_a_fresh_compilation_cache(tmp_path):
-    """Phase retrieval from the command line, twice: the first run writes the compilation cache, the
-    second reads it and draws the same samples."""
+    """Phase retrieval from the command line (DAPS, 3 noise levels: no backpropagation through the network
+    to compile), twice: the first run writes the compilation cache, the second reads it and draws the same
+    samples."""
     cache = tmp_path / "cache"
     runs = []
+    daps = ["--config.solver.name=daps", "--config.solver.daps.annealing_steps=3",
+            "--config.solver.daps.langevin_steps=5"]
     for i in range(2):
-        proc = subprocess_cli("--config=configs/phase_retrieval.py", *short_flags(tmp_path / str(i), cache))
+        proc = subprocess_cli("--config=configs/phase_retrieval.py", *short_flags(tmp_path / str(i), cache), *daps)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert os.listdir(cache)
         (run_dir,) = glob.glob(str(tmp_path / str(i) / "phase_retrieval" / "*"))
-        check_outputs(run_dir, "phase_retrieval")
+        check_outputs(run_dir, "phase_retrieval", "daps")
         assert "step 3/3 eta     0s distance" in proc.stderr and "nan" not in proc.stderr     # the progress line
         (d,) = glob.glob(os.path.join(run_dir, "*", "samples.npz"))
         runs.append((np.load(d)["samples"], json.load(open(os.path.join(run_dir, "metrics.json")))))

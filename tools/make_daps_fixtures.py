@@ -20,7 +20,6 @@ by the reference's model module for its Stable Diffusion wrapper, is stood in fo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -124,22 +123,8 @@ def make_case(ref, net, out, name, reuse, rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--daps", required=True, help="a clone of zhangbingliang2019/DAPS")
-    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
-                                                       "fixtures"), help="where adm_ffhq_like.{pt,npz} are")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--reuse", default=None, help="replay the inputs and draws of the fixtures in this directory")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--compare", default=None, help="print differences against the fixtures in this directory")
-    args = ap.parse_args()
-
-    import torch
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if args.reuse and os.path.abspath(args.out) == os.path.abspath(args.reuse):
-        sys.exit("error: --out must differ from --reuse")
-    os.makedirs(args.out, exist_ok=True)
+    args = mf.arguments(__doc__, 1, [("daps", "a clone of zhangbingliang2019/DAPS")]).parse_args()
+    mf.start(args)
     ref = import_daps(args.daps)
     net = load_model(ref, args.fixtures)
     rng = np.random.default_rng(args.seed)

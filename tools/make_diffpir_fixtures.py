@@ -21,7 +21,6 @@ and `lpips`, whose score is only logged).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -130,19 +129,11 @@ def run(diffpir_path, fixtures, img, replay=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--diffpir", required=True, help="a clone of yuanzhi-zhu/DiffPIR")
-    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
-                                                       "fixtures"), help="where adm_ffhq_like.{pt,npz} are")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--reuse", default=None, help="replay the image and the draws of the fixture in this directory")
-    ap.add_argument("--seed", type=int, default=2)
-    args = ap.parse_args()
+    args = mf.arguments(__doc__, 2, [("diffpir", "a clone of yuanzhi-zhu/DiffPIR")]).parse_args()
+    mf.start(args)
 
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    os.makedirs(args.out, exist_ok=True)
     old = mf.read(args.reuse, "diffpir_inpaint.npz")
     if old is not None:
         img, replay = old["img"], [np.asarray(a) for a in old["randn"]]
@@ -159,6 +150,8 @@ def main():
                                             "skip_type": "quad", "model": "adm_ffhq_like"})))
     np.savez_compressed(os.path.join(args.out, "diffpir_inpaint.npz"), **arrays)
     print(f"wrote diffpir_inpaint.npz to {args.out}: {len(record['x_in'])} network calls, {len(drawn)} draws")
+    if args.compare:
+        mf.compare(args.out, args.compare)
 
 
 if __name__ == "__main__":

@@ -585,22 +585,46 @@ def compare(out, ref_dir):
     print(f"largest relative difference of a computed array: {worst:.2e}")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True, help="a clone of DPS2022/diffusion-posterior-sampling")
-    ap.add_argument("--ddrm", default=None, help="a clone of bahjat-kawar/ddrm: also write the ddrm_*.npz files")
+# ---- what every fixture script shares -----------------------------------------------------------
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+
+
+def arguments(doc: str, seed: int, references, network: bool = True) -> argparse.ArgumentParser:
+    """The command line of a fixture script: its reference clones (`references`: (name, help) pairs, each a
+    required --name), --out, --reuse, --seed, --compare and, with `network`, --fixtures (where the
+    adm_ffhq_like network the script runs is)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, help in references:
+        ap.add_argument(f"--{name}", required=True, help=help)
+    if network:
+        ap.add_argument("--fixtures", default=FIXTURES, help="where adm_ffhq_like.{pt,npz} are")
     ap.add_argument("--out", required=True, help="where to write the fixtures (created)")
-    ap.add_argument("--reuse", default=None, help="take the random inputs from the fixtures in this directory")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", default=None, help="replay the inputs and draws of the fixtures in this directory")
+    ap.add_argument("--seed", type=int, default=seed)
     ap.add_argument("--compare", default=None, help="print differences against the fixtures in this directory")
+    return ap
+
+
+def start(args) -> None:
+    """torch on every core, and --out created; it must not be --reuse (the inputs would be overwritten while
+    read)."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.reuse and os.path.abspath(args.out) == os.path.abspath(args.reuse):
+        sys.exit("error: --out must differ from --reuse (the inputs would be overwritten while read)")
+    os.makedirs(args.out, exist_ok=True)
+
+
+def main():
+    ap = arguments(__doc__, 0, [("official", "a clone of DPS2022/diffusion-posterior-sampling")], network=False)
+    ap.add_argument("--ddrm", default=None, help="a clone of bahjat-kawar/ddrm: also write the ddrm_*.npz files")
     args = ap.parse_args()
 
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if os.path.abspath(args.out) == os.path.abspath(args.reuse or "") and args.reuse:
-        sys.exit("error: --out must differ from --reuse (the inputs would be overwritten while read)")
-    os.makedirs(args.out, exist_ok=True)
+    start(args)
     official = import_official(args.official)
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)

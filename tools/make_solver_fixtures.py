@@ -20,7 +20,6 @@ replayed, and the outputs recomputed (a regeneration check).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -177,23 +176,12 @@ def make_reddiff(ref, model, out, name, reuse, rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True, help="a clone of DPS2022/diffusion-posterior-sampling (the UNet)")
-    ap.add_argument("--reddiff", required=True, help="a clone of NVlabs/RED-diff")
-    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
-                                                       "fixtures"), help="where adm_ffhq_like.{pt,npz} are")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--reuse", default=None, help="replay the inputs and draws of the fixtures in this directory")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--compare", default=None, help="print differences against the fixtures in this directory")
-    args = ap.parse_args()
+    args = mf.arguments(__doc__, 1, [("official", "a clone of DPS2022/diffusion-posterior-sampling (the UNet)"),
+                                     ("reddiff", "a clone of NVlabs/RED-diff")]).parse_args()
+    mf.start(args)
 
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if args.reuse and os.path.abspath(args.out) == os.path.abspath(args.reuse):
-        sys.exit("error: --out must differ from --reuse")
-    os.makedirs(args.out, exist_ok=True)
     official = mf.import_official(args.official)
     model = load_unet(official, args.fixtures)
     ref = import_reddiff(args.reddiff)

@@ -3,17 +3,36 @@
     python -m checkpoints_convert ffhq_10m.pt ffhq256.msgpack --model ffhq256
 """
 
+import os
+
 from checkpoints_convert.adm import convert_state_dict, torch_key
 from checkpoints_convert.torch_reader import CheckpointError, load_state_dict
 
 __all__ = ["convert", "convert_state_dict", "load_state_dict", "torch_key", "CheckpointError"]
 
 
-def convert(src: str, dst: str, config, dtype="float32") -> None:
-    """Read the torch checkpoint `src`, map it onto `config`'s UNet, write `dst` atomically."""
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:     # b does not exist yet
+        return False
+
+
+def convert(src: str, dst: str, config, dtype="float32", key=None, strip_prefix=None,
+            allow_nonfinite: bool = False) -> None:
+    """Read the torch checkpoint `src`, map it onto `config`'s UNet, write `dst` atomically.
+
+    Never overwrites `src` (also through links). Each weight is converted as the file's bytes are
+    released and written one at a time, so the peak memory is about one copy of the weights.
+    """
     import numpy as np
     from dps_jax.models.checkpoint import save_checkpoint
 
-    state = load_state_dict(src)
-    params = convert_state_dict(state, config, dtype=np.dtype(dtype))
+    if _same_file(src, dst):
+        raise CheckpointError(f"the output {dst} is the input checkpoint; choose another output path")
+    state = load_state_dict(src, key=key, strip_prefix=strip_prefix)
+    params = convert_state_dict(state, config, dtype=np.dtype(dtype), consume=True, allow_nonfinite=allow_nonfinite)
+    del state
     save_checkpoint(dst, params, config, extra={"source": str(src)})

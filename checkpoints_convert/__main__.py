@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 
@@ -20,7 +21,17 @@ def main(argv=None) -> int:
     group.add_argument("--config", help="a JSON file (or JSON text) of UNetModel arguments")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="storage dtype of the written params (default float32)")
+    ap.add_argument("--key", help="the entry holding the state_dict, in a checkpoint that holds several "
+                                  "(for example ema or model)")
+    ap.add_argument("--strip-prefix", help="a prefix to remove from every key (module. is removed by itself)")
+    ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
     args = ap.parse_args(argv)
+
+    def fail(e) -> int:
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+        print("error: " + "; ".join(lines), file=sys.stderr)
+        return 1
+
     try:
         if args.model:
             config = preset(args.model)
@@ -30,12 +41,17 @@ def main(argv=None) -> int:
                 with open(text) as f:
                     text = f.read()
             config = UNetConfig.from_dict(json.loads(text))
-        convert(args.src, args.dst, config, dtype=args.dtype)
-    except (CheckpointError, ValueError, OSError) as e:
-        # One line: a list of problems becomes "first: a; b; c".
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        print("error: " + (lines[0] + " " + "; ".join(lines[1:]) if len(lines) > 1 else lines[0]), file=sys.stderr)
-        return 1
+    except (ValueError, TypeError, OSError) as e:     # a bad --config: JSON, keys or values
+        return fail(f"--config: {e}")
+    # A termination signal unwinds like Ctrl-C, so the atomic writer removes its temporary file.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        convert(args.src, args.dst, config, dtype=args.dtype, key=args.key, strip_prefix=args.strip_prefix,
+                allow_nonfinite=args.allow_nonfinite)
+    except (CheckpointError, OSError) as e:
+        return fail(e)
+    except KeyboardInterrupt:
+        return fail("interrupted; nothing was written")
     print(f"wrote {args.dst}")
     return 0
 

@@ -1,21 +1,30 @@
 """Read a PyTorch state_dict (`torch.save`, zip or legacy format) into numpy arrays without torch.
 
-A checkpoint is untrusted input. The pickle inside is read by an unpickler that resolves only the
-few globals a state_dict needs (an ordered dict, the tensor-rebuilding functions, storage types);
-any other global is refused with an error naming it, so nothing in the file is ever executed.
-Tensors are placeholders while unpickling and are materialised from the raw storage bytes after.
+A checkpoint is untrusted input, and this reader is safe by construction:
+- its pickle runs on `pickle_vm`, which executes data opcodes only and resolves the few globals a
+  state_dict needs (an ordered dict, the tensor-rebuilding functions, storage types);
+- every tensor view (offset, shape, strides, dtype) is checked in exact integer arithmetic against the
+  bytes of its storage before anything is read; negative strides are refused; a storage is read once
+  however many tensors view it, and contiguous tensors are views of it, not copies;
+- what a file may cost is bounded by its size S: zip members may decompress to at most 2 S + 1 MiB in
+  all, the tensors it declares may total at most 2 S + 1 MiB (zero strides and overlapping views
+  included), so reading costs about 2 S of memory and time linear in S, or is refused in one line.
+
+Every failure is a `CheckpointError` with one line naming the problem.
 """
 
 from __future__ import annotations
 
-import io
+import math
 import os
-import pickle
 import struct
 import zipfile
-from typing import Dict, NamedTuple, Tuple
+import zlib
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
+
+from checkpoints_convert.pickle_vm import PickleError, load as _unpickle
 
 try:  # bfloat16 storages; ml_dtypes ships with jax.
     from ml_dtypes import bfloat16 as _bf16
@@ -24,6 +33,10 @@ except ImportError:  # pragma: no cover
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+SLACK = 1 << 20          # the constant in the 2 S + constant bounds
+MAX_NDIM = 32
+# Where users' training code puts the weights it saves, in the order a unique match is looked for.
+WRAPPERS = ("state_dict", "model", "ema", "ema_model", "model_ema", "params", "net", "module")
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
@@ -34,6 +47,19 @@ _STORAGE_DTYPES = {
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read safely or does not match the model."""
+
+
+def _num(n: int) -> str:
+    """An integer for a message; a file can hold integers too long for str() (Python caps the digits)."""
+    return str(n) if abs(n) < 10 ** 30 else f"~2^{n.bit_length()}"
+
+
+def _names(keys, n: int = 5) -> str:
+    """The first few of `keys`, shortened, and how many there are: error lines stay short."""
+    keys = list(keys)
+    shown = ", ".join(repr(k[:60] + "..." if len(k) > 60 else k) if isinstance(k, str) else type(k).__name__
+                      for k in keys[:n])
+    return shown + (f" and {len(keys) - n} more ({len(keys)} in all)" if len(keys) > n else "")
 
 
 class _StorageType(NamedTuple):
@@ -57,188 +83,286 @@ class _TensorRef(NamedTuple):
 class _StateDict(dict):
     """Stands in for collections.OrderedDict; drops the `_metadata` attribute torch attaches."""
 
-    def __setstate__(self, state):
+    def _pickle_setstate(self, state):
         pass
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+def _ints(value, what: str) -> Tuple[int, ...]:
+    if not isinstance(value, tuple) or len(value) > MAX_NDIM or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise PickleError(f"a tensor's {what} is not a tuple of at most {MAX_NDIM} integers")
+    return value
+
+
+def _rebuild_tensor(*args):
+    if len(args) < 4:
+        raise PickleError(f"a tensor rebuilt from {len(args)} arguments (expected at least 4)")
+    storage, offset, size, stride = args[:4]
     if not isinstance(storage, _StorageRef):
-        raise CheckpointError("malformed checkpoint: a tensor is not backed by a storage")
-    return _TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+        raise PickleError("a tensor that is not backed by a storage")
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        raise PickleError("a tensor whose storage offset is not an integer")
+    size, stride = _ints(size, "size"), _ints(stride, "stride")
+    if len(size) != len(stride):
+        raise PickleError(f"a tensor with {len(size)} sizes and {len(stride)} strides")
+    return _TensorRef(storage, offset, size, stride)
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
-    return data
+def _rebuild_parameter(*args):
+    if not args or not isinstance(args[0], _TensorRef):
+        raise PickleError("a parameter that does not wrap a tensor")
+    return args[0]
 
+
+def _ordered_dict(*args):
+    if args:
+        raise PickleError("an OrderedDict rebuilt from arguments")
+    return _StateDict()
+
+
+for _f in (_rebuild_tensor, _rebuild_parameter, _ordered_dict):
+    _f._pickle_callable = True
 
 _ALLOWED = {
-    ("collections", "OrderedDict"): _StateDict,
+    ("collections", "OrderedDict"): _ordered_dict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
 }
+_ALLOWED.update({("torch", n): _StorageType(n, d) for n, d in _STORAGE_DTYPES.items() if d is not None})
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES and _STORAGE_DTYPES[name] is not None:
-            return _StorageType(name, _STORAGE_DTYPES[name])
-        raise CheckpointError(
-            f"refusing to load global '{module}.{name}': a state_dict needs only tensors and dicts, "
-            "and this file asks to run other code")
+class _Pickle:
+    """One checkpoint's pickle: its object, and every storage it references (each key once)."""
 
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise CheckpointError(f"unsupported storage reference in checkpoint: {pid!r:.80}")
-        return _StorageRef(str(pid[2]), pid[1].dtype, int(pid[4]))
+    def __init__(self, data: bytes, pos: int = 0):
+        self.storages: Dict[str, _StorageRef] = {}
+        try:
+            self.obj, self.end = _unpickle(data, pos, _ALLOWED, self._storage)
+        except PickleError as e:
+            raise CheckpointError(str(e)) from None
+
+    def _storage(self, pid):
+        if not (len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
+                and isinstance(pid[2], str) and isinstance(pid[4], int) and not isinstance(pid[4], bool)):
+            raise PickleError("a storage reference that is not ('storage', type, key, location, size)")
+        ref = _StorageRef(pid[2], pid[1].dtype, pid[4])
+        if ref.numel < 0:
+            raise PickleError(f"storage {ref.key[:40]!r} of negative size {_num(ref.numel)}")
+        old = self.storages.setdefault(ref.key, ref)
+        if old != ref:
+            raise PickleError(f"storage {ref.key[:40]!r} is declared twice with different types or sizes")
+        return ref
 
 
-def _unpickle(data: bytes):
+def _select(obj, key: Optional[str], strip_prefix: Optional[str]) -> Dict[str, _TensorRef]:
+    """The state_dict inside a checkpoint's object: unwrap a unique wrapper, strip `module.`."""
+    def tensors(d):
+        return isinstance(d, dict) and d and all(isinstance(v, _TensorRef) for v in d.values())
+
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a state_dict (a dict of tensors), found a {type(obj).__name__}")
+    if key is not None:
+        if key not in obj:
+            raise CheckpointError(f"the checkpoint has no entry {key!r}; its entries: {_names(obj)}")
+        obj = obj[key]
+    elif not tensors(obj):
+        found = [w for w in WRAPPERS if tensors(obj.get(w))]
+        if len(found) > 1:
+            raise CheckpointError(f"the checkpoint holds several state_dicts ({', '.join(found)}): "
+                                  f"choose one with --key {found[0]} (or --key {found[1]}, ...)")
+        if found:
+            obj = obj[found[0]]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a state_dict (a dict of tensors), found a {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, _TensorRef)]
+    if bad:
+        nested = [k for k in bad if tensors(obj[k])]
+        hint = f" (the tensors may be under --key {nested[0]})" if nested else ""
+        raise CheckpointError(f"entries that are not tensors: {_names(bad)}{hint}")
+    if not obj:
+        raise CheckpointError("the checkpoint's state_dict is empty")
+    odd = [k for k in obj if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(f"state_dict keys that are not strings: {_names(odd)}")
+    if strip_prefix is None and all(k.startswith("module.") for k in obj):
+        strip_prefix = "module."    # saved from a DataParallel / DistributedDataParallel wrapper
+    if strip_prefix:
+        missing = [k for k in obj if not k.startswith(strip_prefix)]
+        if missing:
+            raise CheckpointError(f"keys without the prefix {strip_prefix!r}: {_names(missing)}")
+        obj = {k[len(strip_prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+class _Budget:
+    """What a file of S bytes may still cost, in bytes: 2 S + SLACK (of memory, or of declared tensors)."""
+
+    def __init__(self, path: str, size: int):
+        self.path, self.left = path, 2 * size + SLACK
+
+    def spend(self, n: int, what: str):
+        if n > self.left:
+            raise CheckpointError(f"{what} would take {_num(n)} bytes, more than a file of this size can back "
+                                  f"(at most 2x its size in all); refusing a crafted or corrupt checkpoint")
+        self.left -= n
+
+
+def _materialise(ref: _TensorRef, raw, big_endian: bool, memory: _Budget, declared: _Budget) -> np.ndarray:
+    """The array of one tensor view of `raw` (its storage's bytes), after checking every index."""
+    st = ref.storage
+    dtype = np.dtype(st.dtype)
+    item = dtype.itemsize
+    if st.numel * item > len(raw):
+        raise CheckpointError(f"storage {st.key[:40]!r} holds {len(raw)} bytes, its tensors declare "
+                              f"{_num(st.numel * item)} (truncated file?)")
+    if ref.offset < 0 or any(n < 0 for n in ref.size) or any(s < 0 for s in ref.stride):
+        raise CheckpointError(f"a tensor of storage {st.key[:40]!r} has a negative offset, size or stride")
+    count = math.prod(ref.size)
+    declared.spend(count * item, f"a tensor of shape {tuple(_num(n) for n in ref.size)}")
+    if count == 0:
+        return np.zeros(ref.size, dtype)
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+    if last >= st.numel:
+        raise CheckpointError(f"a tensor of shape {tuple(_num(n) for n in ref.size)} reaches element "
+                              f"{_num(last)} of storage {st.key[:40]!r}, which has {_num(st.numel)}")
+    flat = np.frombuffer(raw, dtype=dtype.newbyteorder(">" if big_endian else "<"), count=st.numel)
+    # Every index of the view lies in [offset, last] < numel (checked above), so the view is in bounds.
+    view = np.lib.stride_tricks.as_strided(flat[ref.offset:], shape=ref.size,
+                                           strides=tuple(s * item for s in ref.stride), writeable=False)
+    contiguous, step = True, 1
+    for n, s in zip(ref.size[::-1], ref.stride[::-1]):
+        contiguous &= n == 1 or s == step
+        step *= n
+    if contiguous and not big_endian:
+        return view
+    memory.spend(count * item, f"a copy of a tensor of shape {tuple(ref.size)}")
+    return np.array(view, dtype=dtype)      # a native-endian, one-to-one copy
+
+
+def _zip_member(zf, name: str, budget: _Budget) -> bytes:
+    info = zf.getinfo(name)
+    if info.flag_bits & 1:
+        raise CheckpointError(f"zip member {name!r} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CheckpointError(f"zip member {name!r} uses compression method {info.compress_type}; "
+                              "torch writes uncompressed members")
+    budget.spend(info.file_size, f"zip member {name!r}")
+    with zf.open(info) as f:
+        data = f.read(info.file_size + 1)     # the CRC is checked when the member's end is reached
+        if len(data) != info.file_size:
+            raise CheckpointError(f"zip member {name!r} holds {len(data)} bytes, its header says {info.file_size}")
+    return data
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError,
+               struct.error, OverflowError, UnicodeDecodeError, ValueError)
+
+
+def _read_zip(path: str, budget: _Budget, key, strip_prefix):
     try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(pkl) != 1:
+                raise CheckpointError(f"a zip archive without exactly one data.pkl (found {len(pkl)})")
+            prefix = pkl[0][: -len("data.pkl")]
+            big_endian = False
+            if prefix + "byteorder" in names:
+                order = _zip_member(zf, prefix + "byteorder", budget).strip()
+                if order not in (b"little", b"big"):
+                    raise CheckpointError(f"byteorder member says {order[:20]!r}, expected 'little' or 'big'")
+                big_endian = order == b"big"
+            unpickled = _Pickle(_zip_member(zf, pkl[0], budget))
+            state = _select(unpickled.obj, key, strip_prefix)
+            blobs = {}
+            for ref in state.values():
+                k = ref.storage.key
+                if k not in blobs:
+                    name = f"{prefix}data/{k}"
+                    if name not in names:
+                        raise CheckpointError(f"storage {k[:40]!r} is missing from the archive (truncated file?)")
+                    blobs[k] = _zip_member(zf, name, budget)
     except CheckpointError:
         raise
-    except Exception as e:  # malformed pickle streams raise all sorts of errors
-        raise CheckpointError(f"corrupt checkpoint pickle: {type(e).__name__}: {e}") from None
+    except _ZIP_ERRORS as e:
+        raise CheckpointError(f"not a readable torch checkpoint: the zip archive is truncated or corrupt "
+                              f"({type(e).__name__}: {str(e)[:200]})") from None
+    return state, blobs, big_endian
 
 
-def _materialise(obj, blobs: Dict[str, bytes], big_endian: bool = False):
-    """Replace _TensorRefs in a (nested) dict by numpy arrays read from the storage blobs."""
-    if isinstance(obj, dict):
-        return {k: _materialise(v, blobs, big_endian) for k, v in obj.items()}
-    if not isinstance(obj, _TensorRef):
-        return obj
-    st = obj.storage
-    if st.key not in blobs:
-        raise CheckpointError(f"checkpoint storage {st.key!r} is missing (truncated file?)")
-    dtype = np.dtype(st.dtype).newbyteorder(">" if big_endian else "<")
-    raw = blobs[st.key]
-    if len(raw) < st.numel * dtype.itemsize:
-        raise CheckpointError(
-            f"checkpoint storage {st.key!r} holds {len(raw)} bytes, expected {st.numel * dtype.itemsize} "
-            "(truncated file?)")
-    flat = np.frombuffer(raw, dtype=dtype, count=st.numel)
-    need = obj.offset + sum((n - 1) * s for n, s in zip(obj.size, obj.stride)) + 1 if obj.size else obj.offset + 1
-    if all(obj.size) and need > st.numel:
-        raise CheckpointError(f"a tensor of size {obj.size} reaches past the end of storage {st.key!r}")
-    item = dtype.itemsize
-    arr = np.lib.stride_tricks.as_strided(flat[obj.offset:], shape=obj.size,
-                                          strides=tuple(s * item for s in obj.stride))
-    return np.array(arr, dtype=np.dtype(st.dtype))   # a native-endian copy
-
-
-def _read_zip(path: str):
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint: the zip archive is truncated or corrupt ({e})") from None
-    with zf:
-        names = zf.namelist()
-        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-        if len(pkl) != 1:
-            raise CheckpointError(f"{path}: zip archive without exactly one data.pkl (found {len(pkl)})")
-        prefix = pkl[0][: -len("data.pkl")]
-        big_endian = False
-        if prefix + "byteorder" in names:
-            big_endian = zf.read(prefix + "byteorder").strip() == b"big"
-        try:
-            obj = _unpickle(zf.read(pkl[0]))
-            keys = _storage_keys(obj)
-            blobs = {}
-            for k in keys:
-                name = f"{prefix}data/{k}"
-                if name not in names:
-                    raise CheckpointError(f"{path}: storage {k!r} is missing from the archive (truncated file?)")
-                blobs[k] = zf.read(name)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-            if isinstance(e, CheckpointError):
-                raise
-            raise CheckpointError(f"{path}: corrupt zip member: {e}") from None
-    return obj, blobs, big_endian
-
-
-def _storage_keys(obj):
-    out = set()
-    if isinstance(obj, dict):
-        for v in obj.values():
-            out |= _storage_keys(v)
-    elif isinstance(obj, _TensorRef):
-        out.add(obj.storage.key)
-    return out
-
-
-def _read_legacy(path: str):
+def _read_legacy(path: str, size: int, key, strip_prefix):
     with open(path, "rb") as f:
         data = f.read()
-    stream = io.BytesIO(data)
-
-    def next_pickle():
+    if len(data) != size:
+        raise CheckpointError("the file changed while it was read")
+    pos = 0
+    objs = []
+    storages: Dict[str, _StorageRef] = {}
+    for i in range(5):      # magic, protocol, system info, the object, the storage keys
         try:
-            return _RestrictedUnpickler(stream).load()
+            p = _Pickle(data, pos)
         except CheckpointError:
+            if i == 0:
+                raise CheckpointError("not a torch checkpoint (neither a zip archive nor the legacy format)")
             raise
-        except Exception as e:
-            raise CheckpointError(f"{path}: corrupt legacy torch checkpoint: {type(e).__name__}: {e}") from None
-
-    if next_pickle() != LEGACY_MAGIC:
-        raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor the legacy format)")
-    if next_pickle() != LEGACY_PROTOCOL:
-        raise CheckpointError(f"{path}: unsupported legacy torch protocol version")
-    sys_info = next_pickle()
-    little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
-    obj = next_pickle()
-    keys = next_pickle()
-    if not isinstance(keys, list):
-        raise CheckpointError(f"{path}: corrupt legacy checkpoint: storage key list missing")
-    refs = {}
-    _collect_refs(obj, refs)
+        objs.append(p.obj)
+        pos = p.end
+        storages.update(p.storages)
+    magic, protocol, sys_info, obj, keys = objs
+    if magic != LEGACY_MAGIC:
+        raise CheckpointError("not a torch checkpoint (neither a zip archive nor the legacy format)")
+    if protocol != LEGACY_PROTOCOL:
+        raise CheckpointError("unsupported legacy torch protocol version")
+    little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True) is not False
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise CheckpointError("corrupt legacy checkpoint: the storage key list is missing")
+    view = memoryview(data)
     blobs = {}
     for k in keys:
-        header = stream.read(8)
-        if len(header) < 8:
-            raise CheckpointError(f"{path}: legacy checkpoint is truncated at storage {k!r}")
-        (numel,) = struct.unpack("<q" if little else ">q", header)
-        ref = refs.get(str(k))
+        ref = storages.get(k)
         if ref is None:
-            raise CheckpointError(f"{path}: storage {k!r} is listed but no tensor uses it")
+            raise CheckpointError(f"storage {k[:40]!r} is listed but no tensor uses it")
+        if k in blobs:
+            raise CheckpointError(f"storage {k[:40]!r} is listed twice")
+        if pos + 8 > len(data):
+            raise CheckpointError(f"legacy checkpoint is truncated at storage {k[:40]!r}")
+        (numel,) = struct.unpack("<q" if little else ">q", view[pos:pos + 8])
         nbytes = numel * np.dtype(ref.dtype).itemsize
-        raw = stream.read(nbytes)
-        if len(raw) < nbytes:
-            raise CheckpointError(f"{path}: legacy checkpoint is truncated in storage {k!r}")
-        blobs[str(k)] = raw
-    return obj, blobs, not little
+        if numel < 0 or pos + 8 + nbytes > len(data):
+            raise CheckpointError(f"legacy checkpoint is truncated in storage {k[:40]!r}")
+        blobs[k] = view[pos + 8:pos + 8 + nbytes]      # a view of the file's bytes: read once
+        pos += 8 + nbytes
+    state = _select(obj, key, strip_prefix)
+    for ref in state.values():
+        if ref.storage.key not in blobs:
+            raise CheckpointError(f"storage {ref.storage.key[:40]!r} is missing (truncated file?)")
+    return state, blobs, not little
 
 
-def _collect_refs(obj, refs):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _collect_refs(v, refs)
-    elif isinstance(obj, _TensorRef):
-        refs[obj.storage.key] = obj.storage
+def load_state_dict(path: str, key: Optional[str] = None, strip_prefix: Optional[str] = None,
+                    ) -> Dict[str, np.ndarray]:
+    """A torch state_dict file as {key: numpy array}, dtypes kept (float16 stays float16).
 
-
-def load_state_dict(path: str) -> Dict[str, np.ndarray]:
-    """A torch state_dict file as {key: numpy array}, dtypes kept (float16 stays float16)."""
-    if not os.path.isfile(path):
+    `key` picks the state_dict inside a checkpoint that holds several (`{'model': ..., 'ema': ...}`);
+    one of the usual wrappers (WRAPPERS) is unwrapped when it is the only one. `strip_prefix` removes a
+    prefix from every key (`module.` is removed when every key has it). Arrays may be read-only views
+    of the file's bytes.
+    """
+    if not os.path.exists(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if zipfile.is_zipfile(path):
-        obj, blobs, big = _read_zip(path)
-    else:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a regular file")
+    try:
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(4)
+        memory, declared = _Budget(path, size), _Budget(path, size)
         if head[:2] == b"PK":
-            _read_zip(path)     # raises the truncated/corrupt zip error
-        obj, blobs, big = _read_legacy(path)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state_dict (a dict of tensors), found {type(obj).__name__}")
-    out = _materialise(obj, blobs, big)
-    bad = [k for k, v in out.items() if not isinstance(v, np.ndarray)]
-    if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:10]}")
-    return out
+            state, blobs, big = _read_zip(path, memory, key, strip_prefix)
+        else:
+            state, blobs, big = _read_legacy(path, size, key, strip_prefix)
+        return {k: _materialise(ref, blobs[ref.storage.key], big, memory, declared) for k, ref in state.items()}
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None

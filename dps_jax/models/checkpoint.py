@@ -31,22 +31,44 @@ class CheckpointFormatError(ValueError):
     """A dps_jax checkpoint that is missing, corrupt or does not match its config."""
 
 
-def save_checkpoint(path: str, params, config: UNetConfig, extra: dict | None = None, dtype=None) -> None:
-    """Write params and config to `path` atomically (a failure leaves no partial file).
+def _map_header(n: int) -> bytes:
+    """The msgpack header of a map of n entries."""
+    if n < 16:
+        return bytes([0x80 | n])
+    return (b"\xde" + n.to_bytes(2, "big")) if n < 2 ** 16 else (b"\xdf" + n.to_bytes(4, "big"))
 
-    `dtype` (e.g. np.float16) sets the storage dtype; loading always gives float32 params.
+
+def _write_tree(f, tree, cast) -> None:
+    """Write `tree` as flax.serialization.msgpack_serialize would (sorted keys), one leaf at a time, so
+    writing costs one leaf's bytes of memory on top of the tree, not a second copy of all of it."""
+    if isinstance(tree, dict):
+        f.write(_map_header(len(tree)))
+        for k in sorted(tree):
+            f.write(flax.serialization.msgpack_serialize(k))
+            _write_tree(f, tree[k], cast)
+    else:
+        f.write(flax.serialization.msgpack_serialize(cast(tree)))
+
+
+def save_checkpoint(path: str, params, config: UNetConfig, extra: dict | None = None, dtype=None) -> None:
+    """Write params and config to `path` atomically (a failure or a signal leaves no partial file).
+
+    `dtype` (e.g. np.float16) sets the storage dtype; loading always gives float32 params. The file gets
+    the mode a new file gets (the umask's), not the temporary file's 0600.
     """
-    cast = (lambda a: np.asarray(a, dtype)) if dtype is not None else np.asarray
+    cast = (lambda a: np.asarray(a, dtype) if isinstance(a, (np.ndarray, jax.Array)) else a) \
+        if dtype is not None else (lambda a: np.asarray(a) if isinstance(a, jax.Array) else a)
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_json(),
-               "extra": dict(extra or {}),
-               "params": jax.tree_util.tree_map(cast, flax.core.unfreeze(params))}
-    data = flax.serialization.msgpack_serialize(payload)
+               "extra": dict(extra or {}), "params": flax.core.unfreeze(params)}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".msgpack", dir=directory)
     try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            _write_tree(f, payload, cast)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -51,16 +51,47 @@ class UNetConfig:
     use_new_attention_order: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "attention_resolutions", tuple(int(a) for a in self.attention_resolutions))
+        # Every field is checked here, with its name, so a bad converter --config or a bad config stored in a
+        # checkpoint is one clear line instead of an error deep inside the model (or a model that never ends).
+        def fail(name, want):
+            raise ValueError(f"UNetConfig.{name} must be {want}, got {getattr(self, name)!r:.80}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name, hi in (("image_size", 8192), ("in_channels", 1024), ("model_channels", 8192),
+                         ("out_channels", 1024), ("num_res_blocks", 32)):
+            if not is_int(getattr(self, name)) or not 1 <= getattr(self, name) <= hi:
+                fail(name, f"an integer in [1, {hi}]")
+        for name in ("attention_resolutions", "channel_mult"):
+            if isinstance(getattr(self, name), (str, bytes, dict)) or not hasattr(getattr(self, name), "__iter__"):
+                fail(name, "a list of numbers")
+        object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        for name in ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks"):
+        if not all(is_int(a) and a >= 1 for a in self.attention_resolutions):
+            fail("attention_resolutions", "a list of positive integers (downsample rates)")
+        if not 1 <= len(self.channel_mult) <= 12 or not all(
+                isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m <= 64 for m in self.channel_mult):
+            fail("channel_mult", "a list of 1 to 12 positive numbers")
+        for m in self.channel_mult:
+            ch = int(m * self.model_channels)
+            if ch < 32 or ch % 32:
+                raise ValueError(f"UNetConfig: model_channels {self.model_channels} x channel_mult {m} = {ch} "
+                                 "channels, not a multiple of the 32 GroupNorm groups")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            fail("dropout", "a number in [0, 1)")
+        if self.num_classes is not None and (not is_int(self.num_classes) or self.num_classes < 1):
+            fail("num_classes", "null or a positive integer")
+        for name in ("conv_resample", "use_checkpoint", "use_fp16", "use_scale_shift_norm", "resblock_updown",
+                     "use_new_attention_order"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
+        for name in ("num_heads", "num_head_channels", "num_heads_upsample"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"UNetConfig.{name} must be a positive integer, got {v!r}")
-        if not self.channel_mult:
-            raise ValueError("UNetConfig.channel_mult must not be empty")
+            if not is_int(v) or not (v == -1 or 1 <= v <= 4096):
+                fail(name, "-1 or an integer in [1, 4096]")
         if self.num_head_channels == -1 and self.num_heads < 1:
-            raise ValueError(f"UNetConfig.num_heads must be >= 1, got {self.num_heads}")
+            fail("num_heads", "a positive integer when num_head_channels is -1")
 
     @property
     def learn_sigma(self) -> bool:
@@ -75,14 +106,12 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a UNet config must be a JSON object of UNetModel arguments, got a {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown UNet config keys {unknown}; expected some of {sorted(known)}")
-        d = dict(d)
-        for k in ("attention_resolutions", "channel_mult"):
-            if k in d and d[k] is not None:
-                d[k] = tuple(d[k])
         return cls(**d)
 
     @classmethod

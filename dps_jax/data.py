@@ -48,8 +48,16 @@ def fashion_mnist(split: str = "train", root: str = FASHION_MNIST_DIR, image_siz
     return x[..., None]
 
 
+_WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
 def load_image(path: str, image_size: int | None = None, channels: int = 3) -> np.ndarray:
-    """One image file as (H, W, C) in [-1, 1]; centre-cropped to a square and resized if image_size."""
+    """One image file as (H, W, C) in [-1, 1]; centre-cropped to a square and resized if image_size.
+
+    8-bit images of any mode (grey, RGB, RGBA, palette, ...) are converted with PIL: alpha is dropped,
+    a palette is expanded, grey is repeated for an RGB model and RGB is made grey (ITU-R 601 luma) for a
+    one-channel one. 16-bit grey images are scaled by 65535, not clipped to 8 bits.
+    """
     from PIL import Image
 
     try:
@@ -57,25 +65,60 @@ def load_image(path: str, image_size: int | None = None, channels: int = 3) -> n
         img.load()
     except Exception as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    img = img.convert("L" if channels == 1 else "RGB")
+    if img.mode == "F":
+        raise ValueError(f"image {path}: floating-point images are not supported; save it as 8 or 16 bits")
+    wide = img.mode in _WIDE_MODES
+    if wide:
+        a = np.asarray(img, np.float64)
+        if a.min() < 0 or a.max() > _WIDE_MODES[img.mode]:
+            raise ValueError(f"image {path}: {img.mode} values in [{a.min():.0f}, {a.max():.0f}], "
+                             f"expected 16-bit values in [0, 65535]")
+        img = Image.fromarray((a / _WIDE_MODES[img.mode]).astype(np.float32), "F")
+    else:
+        img = img.convert("L" if channels == 1 else "RGB")
     if image_size is not None:
         w, h = img.size
         s = min(w, h)
         img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
         if s != image_size:
             img = img.resize((image_size, image_size), Image.BICUBIC)
+    if wide:        # in [0, 1]; bicubic overshoot clipped as it is in 8 bits
+        x = np.clip(np.asarray(img, np.float32), 0.0, 1.0)[..., None].repeat(channels, axis=-1) * 2.0 - 1.0
+        return x
     x = np.asarray(img, np.float32) / 127.5 - 1.0
     return x[..., None] if x.ndim == 2 else x
 
 
 def list_images(root: str):
-    """The image files in a folder, sorted; a clear error if the folder is missing or has none."""
+    """The image files in a folder, sorted; a clear error if the folder is missing, has none, or one of
+    them is not a regular file (a FIFO or a folder named like an image would hang or stop the run)."""
     if not os.path.isdir(root):
         raise ValueError(f"image folder not found: {root}")
     files = sorted(os.path.join(root, f) for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {root}")
+    odd = [f for f in files if not os.path.isfile(f)]
+    if odd:
+        raise ValueError(f"{odd[0]} is not a regular file" + (f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""))
     return files
+
+
+def output_names(files) -> list:
+    """A distinct folder name per input file: its stem, or its whole name ('a_png', 'a_jpg') where stems
+    collide or would clash with a run's own files (config.json, metrics.json, INCOMPLETE)."""
+    reserved = {"config.json", "metrics.json", "INCOMPLETE"}
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    names = [os.path.basename(f).replace(".", "_") if stems.count(st) > 1 or st in reserved else st
+             for f, st in zip(files, stems)]
+    seen, out = set(), []
+    for n in names:
+        m, k = n, 1
+        while m in seen or m in reserved:
+            k += 1
+            m = f"{n}-{k}"
+        seen.add(m)
+        out.append(m)
+    return out
 
 
 def image_folder(root: str, image_size: int, channels: int = 3) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,52 @@ def build_operator(cfg, image_shape, key) -> operators.Operator:
     return operators.build(name, image_shape, key=key, **options)
 
 
+def available_memory(device) -> Optional[int]:
+    """Free bytes where a compiled call runs: the accelerator's free memory, or the host's MemAvailable."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(cfg, runner: solvers.Runner, problem, host_free: Optional[int]) -> None:
+    """Refuse, before sampling, a run whose chunk or whose outputs cannot fit, saying what chunk_size would."""
+    device_bytes, host_bytes = runner.memory_bytes(problem)
+    gib = 2.0 ** 30
+    if host_free is not None and host_bytes > host_free:
+        raise RunError(f"num_samples {cfg.num_samples}: their outputs alone need {host_bytes / gib:.1f} GiB, "
+                       f"{host_free / gib:.1f} GiB of memory are free; draw fewer samples")
+    free = available_memory(runner.devices[0])
+    per_device = device_bytes      # the memory analysis is per device for a sharded program
+    if free is not None and per_device > 0.9 * free:
+        fit = max(1, int(runner.chunk * 0.9 * free / per_device) // len(runner.devices) * len(runner.devices))
+        raise RunError(f"a chunk of {runner.chunk} samples needs about {per_device / gib:.1f} GiB per device, "
+                       f"{free / gib:.1f} GiB are free: set --config.chunk_size={fit} (or fewer)")
+
+
+def check_run_config(cfg) -> None:
+    """What can be checked before anything loads or compiles."""
+    if cfg.task not in config_base.TASKS:
+        raise RunError(f"unknown task {cfg.task!r}; expected one of {config_base.TASKS}")
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        # jax keys take 32 bits here; a larger seed would silently give the same key as another
+        raise RunError(f"seed must be an integer in [0, 2^32), got {seed!r:.40}")
+    likelihoods.check_noise(cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
+    where = os.path.abspath(cfg.output.root)     # nothing is created before the run: find what exists
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
+        raise RunError(f"output.root {cfg.output.root}: {where} is not a writable folder")
+
+
 def load_images(cfg, prior):
     size = cfg.data.image_size
     image_shape = (size, size, prior.channels)
@@ -129,16 +176,20 @@ def new_run_dir(root: str, task: str) -> str:
 
 def run(cfg, stream=sys.stderr) -> str:
     """Run the config; returns the finished run directory."""
-    if cfg.task not in config_base.TASKS:
-        raise RunError(f"unknown task {cfg.task!r}; expected one of {config_base.TASKS}")
-    likelihoods.check_noise(cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
+    check_run_config(cfg)
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
     if cfg.distributed:
         jax.distributed.initialize()
     prior = load_prior(cfg)
     files, images = load_images(cfg, prior)
+    names = data.output_names(files)
     image_shape = images.shape[1:]
+    host_free = available_memory(jax.devices("cpu")[0])
+    gib = 2.0 ** 30
+    if host_free is not None and cfg.num_samples * images[0].nbytes * 2 > host_free:   # before compiling
+        raise RunError(f"num_samples {cfg.num_samples}: the samples alone need "
+                       f"{cfg.num_samples * images[0].nbytes * 2 / gib:.1f} GiB, {host_free / gib:.1f} GiB are free")
     runner = build_runner(cfg, prior, image_shape)
 
     key = jax.random.PRNGKey(cfg.seed)
@@ -151,6 +202,7 @@ def run(cfg, stream=sys.stderr) -> str:
         problems.append(solvers.make_problem(op, y, image_shape, cfg.noise.name, sigma))
         sample_keys.append(k_sample)
     compile_seconds = runner.compile(problems[0])
+    check_memory(cfg, runner, problems[0], host_free)
 
     final = new_run_dir(cfg.output.root, cfg.task)
     partial = final + ".partial"
@@ -161,8 +213,7 @@ def run(cfg, stream=sys.stderr) -> str:
     progress = Progress(stream)
     results, sample_seconds = [], 0.0
     try:
-        for i, (path, x, problem, k_sample) in enumerate(zip(files, images, problems, sample_keys)):
-            name = os.path.splitext(os.path.basename(path))[0]
+        for i, (name, x, problem, k_sample) in enumerate(zip(names, images, problems, sample_keys)):
             progress.reset(f"{name} ({i + 1}/{len(files)})")
             t0 = time.perf_counter()
             out = runner(problem, k_sample, progress)
@@ -199,27 +250,45 @@ def run(cfg, stream=sys.stderr) -> str:
     return final
 
 
+SANE_RANGE = 3.0        # images lie in [-1, 1]; a sample beyond +-3 has left the data, finite or not
+BLOWUP = 10.0           # a final data distance this many times the first step's is not a converged run
+
+
 def check_finite(out, runner: solvers.Runner, name: str) -> None:
-    """Raise Diverged naming the first step at which any sample's distance (or the final sample) is not finite."""
+    """Raise Diverged naming the first step at which any sample's distance (or the final sample) is not
+    finite; or, for finite runs, a sample outside [-SANE_RANGE, SANE_RANGE] or a final distance BLOWUP
+    times the first step's (guidance too strong: finite samples that are not results)."""
     n = out["samples"].shape[0]
+    name_key = solvers.config_key(runner.solver.name)
+    hint = (f"lower the step size (solver.{name_key}.scale)" if runner.solver.name in config_base.GRADIENT_SOLVERS
+            else f"check the options in solver.{name_key}")
     bad = np.zeros((n, runner.num_steps), bool)
     for v in out.values():
         if v.ndim == 2 and v.shape == bad.shape:               # the per-step scalars
             bad |= ~np.isfinite(v)
     bad[:, -1] |= ~np.isfinite(out["samples"]).reshape(n, -1).all(axis=1)
-    if not bad.any():
-        return
-    first = np.where(bad.any(axis=1), bad.argmax(axis=1), runner.num_steps)
-    sample = int(first.argmin())
-    j = int(first[sample])
-    where = f"step {j + 1}/{runner.num_steps}"
-    if runner.solver.kind == "diffusion":
-        where += f" (t = {int(runner.xs.t_model[j])})"
-    name_key = solvers.config_key(runner.solver.name)
-    hint = (f"lower the step size (solver.{name_key}.scale)" if runner.solver.name in config_base.GRADIENT_SOLVERS
-            else f"check the options in solver.{name_key}")
-    raise Diverged(f"sampling diverged (NaN/Inf) at {where} for image {name}, sample {sample}: "
-                   f"{hint} or check the measurement")
+    if bad.any():
+        first = np.where(bad.any(axis=1), bad.argmax(axis=1), runner.num_steps)
+        sample = int(first.argmin())
+        j = int(first[sample])
+        where = f"step {j + 1}/{runner.num_steps}"
+        if runner.solver.kind == "diffusion":
+            where += f" (t = {int(runner.xs.t_model[j])})"
+        raise Diverged(f"sampling diverged (NaN/Inf) at {where} for image {name}, sample {sample}: "
+                       f"{hint} or check the measurement")
+    peak = np.abs(out["samples"]).reshape(n, -1).max(axis=1)
+    if peak.max() > SANE_RANGE:
+        sample = int(peak.argmax())
+        raise Diverged(f"sampling diverged for image {name}, sample {sample}: it reaches |x| = {peak[sample]:.3g}, "
+                       f"images lie in [-1, 1]: {hint} or check the measurement")
+    d = out.get("distance")
+    if d is not None and d.shape == bad.shape and runner.num_steps > 1:
+        ratio = d[:, -1] / np.maximum(d[:, 0], 1e-12)
+        if ratio.max() > BLOWUP:
+            sample = int(ratio.argmax())
+            raise Diverged(f"sampling diverged for image {name}, sample {sample}: its final data distance "
+                           f"{d[sample, -1]:.3g} is {ratio[sample]:.0f}x the first step's {d[sample, 0]:.3g}: "
+                           f"{hint} or check the measurement")
 
 
 def write_image_outputs(run_dir, name, x, problem: solvers.Problem, out, cfg):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -196,6 +196,21 @@ class Runner:
         advance = self._advance.lower(carry, xs, np.int32(0), problem, self.prior, self.options).compile()
         self._compiled[sig] = (init, advance)
         return time.perf_counter() - t0
+
+    def memory_bytes(self, problem: Problem) -> Tuple[int, int]:
+        """(device bytes of one compiled call on a chunk, host bytes of the N samples' outputs), from XLA's
+        memory analysis of the compiled programs and the output shapes; compiles if needed."""
+        problem = self.prepare(problem)
+        self.compile(problem)
+        device = 0
+        for program in self._compiled[self._signature(problem)]:
+            m = program.memory_analysis()
+            if m is not None:
+                device = max(device, m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                             - m.alias_size_in_bytes)
+        per_sample = 4 * (int(np.prod(self.image_shape)) + self.num_steps * 4)
+        per_sample += sum(int(np.prod(r.shape)) * r.dtype.itemsize for r in self._record_shapes.values())
+        return device, per_sample * self.num_samples
 
     def __call__(self, problem: Problem, key, progress: Optional[Callable] = None, options=None) -> dict:
         """Samples of one problem. `options` (from `base.make_options`) replaces the runner's with new

@@ -72,6 +72,9 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
         num_images=0 if paper else 1))   # 0 = every image in the folder
     c.output = ml_collections.ConfigDict(dict(root="outputs", png_scale=1 if paper else 4))
     c.distributed = False                # multi-host: call jax.distributed.initialize() first
+    c.coordinator_address = ""           # with distributed: "host:port" of process 0 ("": from the cluster)
+    c.num_processes = 0                  # with distributed: how many processes (0: from the cluster)
+    c.process_id = -1                    # with distributed: this process's index (-1: from the cluster)
     # XLA's persistent compilation cache: a rerun with the same shapes loads the compiled sampler
     # instead of compiling it again. "" turns it off.
     c.compilation_cache = "~/.cache/dps_jax/xla"

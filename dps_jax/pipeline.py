@@ -136,9 +136,11 @@ def load_images(cfg, prior):
         raise RunError(f"data.num_images must be >= 0 (0: all), got {cfg.data.num_images}")
     if cfg.data.num_images:
         files = files[:cfg.data.num_images]
-    # Multi-host runs split the images between processes.
-    files = files[jax.process_index()::jax.process_count()]
-    return files, np.stack([data.load_image(p, size, prior.channels) for p in files])
+    # Multi-host runs split the images between processes; an image keeps its index in the whole folder, so
+    # its keys (and samples) do not depend on how many processes share the work.
+    indices = list(range(len(files)))[jax.process_index()::jax.process_count()]
+    files = [files[i] for i in indices]
+    return files, np.stack([data.load_image(p, size, prior.channels) for p in files]), indices
 
 
 # ---- progress ----------------------------------------------------------------------------------
@@ -167,6 +169,8 @@ class Progress:
 
 def new_run_dir(root: str, task: str) -> str:
     base = os.path.join(root, task, time.strftime("%Y%m%d-%H%M%S"))
+    if jax.process_count() > 1:          # each process writes its share of the images to its own directory
+        base += f"-process{jax.process_index()}of{jax.process_count()}"
     path, k = base, 1
     while any(os.path.exists(p) for p in (path, path + ".partial", path + "-incomplete")):
         k += 1
@@ -180,12 +184,17 @@ def run(cfg, stream=sys.stderr) -> str:
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
     if cfg.distributed:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize(cfg.coordinator_address or None, cfg.num_processes or None,
+                                       cfg.process_id if cfg.process_id >= 0 else None)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise RunError(f"distributed: {str(e).splitlines()[0]} (set coordinator_address, num_processes and "
+                           "process_id outside a detected cluster)") from None
     prior = load_prior(cfg)
-    files, images = load_images(cfg, prior)
+    files, images, indices = load_images(cfg, prior)
     names = data.output_names(files)
     image_shape = images.shape[1:]
-    host_free = available_memory(jax.devices("cpu")[0])
+    host_free = available_memory(jax.local_devices(backend="cpu")[0])
     gib = 2.0 ** 30
     if host_free is not None and cfg.num_samples * images[0].nbytes * 2 > host_free:   # before compiling
         raise RunError(f"num_samples {cfg.num_samples}: the samples alone need "
@@ -194,7 +203,7 @@ def run(cfg, stream=sys.stderr) -> str:
 
     key = jax.random.PRNGKey(cfg.seed)
     problems, sample_keys = [], []
-    for i, x in enumerate(images):
+    for i, x in zip(indices, images):
         k_op, k_noise, k_sample = jax.random.split(jax.random.fold_in(key, i), 3)
         op = build_operator(cfg, image_shape, k_op)
         y = likelihoods.add_noise(k_noise, op(jnp.asarray(x)), cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)

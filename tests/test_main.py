@@ -162,6 +162,40 @@ def test_plugged_in_solver_on_the_cli_and_two_devices(tmp_path):
     solvers.REGISTRY.pop("x0_only", None)
 
 
+def test_two_processes_share_the_images_and_match_one(tmp_path):
+    """Multi-host on one machine: two processes joined by jax.distributed (CPU) each take every other image
+    and write their own directory; together they give exactly the samples of the one-process run."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "toy_config.py"
+    config.write_text(TOY_CONFIG.format(tests=TESTS))
+    flags = [f"--config={config}", "--config.compilation_cache=", "--config.data.num_images=3"]
+    procs = [subprocess.Popen([sys.executable, "-m", "dps_jax.main", *flags, f"--config.output.root={tmp_path / 'multi'}",
+                               "--config.distributed=True", f"--config.coordinator_address=localhost:{port}",
+                               "--config.num_processes=2", f"--config.process_id={i}"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    out = io.StringIO()
+    assert main.cli(["dps_jax.main", *flags, f"--config.output.root={tmp_path / 'one'}"], stream=out) == 0, out.getvalue()
+    solvers.REGISTRY.pop("x0_only", None)
+    (one,) = glob.glob(str(tmp_path / "one" / "inpainting_box" / "*"))
+    names = sorted(p for p in os.listdir(one) if os.path.isdir(os.path.join(one, p)))
+    assert len(names) == 3
+    shares = {}
+    for i in range(2):
+        (d,) = glob.glob(str(tmp_path / "multi" / "inpainting_box" / f"*-process{i}of2"))
+        shares[i] = sorted(p for p in os.listdir(d) if os.path.isdir(os.path.join(d, p)))
+        assert json.load(open(os.path.join(d, "metrics.json")))["num_images"] == len(shares[i])
+        for name in shares[i]:
+            np.testing.assert_array_equal(np.load(os.path.join(d, name, "samples.npz"))["samples"],
+                                          np.load(os.path.join(one, name, "samples.npz"))["samples"])
+    assert shares == {0: [names[0], names[2]], 1: [names[1]]}
+
+
 def test_divergence_is_reported_and_nothing_is_a_result(tmp_path):
     out = io.StringIO()
     status = main.cli(["dps_jax.main", "--config=configs/super_resolution.py", *short_flags(tmp_path),

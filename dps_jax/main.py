@@ -14,7 +14,14 @@ from ml_collections import config_flags
 
 
 def one_line(e: BaseException) -> str:
-    return "error: " + " ".join(str(e).split())
+    text = str(e)
+    if "Traceback (most recent call last)" in text:
+        # ml_collections wraps an error raised inside a config file with its whole traceback; the last
+        # line ("ValueError: unknown config preset ...") is the message.
+        head = text.split("Error whilst parsing config file")[0].rstrip(": ")
+        last = [l for l in text.strip().splitlines() if l.strip()][-1]
+        text = f"{head}: {last}" if head else last
+    return "error: " + " ".join(text.split())
 
 
 def cli(argv, stream=sys.stderr) -> int:

@@ -215,6 +215,9 @@ def _files(tmp_path):
     broken.mkdir(exist_ok=True)
     (broken / "x.png").write_bytes(b"not a png")
     (tmp_path / "corrupt.msgpack").write_bytes(b"\x93garbage")
+    (tmp_path / "fifo").mkdir(exist_ok=True)
+    if not (tmp_path / "fifo" / "x.png").exists():
+        os.mkfifo(tmp_path / "fifo" / "x.png")
     return tmp_path
 
 
@@ -234,6 +237,9 @@ BAD_INPUTS = [
     (("--config.sampler.name=euler",), None, "unknown sampler 'euler'"),
     (("--config.sampler.steps=3", "--config.sampler.steps_per_call=2"), None, "steps_per_call 2 does not divide"),
     (("--config.model.checkpoint={tmp}/missing.msgpack",), None, "checkpoint file not found"),
+    (("--config.data.root={tmp}/fifo",), None, "x.png is not a regular file"),
+    (("--config.seed=100000000000000000000",), None, "seed must be an integer in [0, 2^32), got 100000000000000000000"),
+    (("--config.output.root={tmp}/corrupt.msgpack/out",), None, "corrupt.msgpack is not a writable folder"),
     (("--config.model.checkpoint={tmp}/corrupt.msgpack",), None, "not a readable dps_jax checkpoint"),
     (("--config.model.dtype=float16",), None, "model.dtype must be one of ['bfloat16', 'float32'], got 'float16'"),
     (("--config.operator.kernel_size=65",), "configs/gaussian_deblur.py", "kernel_size 65 is too large"),
@@ -261,6 +267,7 @@ def test_bad_input_is_one_line(tmp_path, args, config, match):
     assert main.cli(argv, stream=out) == 1, out.getvalue()[-2000:]
     lines = [l for l in out.getvalue().strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and match in lines[0], out.getvalue()[-2000:]
+    assert "Traceback" not in lines[0] and len(lines[0]) < 600
     assert not os.path.exists(tmp_path / "out")            # nothing half-written
 
 

@@ -118,7 +118,9 @@ def test_through_the_api(name):
 
 def test_reddiff_start_without_svd_is_the_least_norm_solution():
     """Motion blur has no SVD: the start is A^+ y by the operator's projection, and A(start) = y."""
-    op = operators.build("motion_blur", (16, 16, 1), key=jax.random.PRNGKey(0), kernel_size=5)
+    streak = 0.08 * np.eye(5)[::-1]          # an anti-diagonal streak on a strong centre: well conditioned
+    streak[2, 2] += 0.6
+    op = operators.build("motion_blur", (16, 16, 1), kernel=streak / streak.sum())
     x = jax.random.uniform(jax.random.PRNGKey(2), (16, 16, 1), minval=-1, maxval=1)
     problem = solvers.make_problem(op, op(x), (16, 16, 1))
     problem = reddiff.prepare(problem, solvers.make_options(reddiff.SOLVER), (16, 16, 1))

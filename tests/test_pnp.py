@@ -108,7 +108,9 @@ def test_exact_x_update_solves_the_normal_equations(name, options):
 
 def test_pnp_admm_on_motion_blur_uses_conjugate_gradients():
     shape = (16, 16, 1)
-    op = operators.build("motion_blur", shape, jax.random.PRNGKey(0), kernel_size=7, intensity=0.5)
+    streak = 0.05 * np.eye(7)[::-1]
+    streak[3, 3] += 0.6                  # a streak on a strong centre: CG converges in a few iterations
+    op = operators.build("motion_blur", shape, kernel=streak / streak.sum())
     problem = solvers.make_problem(op, op(jnp.full(shape, 0.3)), shape)
     assert pnp_admm.prepare(problem, solvers.make_options(pnp_admm.SOLVER), shape).aux is None
     out = api.sample(Shrink(a=1.0, m=0.0), op, problem.y, solver="pnp_admm", num_samples=1, image_shape=shape,

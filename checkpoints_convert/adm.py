@@ -50,14 +50,13 @@ def _torch_shape(leaf: str, flax_shape, torch_ndim: int):
 
 
 def _prefix_hint(unexpected, expected) -> str:
-    """' (strip the prefix P: --strip-prefix P)' when removing one leading prefix makes the keys match."""
-    for key in unexpected[:1]:
-        parts = key.split(".")
-        for n in range(1, len(parts)):
-            prefix = ".".join(parts[:n]) + "."
-            if key[len(prefix):] in expected and all(k[len(prefix):] in expected for k in unexpected
-                                                      if k.startswith(prefix)):
-                return f" (the checkpoint's keys carry the prefix {prefix!r}: pass --strip-prefix {prefix})"
+    """' (... pass --strip-prefix P)' when removing a leading prefix of the first unexpected key makes it, and
+    every other unexpected key with that prefix, an expected key."""
+    parts = unexpected[0].split(".")
+    for n in range(1, len(parts)):
+        prefix = ".".join(parts[:n]) + "."
+        if all(k[len(prefix):] in expected for k in unexpected if k.startswith(prefix)):
+            return f" (the checkpoint's keys carry the prefix {prefix!r}: pass --strip-prefix {prefix})"
     return ""
 
 

@@ -52,9 +52,9 @@ def load(data, pos: int, allowed: Dict[Tuple[str, str], object],
          persistent_load: Callable[[tuple], object]) -> Tuple[object, int]:
     """Run one pickle from `data[pos:]`; returns (the object, the position after its STOP).
 
-    `allowed` maps (module, name) to what GLOBAL pushes: a callable REDUCE may call (with a tuple of
-    decoded objects), or an inert value (a storage type). A callable is called only by REDUCE; BUILD
-    is accepted only on objects with a `__setstate__` that the caller wrote.
+    `allowed` maps (module, name) to what GLOBAL pushes: a function REDUCE may call (one marked
+    `_pickle_callable = True`, called with a tuple of decoded objects), or an inert value (a storage type).
+    BUILD is accepted only on objects whose type defines `_pickle_setstate` (written by the caller).
     """
     view = memoryview(data)
     end = len(view)

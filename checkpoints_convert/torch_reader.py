@@ -35,6 +35,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 SLACK = 1 << 20          # the constant in the 2 S + constant bounds
 MAX_NDIM = 32
+MAX_DIM = 1 << 40
 # Where users' training code puts the weights it saves, in the order a unique match is looked for.
 WRAPPERS = ("state_dict", "model", "ema", "ema_model", "model_ema", "params", "net", "module")
 
@@ -199,8 +200,8 @@ def _select(obj, key: Optional[str], strip_prefix: Optional[str]) -> Dict[str, _
 class _Budget:
     """What a file of S bytes may still cost, in bytes: 2 S + SLACK (of memory, or of declared tensors)."""
 
-    def __init__(self, path: str, size: int):
-        self.path, self.left = path, 2 * size + SLACK
+    def __init__(self, size: int):
+        self.left = 2 * size + SLACK
 
     def spend(self, n: int, what: str):
         if n > self.left:
@@ -221,6 +222,8 @@ def _materialise(ref: _TensorRef, raw, big_endian: bool, memory: _Budget, declar
         raise CheckpointError(f"a tensor of storage {st.key[:40]!r} has a negative offset, size or stride")
     count = math.prod(ref.size)
     declared.spend(count * item, f"a tensor of shape {tuple(_num(n) for n in ref.size)}")
+    if any(n > MAX_DIM for n in ref.size):      # numpy refuses such a shape even when another size is 0
+        raise CheckpointError(f"a tensor of shape {tuple(_num(n) for n in ref.size)}: a size above 2^40")
     if count == 0:
         return np.zeros(ref.size, dtype)
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
@@ -358,7 +361,7 @@ def load_state_dict(path: str, key: Optional[str] = None, strip_prefix: Optional
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(4)
-        memory, declared = _Budget(path, size), _Budget(path, size)
+        memory, declared = _Budget(size), _Budget(size)
         if head[:2] == b"PK":
             state, blobs, big = _read_zip(path, memory, key, strip_prefix)
         else:

@@ -113,7 +113,7 @@ def output_names(files) -> list:
     seen, out = set(), []
     for n in names:
         m, k = n, 1
-        while m in seen or m in reserved:
+        while m in seen:
             k += 1
             m = f"{n}-{k}"
         seen.add(m)

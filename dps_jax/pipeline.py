@@ -100,11 +100,10 @@ def check_memory(cfg, runner: solvers.Runner, problem, host_free: Optional[int])
     if host_free is not None and host_bytes > host_free:
         raise RunError(f"num_samples {cfg.num_samples}: their outputs alone need {host_bytes / gib:.1f} GiB, "
                        f"{host_free / gib:.1f} GiB of memory are free; draw fewer samples")
-    free = available_memory(runner.devices[0])
-    per_device = device_bytes      # the memory analysis is per device for a sharded program
-    if free is not None and per_device > 0.9 * free:
-        fit = max(1, int(runner.chunk * 0.9 * free / per_device) // len(runner.devices) * len(runner.devices))
-        raise RunError(f"a chunk of {runner.chunk} samples needs about {per_device / gib:.1f} GiB per device, "
+    free = available_memory(runner.devices[0])       # XLA's analysis is per device for a sharded program
+    if free is not None and device_bytes > 0.9 * free:
+        fit = max(1, int(runner.chunk * 0.9 * free / device_bytes) // len(runner.devices) * len(runner.devices))
+        raise RunError(f"a chunk of {runner.chunk} samples needs about {device_bytes / gib:.1f} GiB per device, "
                        f"{free / gib:.1f} GiB are free: set --config.chunk_size={fit} (or fewer)")
 
 

@@ -62,6 +62,7 @@ def test_valid_views_are_read_exactly(tmp_path):
     (dict(size=(2 ** 62, 2 ** 62), stride=(0, 0)), "more than a file of this size can back"),
     (dict(size=(3 * 2 ** 28,), stride=(0,)), "more than a file of this size can back"),   # 3 GiB of zero stride
     (dict(size=(2 ** 200,), stride=(0,)), r"shape \('~2\^201',\)"),
+    (dict(size=(2 ** 62, 0)), "a size above 2\\^40"),          # empty, yet a shape numpy cannot make
 ])
 def test_out_of_bounds_and_oversized_views_are_refused(tmp_path, view, match):
     refused(crafted(tmp_path, {"w": tf.tensor("0", 24, **view)}), match)

@@ -208,7 +208,7 @@ class Runner:
             if m is not None:
                 device = max(device, m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                              - m.alias_size_in_bytes)
-        per_sample = 4 * (int(np.prod(self.image_shape)) + self.num_steps * 4)
+        per_sample = 4 * (int(np.prod(self.image_shape)) + self.num_steps * 4)   # float32 sample, <= 4 scalars/step
         per_sample += sum(int(np.prod(r.shape)) * r.dtype.itemsize for r in self._record_shapes.values())
         return device, per_sample * self.num_samples
 

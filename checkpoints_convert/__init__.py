@@ -1,6 +1,7 @@
 """Import the published guided-diffusion / DPS PyTorch checkpoints into dps_jax, without torch.
 
     python -m checkpoints_convert ffhq_10m.pt ffhq256.msgpack --model ffhq256
+    python -m checkpoints_convert GOPRO_wVAE.pth gopro_kernel.msgpack --model gopro_wvae   # nonlinear blur
 """
 
 import os
@@ -22,17 +23,22 @@ def _same_file(a: str, b: str) -> bool:
 
 def convert(src: str, dst: str, config, dtype="float32", key=None, strip_prefix=None,
             allow_nonfinite: bool = False) -> None:
-    """Read the torch checkpoint `src`, map it onto `config`'s UNet, write `dst` atomically.
+    """Read the torch checkpoint `src`, map it onto `config`'s model (a UNetConfig or a KernelWizardConfig),
+    write `dst` atomically.
 
     Never overwrites `src` (also through links). Each weight is converted as the file's bytes are
     released and written one at a time, so the peak memory is about one copy of the weights.
     """
     import numpy as np
-    from dps_jax.models.checkpoint import save_checkpoint
+    from checkpoints_convert import kernel_wizard
+    from dps_jax.models import checkpoint, kernel_wizard as kw
 
     if _same_file(src, dst):
         raise CheckpointError(f"the output {dst} is the input checkpoint; choose another output path")
+    blur_model = isinstance(config, kw.KernelWizardConfig)
     state = load_state_dict(src, key=key, strip_prefix=strip_prefix)
-    params = convert_state_dict(state, config, dtype=np.dtype(dtype), consume=True, allow_nonfinite=allow_nonfinite)
+    params = (kernel_wizard.convert_state_dict if blur_model else convert_state_dict)(
+        state, config, dtype=np.dtype(dtype), consume=True, allow_nonfinite=allow_nonfinite)
     del state
-    save_checkpoint(dst, params, config, extra={"source": str(src)})
+    checkpoint.save_checkpoint(dst, params, config, extra={"source": str(src)},
+                               fmt=kw.FORMAT if blur_model else checkpoint.FORMAT)

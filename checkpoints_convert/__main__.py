@@ -1,4 +1,5 @@
-"""CLI: python -m checkpoints_convert IN.pt OUT.msgpack (--model PRESET | --config CONFIG.json)."""
+"""CLI: python -m checkpoints_convert IN.pt OUT.msgpack (--model PRESET | --config CONFIG.json |
+--kernel-config CONFIG.json)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ import sys
 
 def main(argv=None) -> int:
     from checkpoints_convert import CheckpointError, convert
+    from dps_jax.models import kernel_wizard
     from dps_jax.models.unet import PRESETS, UNetConfig, preset
 
     ap = argparse.ArgumentParser(prog="python -m checkpoints_convert",
-                                 description="Convert a guided-diffusion PyTorch checkpoint for dps_jax (no torch needed).")
+                                 description="Convert a guided-diffusion PyTorch checkpoint (or the KernelWizard of "
+                                             "nonlinear deblurring) for dps_jax (no torch needed).")
     ap.add_argument("src", help="the torch checkpoint (.pt, zip or legacy format)")
     ap.add_argument("dst", help="the dps_jax checkpoint to write (.msgpack)")
     group = ap.add_mutually_exclusive_group(required=True)
-    group.add_argument("--model", choices=sorted(PRESETS), help="a published model's settings")
+    group.add_argument("--model", choices=sorted(PRESETS) + sorted(kernel_wizard.PRESETS),
+                       help="a published model's settings (gopro_wvae: the KernelWizard GOPRO_wVAE.pth)")
     group.add_argument("--config", help="a JSON file (or JSON text) of UNetModel arguments")
+    group.add_argument("--kernel-config", help="a JSON file (or JSON text) of KernelWizardConfig fields")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="storage dtype of the written params (default float32)")
     ap.add_argument("--key", help="the entry holding the state_dict, in a checkpoint that holds several "
@@ -34,15 +39,15 @@ def main(argv=None) -> int:
 
     try:
         if args.model:
-            config = preset(args.model)
+            config = kernel_wizard.PRESETS.get(args.model) or preset(args.model)
         else:
-            text = args.config
+            text = args.config or args.kernel_config
             if not text.lstrip().startswith("{"):
                 with open(text) as f:
                     text = f.read()
-            config = UNetConfig.from_dict(json.loads(text))
+            config = (UNetConfig if args.config else kernel_wizard.KernelWizardConfig).from_dict(json.loads(text))
     except (ValueError, TypeError, OSError) as e:     # a bad --config: JSON, keys or values
-        return fail(f"--config: {e}")
+        return fail(f"--{'config' if args.config else 'kernel-config'}: {e}")
     # A termination signal unwinds like Ctrl-C, so the atomic writer removes its temporary file.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

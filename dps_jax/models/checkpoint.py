@@ -1,10 +1,11 @@
-"""The dps_jax checkpoint format: one msgpack file holding the UNet config and its params.
+"""The dps_jax checkpoint format: one msgpack file holding a model's config and its params.
 
     save_checkpoint("ffhq256.msgpack", params, config)      # atomic: temp file, then rename
     model, params, config, extra = load_checkpoint("ffhq256.msgpack")
 
 `checkpoints_convert` writes this format from the published PyTorch checkpoints; the shipped prior
-uses it too.
+uses it too. The KernelWizard of nonlinear deblurring (`models/kernel_wizard.py`) is stored the same way
+under its own format name.
 """
 
 from __future__ import annotations
@@ -50,15 +51,16 @@ def _write_tree(f, tree, cast) -> None:
         f.write(flax.serialization.msgpack_serialize(cast(tree)))
 
 
-def save_checkpoint(path: str, params, config: UNetConfig, extra: dict | None = None, dtype=None) -> None:
+def save_checkpoint(path: str, params, config, extra: dict | None = None, dtype=None, fmt: str = FORMAT) -> None:
     """Write params and config to `path` atomically (a failure or a signal leaves no partial file).
 
     `dtype` (e.g. np.float16) sets the storage dtype; loading always gives float32 params. The file gets
-    the mode a new file gets (the umask's), not the temporary file's 0600.
+    the mode a new file gets (the umask's), not the temporary file's 0600. `config` is any model config
+    with `to_json()`; `fmt` names the model kind (a UNet by default).
     """
     cast = (lambda a: np.asarray(a, dtype) if isinstance(a, (np.ndarray, jax.Array)) else a) \
         if dtype is not None else (lambda a: np.asarray(a) if isinstance(a, jax.Array) else a)
-    payload = {"format": FORMAT, "version": VERSION, "config": config.to_json(),
+    payload = {"format": fmt, "version": VERSION, "config": config.to_json(),
                "extra": dict(extra or {}), "params": flax.core.unfreeze(params)}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -76,10 +78,11 @@ def save_checkpoint(path: str, params, config: UNetConfig, extra: dict | None = 
         raise
 
 
-def check_params(params, config: UNetConfig, where: str = "params") -> None:
-    """Raise, listing every problem at once, if `params` does not have the tree and shapes of `config`."""
+def check_params(params, config: UNetConfig, where: str = "params", shapes_fn=param_shapes) -> None:
+    """Raise, listing every problem at once, if `params` does not have the tree and shapes of `config`
+    (`shapes_fn(config)`, the expected tree of ShapeDtypeStructs)."""
     expected = {jax.tree_util.keystr(p): l.shape for p, l in
-                jax.tree_util.tree_flatten_with_path(param_shapes(config))[0]}
+                jax.tree_util.tree_flatten_with_path(shapes_fn(config))[0]}
     got = {jax.tree_util.keystr(p): np.shape(l) for p, l in jax.tree_util.tree_flatten_with_path(params)[0]}
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -99,8 +102,11 @@ class Checkpoint(NamedTuple):
     extra: dict                  # metadata: training step, variance type, source file
 
 
-def load_checkpoint(path: str, dtype=None) -> Checkpoint:
-    """A dps_jax checkpoint, read once: module, params, config and metadata; `dtype` sets the compute dtype."""
+def read_checkpoint(path: str, fmt: str, config_from_json, shapes_fn):
+    """(params as float32 numpy, config, extra) of the dps_jax file `path` holding a model of kind `fmt`.
+
+    msgpack is data only (nothing in the file runs); the config is parsed by `config_from_json` and the
+    params are checked against `shapes_fn(config)` before anything uses them."""
     if not os.path.isfile(path):
         raise CheckpointFormatError(f"checkpoint file not found: {path}")
     with open(path, "rb") as f:
@@ -109,17 +115,25 @@ def load_checkpoint(path: str, dtype=None) -> Checkpoint:
         payload = flax.serialization.msgpack_restore(data)
     except Exception as e:
         raise CheckpointFormatError(f"{path}: not a readable dps_jax checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        got = payload.get("format") if isinstance(payload, dict) else None
         raise CheckpointFormatError(
-            f"{path}: not a dps_jax checkpoint (convert PyTorch files with `python -m checkpoints_convert`)")
+            f"{path}: not a dps_jax {fmt.split('.')[-1]} checkpoint (format {got!r}; convert PyTorch files with "
+            "`python -m checkpoints_convert`)")
     if payload.get("version") != VERSION:
         raise CheckpointFormatError(f"{path}: checkpoint format version {payload.get('version')}, expected {VERSION}")
     try:
-        config = UNetConfig.from_json(payload["config"])
+        config = config_from_json(payload["config"])
     except Exception as e:
         raise CheckpointFormatError(f"{path}: bad model config in checkpoint: {e}") from None
     params = payload["params"]
-    check_params(params, config, where=f"{path}: params")
+    check_params(params, config, where=f"{path}: params", shapes_fn=shapes_fn)
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
     extra = payload.get("extra", {})
-    return Checkpoint(UNet(config, dtype or jnp.float32), params, config, dict(extra) if isinstance(extra, dict) else {})
+    return params, config, dict(extra) if isinstance(extra, dict) else {}
+
+
+def load_checkpoint(path: str, dtype=None) -> Checkpoint:
+    """A dps_jax checkpoint, read once: module, params, config and metadata; `dtype` sets the compute dtype."""
+    params, config, extra = read_checkpoint(path, FORMAT, UNetConfig.from_json, param_shapes)
+    return Checkpoint(UNet(config, dtype or jnp.float32), params, config, extra)

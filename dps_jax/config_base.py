@@ -22,7 +22,7 @@ from dps_jax.solvers import REGISTRY, config_key
 from dps_jax.solvers.base import DIFFUSION_FIELDS, DiffusionOptions, option_defaults
 
 TASKS = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_deblur", "motion_deblur",
-         "phase_retrieval")
+         "nonlinear_deblur", "phase_retrieval")
 PRESETS = ("fmnist32", "ffhq256", "imagenet256")      # the names of dps_jax.models.unet.PRESETS
 PAPER_PRESETS = ("ffhq256", "imagenet256")
 # The solvers that take a gradient step of size `scale` (zeta) on the measurement distance.

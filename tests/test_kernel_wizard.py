@@ -1,6 +1,7 @@
 """The KernelWizard (the neural blur of nonlinear deblurring) against the reference code's outputs
 (fixtures/kernel_wizard.npz, tools/make_kernel_wizard_fixtures.py), and its converter."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -130,3 +131,56 @@ def test_loading_a_unet_file_as_kernel_model_is_refused():
     from dps_jax.models.checkpoint import SHIPPED_PRIOR
     with pytest.raises(CheckpointFormatError, match="not a dps_jax kernel_wizard checkpoint"):
         kw.load(SHIPPED_PRIOR)
+
+
+# ---- the nonlinear_blur operator (the shipped kernel model) --------------------------------------
+
+def test_operator_draws_z_once_per_measurement():
+    from dps_jax import operators
+    op = operators.build("nonlinear_blur", (32, 32, 1), key=jax.random.PRNGKey(3))
+    z = op.arrays["z"]
+    assert z.shape == (2, 2, 128)
+    np.testing.assert_allclose(z, 1.2 * np.asarray(jax.random.normal(jax.random.PRNGKey(3), (2, 2, 128))), rtol=1e-6)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 32, 32, 1), minval=-1, maxval=1)
+    blur = jax.jit(lambda o, v: jax.vmap(o)(v))        # one program: the operators below are its arguments
+    y = blur(op, x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(blur(op, x)))          # the same A at every call
+    np.testing.assert_allclose(np.asarray(op(x[0])), np.asarray(y[0]), atol=1e-5)
+    other = operators.build("nonlinear_blur", (32, 32, 1), key=jax.random.PRNGKey(4))
+    assert float(jnp.abs(blur(other, x) - y).max()) > 1e-3                       # another key, another blur
+    same = operators.build("nonlinear_blur", (32, 32, 1), z=z)
+    np.testing.assert_array_equal(np.asarray(blur(same, x)), np.asarray(y))
+    assert not op.linear and y.shape == x.shape and float(jnp.abs(y).max()) <= 1
+    g = jax.jit(jax.grad(lambda v: jnp.sum((op(v) - y[1]) ** 2)))(x[0])
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0
+
+
+@pytest.mark.parametrize("options, shape, match", [
+    (dict(), (64, 64, 3), "takes 1-channel images, got 3 channels; the shipped kernel model is for the 32 x 32"),
+    (dict(), (36, 36, 1), "multiples of 16, got 36 x 36"),
+    (dict(z=np.zeros((1, 1, 128))), (32, 32, 1), "z must have shape \\(2, 2, 128\\)"),
+    (dict(kernel_scale=-1.0), (32, 32, 1), "kernel_scale must be a number >= 0, got -1.0"),
+    (dict(checkpoint="/nonexistent/kernel.msgpack"), (32, 32, 1), "checkpoint file not found"),
+])
+def test_operator_bad_input(options, shape, match):
+    from dps_jax import operators
+    with pytest.raises(ValueError, match=match):
+        operators.build("nonlinear_blur", shape, key=jax.random.PRNGKey(0), **options)
+
+
+def test_mcg_takes_the_data_consistency_step_and_projections_refuse():
+    """MCG on nonlinear deblurring uses x + y - A(x) (the official code's step for such operators); the
+    projection methods (Score-SDE, SDEdit) and DDRM cannot run on it and say why."""
+    from dps_jax import operators, solvers
+    op = operators.build("nonlinear_blur", (32, 32, 1), key=jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (32, 32, 1), minval=-1, maxval=1)
+    y = op(jax.random.uniform(jax.random.PRNGKey(2), (32, 32, 1), minval=-1, maxval=1))
+    np.testing.assert_allclose(op.correct(x, y), x + y - op(x), atol=1e-6)
+    problem = solvers.make_problem(op, y, (32, 32, 1))
+    solvers.get("mcg").check(problem, None)
+    for name in ("projection", "sdedit"):
+        with pytest.raises(ValueError, match=f"solver '{name}' needs a linear operator.*'nonlinear_blur' is nonlinear"):
+            solvers.get(name).check(problem, None)
+    phase = operators.build("phase_retrieval", (32, 32, 1))
+    with pytest.raises(ValueError, match="solver 'mcg' needs a linear operator"):
+        solvers.get("mcg").check(solvers.make_problem(phase, phase(x), (32, 32, 1)), None)

@@ -49,9 +49,10 @@ def short_flags(root, cache=CACHE):
 
 # Inpainting (box) and motion blur stand for their siblings here (random inpainting, Gaussian blur: the same
 # operator functions with other masks / kernels, tested in test_operators.py) to keep the suite under 8 min;
-# motion blur runs DAPS (its own grid of 3 noise levels), the others DPS.
+# motion blur runs DAPS (its own grid of 3 noise levels), nonlinear deblurring (the shipped kernel model) MCG
+# with its data-consistency step, the others DPS.
 @pytest.mark.parametrize("task, solver", [("super_resolution", "ps"), ("inpainting_box", "ps"),
-                                          ("motion_deblur", "daps")])
+                                          ("motion_deblur", "daps"), ("nonlinear_deblur", "mcg")])
 def test_task_runs_end_to_end(task, solver, tmp_path):
     over = {"solver.name": solver, "solver.daps.annealing_steps": 3, "solver.daps.langevin_steps": 5}
     run_dir = pipeline.run(short_config(task, tmp_path, **over), stream=io.StringIO())

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import flax.struct
 import jax
 
-from dps_jax.operators import blur, identity, inpainting, phase_retrieval, super_resolution
+from dps_jax.operators import blur, identity, inpainting, nonlinear_blur, phase_retrieval, super_resolution
 
 
 class OperatorSpec(NamedTuple):
@@ -27,9 +27,11 @@ class OperatorSpec(NamedTuple):
     display: Optional[Callable] = None             # (y, data) -> an image-shaped picture of y
     linear: bool = True
     random: bool = False                           # make() draws its data (mask, kernel) from a `key`
+    # A nonlinear A whose y is an image like x: (x, y, data) -> x + y - A(x), the data-consistency step
+    # the official code uses as the "projection" of such operators (MCG on nonlinear deblurring).
+    correct: Optional[Callable] = None
 
 
-# Nonlinear blur (the paper's BKSE operator) will register here as "nonlinear_blur".
 REGISTRY: Dict[str, OperatorSpec] = {
     "super_resolution": OperatorSpec(super_resolution.make, super_resolution.forward,
                                      super_resolution.project, super_resolution.display),
@@ -39,6 +41,8 @@ REGISTRY: Dict[str, OperatorSpec] = {
     "motion_blur": OperatorSpec(blur.make_motion, blur.forward, blur.project, blur.display, random=True),
     "phase_retrieval": OperatorSpec(phase_retrieval.make, phase_retrieval.forward,
                                     phase_retrieval.project, phase_retrieval.display, linear=False),
+    "nonlinear_blur": OperatorSpec(nonlinear_blur.make, nonlinear_blur.forward, display=nonlinear_blur.display,
+                                   linear=False, random=True, correct=nonlinear_blur.correct),
     "identity": OperatorSpec(identity.make, identity.forward, identity.project, identity.display),
 }
 
@@ -75,6 +79,16 @@ class Operator:
         fn = spec(self.name).project
         if fn is None:
             raise ValueError(f"operator {self.name!r} has no projection; use the solver 'ps'")
+        return fn(x, y, self.data)
+
+    def correct(self, x, y):
+        """x + y - A(x): the data-consistency step of a nonlinear A that maps images to images (see
+        OperatorSpec.correct); a linear A's is its projection."""
+        if self.linear:
+            return self.project(x, y)
+        fn = spec(self.name).correct
+        if fn is None:
+            raise ValueError(f"operator {self.name!r} has no data-consistency step; use the solver 'ps'")
         return fn(x, y, self.data)
 
     def display(self, y):

@@ -30,7 +30,7 @@ import numpy as np
 
 from dps_jax.diffusion import StepCoefficients
 from dps_jax.likelihoods import NOISE_MODELS
-from dps_jax.operators import Operator
+from dps_jax.operators import Operator, spec as operator_spec
 from dps_jax.prior import Denoised
 
 KINDS = ("diffusion", "iterative")
@@ -197,9 +197,12 @@ def reverse_update(x_t, den: Denoised, c: StepCoefficients, noise_x, options: Di
     return x_prime + jnp.where(last, 0.0, sigma * noise_x)
 
 
-def needs_projection(solver_name: str):
-    """A `check` for solvers that project onto {x : A(x) = y}: A must be linear with a projection."""
+def needs_projection(solver_name: str, or_correction: bool = False):
+    """A `check` for solvers that project onto {x : A(x) = y}: A must be linear with a projection, or with
+    `or_correction` a nonlinear A with a data-consistency step x + y - A(x) (`Operator.correct`)."""
     def check(problem: Problem, options) -> None:
+        if or_correction and operator_spec(problem.op.name).correct is not None:
+            return
         if not problem.op.linear:
             raise ValueError(f"solver {solver_name!r} needs a linear operator with a projection; "
                              f"{problem.op.name!r} is nonlinear: use 'ps'")

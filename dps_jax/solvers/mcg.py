@@ -2,7 +2,9 @@
 
 The DPS step (`solvers.dps`), then the projection onto the measurement set {x : A(x) = y_t}, where
 y_t = sqrt(alphas_cumprod) y + sqrt(1 - alphas_cumprod) z is the measurement noised to the level of the
-step. Needs a linear A with a projection (`Operator.project`).
+step. Needs a linear A with a projection (`Operator.project`); on nonlinear deblurring, whose y is an
+image, the official code's data-consistency step x + y_t - A(x) takes the projection's place
+(`Operator.correct`), as in the paper's Table 4.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from dps_jax.solvers import base, dps
 def update(x_t, c, noise, problem, prior, options: dps.Options):
     x, record = dps.update(x_t, c, noise, problem, prior, options)
     y_t = diffusion.q_sample(problem.y, c, noise["y"])
-    return problem.op.project(x, y_t), record
+    return problem.op.correct(x, y_t), record
 
 
 SOLVER = base.Solver("mcg", dps.Options, init=base.start, draw=base.draw_x_and_y, update=update,
-                     check=base.needs_projection("mcg"))
+                     check=base.needs_projection("mcg", or_correction=True))

@@ -38,10 +38,6 @@ from dps_jax import training
 from dps_jax.models import checkpoint
 from dps_jax.models import kernel_wizard as kw
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and the trained kernel model")
-
-
 def camera_shake(key, x, frames: int = 16, max_shift: float = 6.0, max_angle: float = 0.15,
                  max_zoom: float = 0.1):
     """x (H, W, C) averaged over `frames` poses of a random camera path: (H, W, C).
@@ -193,4 +189,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: the other trainers define the same flag names, and tests import them all.
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
+    _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and the trained kernel model")
     app.run(main)

@@ -95,14 +95,13 @@ def test_missing_file():
 
 
 def test_cli_round_trip(tmp_path):
-    """Convert with the CLI (a separate process, as a user runs it), load in one call, run the model."""
+    """Convert with the CLI's entry point (in process: test_cli_bad_input_is_one_line runs the real command),
+    load in one call, run the model."""
     ref = load_npz("adm_variants.npz")
     cfg_file = tmp_path / "variants.json"
     cfg_file.write_text(str(ref["config"]))
     out = tmp_path / "variants.msgpack"
-    proc = subprocess.run([sys.executable, "-m", "checkpoints_convert", fixture_path("adm_variants.pt"), str(out),
-                           "--config", str(cfg_file)], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert convert_main([fixture_path("adm_variants.pt"), str(out), "--config", str(cfg_file)]) == 0
     model, params, cfg, extra = load_checkpoint(str(out))
     assert cfg == variants_config() and extra["source"] == fixture_path("adm_variants.pt")
     y = model.apply({"params": params}, jnp.asarray(nhwc(ref["x"])), jnp.asarray(ref["t"]), jnp.asarray(ref["y"]))

@@ -160,6 +160,7 @@ def test_operator_draws_z_once_per_measurement():
     (dict(), (36, 36, 1), "multiples of 16, got 36 x 36"),
     (dict(z=np.zeros((1, 1, 128))), (32, 32, 1), "z must have shape \\(2, 2, 128\\)"),
     (dict(kernel_scale=-1.0), (32, 32, 1), "kernel_scale must be a number >= 0, got -1.0"),
+    (dict(z=np.full((2, 2, 128), np.nan)), (32, 32, 1), "z holds 512 non-finite values"),
     (dict(checkpoint="/nonexistent/kernel.msgpack"), (32, 32, 1), "checkpoint file not found"),
 ])
 def test_operator_bad_input(options, shape, match):

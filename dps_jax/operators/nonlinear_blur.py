@@ -55,6 +55,8 @@ def make(image_shape, key=None, checkpoint: str = "", kernel_scale: float = 1.2,
     z = np.asarray(z, np.float32)
     if z.shape != shape:
         raise ValueError(f"nonlinear blur z must have shape {shape} for {tuple(image_shape)} images, got {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError(f"nonlinear blur z holds {int(np.size(z) - np.isfinite(z).sum())} non-finite values")
     return {"params": params, "z": z, "config": config.to_json()}
 
 

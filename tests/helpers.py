@@ -23,6 +23,16 @@ def fixture_path(name: str) -> str:
     return os.path.join(FIXTURES, name)
 
 
+def random_image_folder(root, num: int = 6, size: int = 8, seed: int = 0) -> str:
+    """`num` random one-channel PNGs of size x size in `root` (created): a training set for the trainers' tests."""
+    from dps_jax import io
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(num):
+        io.save_png(os.path.join(str(root), f"{i}.png"), rng.uniform(-1, 1, (size, size, 1)))
+    return str(root)
+
+
 def load_npz(name: str):
     return np.load(fixture_path(name))
 

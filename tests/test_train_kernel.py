@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from dps_jax import io, train_kernel
+from dps_jax import train_kernel
 from dps_jax.models import kernel_wizard as kw
+from helpers import random_image_folder
 
 
 def test_camera_shake_closed_forms():
@@ -39,11 +40,7 @@ def tiny_config(root, num_steps):
 def test_train_checkpoint_resume_and_export(tmp_path, capsys):
     # the resumed run loads the first run's compiled step from a throw-away cache instead of compiling it
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
-    root = tmp_path / "images"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        io.save_png(str(root / f"{i}.png"), rng.uniform(-1, 1, (8, 8, 1)))
+    root = random_image_folder(tmp_path / "images")
     work = tmp_path / "work"
     train_kernel.train(tiny_config(root, 2), str(work))
     assert "step 2/2 charbonnier" in capsys.readouterr().out

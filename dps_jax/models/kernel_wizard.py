@@ -27,7 +27,6 @@ fields here so that a small model can run on small images (the shipped 32 x 32 o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Tuple
 
@@ -37,14 +36,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dps_jax.models.config_json import JsonConfig
+
 FORMAT = "dps_jax.kernel_wizard"
 SHIPPED_KERNEL_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                     "kernel_wizard_fmnist32.msgpack")
 
 
 @dataclasses.dataclass(frozen=True)
-class KernelWizardConfig:
+class KernelWizardConfig(JsonConfig):
     """The published options (options/generate_blur/default.yml) and the sizes its code fixes."""
+    KIND = "KernelWizard"
+    WHAT = "KernelWizardConfig fields"
     in_channels: int = 3             # input_nc
     features: int = 64               # nf
     front_blocks: int = 10           # front_RBs
@@ -92,23 +95,6 @@ class KernelWizardConfig:
         if h % f or w % f:
             raise ValueError(f"the kernel model takes images whose sides are multiples of {f}, got {h} x {w}")
         return h // f, w // f, self.kernel_dim
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "KernelWizardConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"a KernelWizard config must be a JSON object, got a {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown KernelWizard config keys {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, s: str) -> "KernelWizardConfig":
-        return cls.from_dict(json.loads(s))
 
 
 PRESETS = {
@@ -166,10 +152,6 @@ class ReflectResidualBlock(nn.Module):
         return x + _conv(self.features, pad=0, bias=False, name="conv2")(pad(h))
 
 
-def _lrelu(x, slope=0.1):
-    return jnp.where(x >= 0, x, slope * x)
-
-
 class KernelWizard(nn.Module):
     config: KernelWizardConfig
 
@@ -192,9 +174,9 @@ class KernelWizard(nn.Module):
 
     def features(self, x):
         """E: (N, H, W, C) -> (N, H / 2^d, W / 2^d, nf)."""
-        h = _lrelu(self.feat_in(x))
+        h = nn.leaky_relu(self.feat_in(x), 0.1)
         for conv in self.feat_down:
-            h = _lrelu(conv(h))
+            h = nn.leaky_relu(conv(h), 0.1)
         for block in self.feat_blocks:
             h = block(h)
         return h
@@ -202,7 +184,7 @@ class KernelWizard(nn.Module):
     def _adapter(self, level: int, x, z):
         """U-Net level `level` (0 = outermost) with skip connections; z joins at the innermost level."""
         last = level == self.config.adapter_levels - 1
-        h = self.adapt_down[level](x if level == 0 else _lrelu(x, 0.2))
+        h = self.adapt_down[level](x if level == 0 else nn.leaky_relu(x, 0.2))
         h = jnp.concatenate([h, z], -1) if last else self._adapter(level + 1, h, z)
         h = self.adapt_up[level](nn.relu(h))
         return jnp.tanh(h) if level == 0 else jnp.concatenate([h, x], -1)
@@ -213,8 +195,8 @@ class KernelWizard(nn.Module):
         for block in self.recon_blocks:
             h = block(h)
         for conv in self.recon_up:
-            h = _lrelu(pixel_shuffle(conv(h)))
-        return x + self.recon_out(_lrelu(self.recon_tail(h)))
+            h = nn.leaky_relu(pixel_shuffle(conv(h)), 0.1)
+        return x + self.recon_out(nn.leaky_relu(self.recon_tail(h), 0.1))
 
     def encode(self, sharp, blurred):
         """The blur of a pair, both (N, H, W, C) in [0, 1]: (mu, sigma), each (N, h, w, kernel_dim)

@@ -13,7 +13,6 @@ runs convolutions and matrix products in bfloat16 with float32 parameters.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any, Optional, Tuple
 
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dps_jax.models.config_json import JsonConfig
 from dps_jax.models.layers import Conv, GroupNormAct
 
 DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
@@ -29,8 +29,10 @@ DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 1
 
 
 @dataclasses.dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(JsonConfig):
     """The arguments of guided-diffusion's `UNetModel` (attention_resolutions as downsample rates)."""
+    KIND = "UNet"
+    WHAT = "UNetModel arguments"
     image_size: int = 256
     in_channels: int = 3
     model_channels: int = 128
@@ -100,23 +102,6 @@ class UNetConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"a UNet config must be a JSON object of UNetModel arguments, got a {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown UNet config keys {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, s: str) -> "UNetConfig":
-        return cls.from_dict(json.loads(s))
 
 
 def create_model_config(image_size: int, num_channels: int, num_res_blocks: int, channel_mult: str = "",

@@ -9,7 +9,6 @@ weights as a dps_jax checkpoint `workdir/ema.msgpack` (the format `checkpoints_c
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import flax.serialization
@@ -17,16 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
-from ml_collections import config_flags
 
 from dps_jax import schedule, training
 from dps_jax.models.checkpoint import save_checkpoint
 from dps_jax.models.unet import UNet, UNetConfig, init_params
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and logs")
-
 
 def make_optimizer(cfg):
     lr = optax.linear_schedule(0.0, cfg.optim.lr, max(1, cfg.optim.warmup_steps))
@@ -83,7 +76,7 @@ def train(cfg, workdir: str) -> None:
     rng = np.random.default_rng(cfg.seed + int(state[3]))
     print(f"{len(data)} training images of shape {data.shape[1:]}; model {model_config.to_json()}", flush=True)
 
-    def save():
+    def save(state):
         training.atomic_write(state_path, flax.serialization.to_bytes(state))
         # The EMA weights in float16 storage: what ships with the package (a few MB).
         save_checkpoint(os.path.join(workdir, "ema.msgpack"), jax.device_get(state[1]), model_config,
@@ -91,36 +84,18 @@ def train(cfg, workdir: str) -> None:
                                "schedule": cfg.diffusion.schedule, "num_timesteps": cfg.diffusion.num_timesteps},
                         dtype=np.float16)
 
-    t_start, last_save, losses = time.time(), time.time(), []
-    start_step = int(state[3])
-    while int(state[3]) < cfg.num_steps:
-        idx = rng.integers(0, len(data), cfg.batch_size)
-        x0 = jnp.asarray(data[idx])
+    def step(state):
+        x0 = data[rng.integers(0, len(data), cfg.batch_size)]
         if rng.random() < 0.5:      # horizontal flips
             x0 = x0[:, :, ::-1]
-        state, loss = step_fn(state, x0, jax.random.fold_in(key, int(state[3])))
-        losses.append(float(loss))
-        n = int(state[3])
-        if n % cfg.log_every == 0 or n == cfg.num_steps:
-            rate = (n - start_step) / (time.time() - t_start)
-            eta = (cfg.num_steps - n) / max(rate, 1e-9)
-            print(f"step {n}/{cfg.num_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
-                  f"{rate:.2f} steps/s eta {eta / 60:.1f} min", flush=True)
-        if time.time() - last_save > 60 * cfg.checkpoint_minutes:
-            save()
-            last_save = time.time()
-    save()
+        return step_fn(state, jnp.asarray(x0), jax.random.fold_in(key, int(state[3])))
+
+    t_start = time.time()
+    state, losses = training.loop(state, cfg, step, save, lambda m: f"loss {m[0]:.4f}")
     print(f"done: {int(state[3])} steps, final loss (mean of last {cfg.log_every}) "
-          f"{np.mean(losses[-cfg.log_every:]):.4f}, {(time.time() - t_start) / 60:.1f} min this run", flush=True)
-
-
-def main(argv):
-    del argv
-    if _WORKDIR.value is None:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
-    train(_CONFIG.value, _WORKDIR.value)
+          f"{np.mean(losses[-cfg.log_every:]) if losses else float('nan'):.4f}, "
+          f"{(time.time() - t_start) / 60:.1f} min this run", flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    training.cli(train, "directory for checkpoints and the trained model")

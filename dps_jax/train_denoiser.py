@@ -11,23 +11,15 @@ it; writes the denoiser as `workdir/dncnn.msgpack` (float16, the layout `models/
 from __future__ import annotations
 
 import os
-import sys
-import time
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
-from ml_collections import config_flags
 
 from dps_jax.models import dncnn
 from dps_jax import training
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and the trained denoiser")
-
 
 def make_train_step(model: dncnn.DnCNN, tx, sigma_max: float):
     def loss_fn(params, batch_stats, x, key):
@@ -70,38 +62,21 @@ def train(cfg, workdir: str) -> None:
     print(f"{len(data)} training images of shape {data.shape[1:]}; DnCNN depth {cfg.model.depth}, "
           f"{cfg.model.features} features", flush=True)
 
-    def save():
+    def save(state):
         training.atomic_write(state_path, flax.serialization.to_bytes(state))
         variables = {"params": jax.device_get(state[0]), "batch_stats": jax.device_get(state[1])}
         training.atomic_write(os.path.join(workdir, "dncnn.msgpack"), dncnn.to_bytes(variables, np.float16))
 
-    t_start, last_save, losses, start_step = time.time(), time.time(), [], int(state[3])
-    while int(state[3]) < cfg.num_steps:
+    def step(state):
         x = data[rng.integers(0, len(data), cfg.batch_size)]
         if rng.random() < 0.5:
             x = x[:, :, ::-1]
-        state, loss = step_fn(state, jnp.asarray(x), jax.random.fold_in(key, int(state[3])))
-        losses.append(float(loss))
-        n = int(state[3])
-        if n % cfg.log_every == 0 or n == cfg.num_steps:
-            rate = (n - start_step) / (time.time() - t_start)
-            print(f"step {n}/{cfg.num_steps} mse {np.mean(losses[-cfg.log_every:]):.5f} {rate:.2f} steps/s "
-                  f"eta {(cfg.num_steps - n) / max(rate, 1e-9) / 60:.1f} min", flush=True)
-        if time.time() - last_save > 60 * cfg.checkpoint_minutes:
-            save()
-            last_save = time.time()
-    save()
-    print(f"done: {int(state[3])} steps, mse (mean of last {cfg.log_every}) {np.mean(losses[-cfg.log_every:]):.5f}",
-          flush=True)
+        return step_fn(state, jnp.asarray(x), jax.random.fold_in(key, int(state[3])))
 
-
-def main(argv):
-    del argv
-    if _WORKDIR.value is None:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
-    train(_CONFIG.value, _WORKDIR.value)
+    state, losses = training.loop(state, cfg, step, save, lambda m: f"mse {m[0]:.5f}")
+    print(f"done: {int(state[3])} steps, mse (mean of last {cfg.log_every}) "
+          f"{np.mean(losses[-cfg.log_every:]) if losses else float('nan'):.5f}", flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    training.cli(train, "directory for checkpoints and the trained denoiser")

@@ -21,17 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
 from jax.scipy.ndimage import map_coordinates
-from ml_collections import config_flags
 
 from dps_jax import data as data_lib
 from dps_jax import training
@@ -135,43 +131,27 @@ def train(cfg, workdir: str) -> None:
     key = jax.random.PRNGKey(cfg.seed)
 
     state_path = os.path.join(workdir, "state.msgpack")
-    if os.path.exists(state_path):
-        shapes = kw.param_shapes(config)
-        template = (shapes, jax.eval_shape(tx.init, shapes), jax.ShapeDtypeStruct((), jnp.int32))
-        state = training.restore_state(state_path, template)
-        print(f"resumed from {state_path} at step {int(state[2])}", flush=True)
-    else:
-        params = jax.tree_util.tree_map(jnp.asarray, kw.init_params(jax.random.fold_in(key, 1), config))
-        state = params, tx.init(params), jnp.zeros((), jnp.int32)
+    state = training.resume_or_start(state_path, kw.param_shapes(config),
+                                     lambda: kw.init_params(jax.random.fold_in(key, 1), config), tx)
     step_fn = make_train_step(model, tx, cfg)
     data = (training.training_images(cfg) + 1.0) / 2.0
     rng = np.random.default_rng(cfg.seed + int(state[2]))
     print(f"{len(data)} training images of shape {data.shape[1:]}; KernelWizard {kw.num_params(state[0]):,} "
           f"params, z {config.latent_shape(data.shape[1:])}", flush=True)
 
-    def save():
+    def save(state):
         training.atomic_write(state_path, flax.serialization.to_bytes(state))
         checkpoint.save_checkpoint(os.path.join(workdir, "kernel_wizard.msgpack"), jax.device_get(state[0]),
                                    config, extra={"step": int(state[2]), "trained_by": "dps_jax.train_kernel"},
                                    dtype=np.float16, fmt=kw.FORMAT)
 
-    t_start, last_save, logs, start_step = time.time(), time.time(), [], int(state[2])
-    while int(state[2]) < cfg.num_steps:
+    def step(state):
         x = data[rng.integers(0, len(data), cfg.batch_size)]
         if rng.random() < 0.5:
             x = x[:, :, ::-1]
-        state, aux = step_fn(state, jnp.asarray(x), jax.random.fold_in(key, int(state[2])))
-        logs.append([float(a) for a in aux])
-        n = int(state[2])
-        if n % cfg.log_every == 0 or n == cfg.num_steps:
-            pixel, kl = np.mean(logs[-cfg.log_every:], 0)
-            rate = (n - start_step) / (time.time() - t_start)
-            print(f"step {n}/{cfg.num_steps} charbonnier {pixel:.2f} kl {kl:.2f} {rate:.2f} steps/s "
-                  f"eta {(cfg.num_steps - n) / max(rate, 1e-9) / 60:.1f} min", flush=True)
-        if time.time() - last_save > 60 * cfg.checkpoint_minutes:
-            save()
-            last_save = time.time()
-    save()
+        return step_fn(state, jnp.asarray(x), jax.random.fold_in(key, int(state[2])))
+
+    state, _ = training.loop(state, cfg, step, save, lambda m: f"charbonnier {m[0]:.2f} kl {m[1]:.2f}")
     # Held out: Fashion-MNIST's test split; for an image folder, its last images (seen in training).
     held_out = (data_lib.fashion_mnist("test", cfg.data.root, cfg.data.image_size)[:cfg.eval_images] + 1.0) / 2.0 \
         if cfg.data.name == "fashion_mnist" else data[-cfg.eval_images:]
@@ -180,16 +160,5 @@ def train(cfg, workdir: str) -> None:
     print("held-out: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
 
 
-def main(argv):
-    del argv
-    if _WORKDIR.value is None:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
-    train(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    # Defined here, not at import: the other trainers define the same flag names, and tests import them all.
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and the trained kernel model")
-    app.run(main)
+    training.cli(train, "directory for checkpoints and the trained kernel model")

@@ -1,10 +1,14 @@
-"""What the trainers share (`train.py`, the diffusion prior; `train_denoiser.py`, DnCNN): the training
-images of a config, atomic file writes and resuming a saved training state."""
+"""What the trainers share (`train.py`, the diffusion prior; `train_denoiser.py`, DnCNN; `train_kernel.py`,
+the KernelWizard; `train_classifier.py`, the FID-FMNIST classifier): the training images of a config, atomic
+file writes, resuming a saved training state, the step loop and the command line."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import time
+from typing import Callable
 
 import flax.serialization
 import jax
@@ -40,3 +44,58 @@ def restore_state(path: str, template):
     if len(want) != len(got) or any(tuple(w.shape) != np.shape(g) for w, g in zip(want, got)):
         raise ValueError(f"training state {path} does not match the configured model and optimiser")
     return jax.tree_util.tree_map(lambda w, g: jnp.asarray(g, w.dtype), template, restored)
+
+
+def resume_or_start(path: str, shapes, init: Callable, tx):
+    """(params, optimiser state, step): restored from the training state at `path` if there is one (checked
+    against `shapes`, the params' ShapeDtypeStructs), else `init()`'s params at step 0. For params drawn
+    outside jax (numpy), which jax.eval_shape cannot trace."""
+    if os.path.exists(path):
+        template = (shapes, jax.eval_shape(tx.init, shapes), jax.ShapeDtypeStruct((), jnp.int32))
+        state = restore_state(path, template)
+        print(f"resumed from {path} at step {int(state[2])}", flush=True)
+        return state
+    params = jax.tree_util.tree_map(jnp.asarray, init())
+    return params, tx.init(params), jnp.zeros((), jnp.int32)
+
+
+def loop(state, cfg, step: Callable, save: Callable, describe: Callable):
+    """Run `step(state) -> (state, aux)` until the step counter `state[-1]` reaches `cfg.num_steps`.
+
+    Every `cfg.log_every` steps prints `describe(mean aux of those steps)` with the rate and the time left;
+    calls `save(state)` every `cfg.checkpoint_minutes` and at the end. Returns (state, [aux per step run]).
+    """
+    t_start, last_save, logs, start = time.time(), time.time(), [], int(state[-1])
+    while int(state[-1]) < cfg.num_steps:
+        state, aux = step(state)
+        logs.append(np.atleast_1d(np.asarray(aux, np.float64)))
+        n = int(state[-1])
+        if n % cfg.log_every == 0 or n == cfg.num_steps:
+            rate = (n - start) / (time.time() - t_start)
+            print(f"step {n}/{cfg.num_steps} {describe(np.mean(logs[-cfg.log_every:], 0))} {rate:.2f} steps/s "
+                  f"eta {(cfg.num_steps - n) / max(rate, 1e-9) / 60:.1f} min", flush=True)
+        if time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            save(state)
+            last_save = time.time()
+    save(state)
+    return state, logs
+
+
+def cli(train: Callable, workdir_help: str) -> None:
+    """Run `train(config, workdir)` as a program with --config and --workdir. The flags are defined here, when
+    a trainer runs as a program, not when it is imported: the trainers share the flag names, and tests import
+    them all."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, workdir_help)
+
+    def main(argv):
+        del argv
+        if workdir.value is None:
+            print("error: --workdir is required", file=sys.stderr)
+            sys.exit(2)
+        train(config.value, workdir.value)
+
+    app.run(main)

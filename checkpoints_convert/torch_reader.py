@@ -116,9 +116,17 @@ def _rebuild_parameter(*args):
 
 
 def _ordered_dict(*args):
-    if args:
-        raise PickleError("an OrderedDict rebuilt from arguments")
-    return _StateDict()
+    """An empty OrderedDict (filled by SETITEMS), or, as Python 2 era files (the lpips heads) pickle it,
+    one built from a list of [key, value] pairs."""
+    d = _StateDict()
+    if not args:
+        return d
+    if len(args) != 1 or not isinstance(args[0], (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) for p in args[0]):
+        raise PickleError("an OrderedDict rebuilt from arguments other than one list of (name, value) pairs")
+    for k, v in args[0]:
+        d[k] = v
+    return d
 
 
 for _f in (_rebuild_tensor, _rebuild_parameter, _ordered_dict):

@@ -151,6 +151,9 @@ def test_pickle_machine_bounds(tmp_path):
     (b"X\xff\xff\xff\x7f", "needs 2147483647 bytes"),
     (tf.tensor("0", 24, (4, 6)), "expected a state_dict .* found a _TensorRef"),
     (tf.ordered_dict({"w": tf.tensor("0", 24, (4, 6), (6, 1, 1))}), "1 sizes|2 sizes and 3 strides"),
+    # Python 2 era files build the OrderedDict from a list of pairs (read: the lpips heads); anything else not.
+    (tf.glob("collections", "OrderedDict") + tf.tup([b"](" + tf.tup([tf.i(1), tf.tensor("0", 24, (4, 6))]) + b"e"])
+     + b"R", "OrderedDict rebuilt from arguments other than one list of \\(name, value\\) pairs"),
 ])
 def test_hostile_pickles_are_refused(tmp_path, ops, match):
     refused(tf.write(tmp_path / "x.pt", ops, {"0": FLOATS}), match)

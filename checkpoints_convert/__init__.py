@@ -2,6 +2,8 @@
 
     python -m checkpoints_convert ffhq_10m.pt ffhq256.msgpack --model ffhq256
     python -m checkpoints_convert GOPRO_wVAE.pth gopro_kernel.msgpack --model gopro_wvae   # nonlinear blur
+
+The feature networks of the metrics (LPIPS, FID's Inception): `python -m checkpoints_convert.metrics`.
 """
 
 import os

@@ -74,3 +74,29 @@ def convert_mapped(state_dict: Dict[str, np.ndarray], expected: Dict[str, Tuple[
                               f"{len(nonfinite)} weights, first {nonfinite[0][0]}; pass --allow-nonfinite "
                               "to convert them anyway")
     return params
+
+
+def random_state_dict(shapes: Dict[str, tuple], seed: int) -> Dict[str, np.ndarray]:
+    """Deterministic random weights in a torch layout, to check a port against its reference code with
+    weights nobody has to download (the fixture scripts load these into the reference; the tests make
+    the same ones from the converter's key table).
+
+    For each key in sorted order, standard normals z of its shape from numpy's default_rng(seed):
+    batch-norm running variances exp(0.3 z), running means 0.1 z, other 1-D weights (norm scales)
+    1 + 0.1 z, biases 0.1 z, kernels z * sqrt(2 / fan_in) (He, so deep ReLU stacks stay in range).
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key in sorted(shapes):
+        shape = tuple(shapes[key])
+        z = rng.standard_normal(shape)
+        if key.endswith("running_var"):
+            w = np.exp(0.3 * z)
+        elif key.endswith(("running_mean", "bias")):
+            w = 0.1 * z
+        elif len(shape) <= 1:
+            w = 1.0 + 0.1 * z
+        else:
+            w = z * np.sqrt(2.0 / np.prod(shape[1:]))
+        out[key] = w.astype(np.float32)
+    return out

@@ -71,6 +71,9 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
         image_size=256 if paper else 32,
         num_images=0 if paper else 1))   # 0 = every image in the folder
     c.output = ml_collections.ConfigDict(dict(root="outputs", png_scale=1 if paper else 4))
+    # LPIPS of each sample against the truth in metrics.json: a file made by
+    # `python -m checkpoints_convert.metrics lpips ...` ("" = not computed).
+    c.metrics = ml_collections.ConfigDict(dict(lpips_weights=""))
     c.distributed = False                # multi-host: call jax.distributed.initialize() first
     c.coordinator_address = ""           # with distributed: "host:port" of process 0 ("": from the cluster)
     c.num_processes = 0                  # with distributed: how many processes (0: from the cluster)

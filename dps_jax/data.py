@@ -29,18 +29,27 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def fashion_mnist(split: str = "train", root: str = FASHION_MNIST_DIR, image_size: int = 32) -> np.ndarray:
-    """Fashion-MNIST images (N, S, S, 1) in [-1, 1], zero-padded (black) from 28 to `image_size`."""
+def _fashion_mnist_file(split: str, root: str, what: str) -> str:
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
-    path = os.path.join(root, f"{prefix}-images-idx3-ubyte.gz")
+    path = os.path.join(root, f"{prefix}-{what}-idx{3 if what == 'images' else 1}-ubyte.gz")
     if not os.path.exists(path):
         path = path[:-3]
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"Fashion-MNIST not found under {root}: install it with `apt-get install dataset-fashion-mnist`")
-    x = read_idx(path).astype(np.float32) / 127.5 - 1.0
+    return path
+
+
+def fashion_mnist_labels(split: str = "train", root: str = FASHION_MNIST_DIR) -> np.ndarray:
+    """Fashion-MNIST class labels (N,) int32 in [0, 10), in the order of `fashion_mnist`'s images."""
+    return read_idx(_fashion_mnist_file(split, root, "labels")).astype(np.int32)
+
+
+def fashion_mnist(split: str = "train", root: str = FASHION_MNIST_DIR, image_size: int = 32) -> np.ndarray:
+    """Fashion-MNIST images (N, S, S, 1) in [-1, 1], zero-padded (black) from 28 to `image_size`."""
+    x = read_idx(_fashion_mnist_file(split, root, "images")).astype(np.float32) / 127.5 - 1.0
     pad = image_size - x.shape[1]
     if pad < 0 or pad % 2:
         raise ValueError(f"cannot pad 28 x 28 Fashion-MNIST to image_size {image_size}")

@@ -13,12 +13,19 @@ retrieval) is a cell "n/a" with its reason, once, under the table.
 
 Phase retrieval draws `pr_samples` (4) samples or restarts per image and reports the one with the smallest
 measurement residual || |F pad x| - y || (what a user without the truth can do), and separately the
-oracle best by PSNR that the paper reports. LPIPS and FID are not computed yet.
+oracle best by PSNR that the paper reports.
+
+The paper's metrics are computed from the reconstructions each cell keeps (`cells/<task>__<method>.npz`),
+against the truths, every time the table is written (so new weights need no new samples): FID and KID on
+the feature network of `metrics.fid_weights` ("" = the shipped Fashion-MNIST classifier, FID-FMNIST, for
+32 x 32 grey images; a converted pytorch-fid Inception for the paper's FID; "none" = off) and LPIPS with
+`metrics.lpips_weights` (a converted file; "" = off).
 """
 
 from __future__ import annotations
 
 import ast
+import io as _io
 import json
 import math
 import os
@@ -31,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dps_jax import config_base, data, io, likelihoods, metrics, pipeline, solvers, training
+from dps_jax.metrics import fid, lpips
 
 
 class Unsupported(ValueError):
@@ -146,10 +154,11 @@ def cell_runner(cfg, task, method, prior, images):
     return tcfg, runner
 
 
-def run_cell(cfg, task, method, tcfg, runner, images, progress) -> Dict:
-    """One cell: per-image metrics, the shown sample of image `cfg.grid_image`, cost."""
+def run_cell(cfg, task, method, tcfg, runner, images, progress):
+    """One cell: (per-image metrics, the shown sample of image `cfg.grid_image`, cost; the reconstruction
+    of every image (N, H, W, C), the sample picked by residual)."""
     image_shape = images.shape[1:]
-    rows, shown, seconds = [], None, 0.0
+    rows, shown, seconds, picked = [], None, 0.0, []
     for i, x in enumerate(images):
         problem, k_sample = measure(tcfg, x, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), i), image_shape)
         t0 = time.perf_counter()
@@ -162,13 +171,63 @@ def run_cell(cfg, task, method, tcfg, runner, images, progress) -> Dict:
         if len(samples) > 1:
             row.update(psnr_oracle=psnr[oracle], ssim_oracle=metrics.ssim(samples[oracle], x))
         rows.append(row)
+        picked.append(np.asarray(samples[pick]))
         if i == cfg.grid_image:
             shown = samples[pick]
         progress(i + 1)
     summary = {k: summarise([r[k] for r in rows]) for k in rows[0]}
     return {"task": task, "method": method, "num_images": len(images), "samples_per_image": tcfg.num_samples,
             "nfe": network_evaluations(runner), "seconds_per_image": seconds / len(images),
-            "metrics": summary, "per_image": rows, "shown": None if shown is None else np.asarray(shown).tolist()}
+            "metrics": summary, "per_image": rows,
+            "shown": None if shown is None else np.asarray(shown).tolist()}, np.stack(picked)
+
+
+def samples_path(cell_path: str) -> str:
+    return cell_path[:-len(".json")] + ".npz"
+
+
+def feature_network(cfg, image_shape):
+    """(FeatureNet or None, what the table says about FID)."""
+    weights = cfg.metrics.fid_weights
+    if weights == "none":
+        return None, "FID / KID: off (metrics.fid_weights=none)."
+    if not weights:
+        from dps_jax.models import classifier
+
+        c = classifier.ClassifierConfig.from_json(classifier.load()[1].to_json())
+        if tuple(image_shape) != (c.image_size, c.image_size, c.in_channels):
+            return None, ("FID / KID: the shipped Fashion-MNIST classifier takes 32 x 32 grey images; set "
+                          "metrics.fid_weights to a converted Inception (python -m checkpoints_convert.metrics fid).")
+        return fid.load_features(""), ("FID-FMNIST / KID-FMNIST: on the penultimate features of the shipped "
+                                       "Fashion-MNIST classifier (dps_jax.train_classifier).")
+    return fid.load_features(weights), f"FID / KID: pytorch-fid's Inception ({weights})."
+
+
+def quality(cfg, out, cells, images) -> Dict:
+    """{(task, method): {"fid": float, "kid": float, "lpips": {"mean", "se"}}} of every cell whose
+    reconstructions are on disk, and the lines the table says about them."""
+    net, fid_note = feature_network(cfg, images.shape[1:])
+    metric = lpips.load(cfg.metrics.lpips_weights) if cfg.metrics.lpips_weights else None
+    notes = [fid_note, f"LPIPS: {'weights ' + cfg.metrics.lpips_weights if metric else 'off (metrics.lpips_weights)'}."]
+    truth_features = net(images) if net is not None else None
+    result = {}
+    for key in cells:
+        path = samples_path(os.path.join(out, "cells", f"{key[0]}__{key[1]}.json"))
+        if not os.path.exists(path):
+            continue
+        with np.load(path) as f:
+            recon = f["samples"].astype(np.float32)
+        if recon.shape != images.shape:
+            raise ValueError(f"{path}: reconstructions of shape {recon.shape}, expected {images.shape}")
+        q = {}
+        if net is not None:
+            features = net(recon)
+            q["fid"] = fid.fid(features, truth_features)
+            q["kid"] = fid.kid(features, truth_features)[0]
+        if metric is not None:
+            q["lpips"] = summarise(metric(recon, images))
+        result[key] = q
+    return result, notes
 
 
 def summarise(values) -> Dict[str, float]:
@@ -178,7 +237,7 @@ def summarise(values) -> Dict[str, float]:
 
 # ---- outputs -----------------------------------------------------------------------------------
 
-def table_markdown(cfg, tasks, methods, cells, reasons, num_images) -> str:
+def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None, notes=()) -> str:
     columns = []
     for task in tasks:
         columns.append((task, "psnr", "ssim", task))
@@ -207,11 +266,29 @@ def table_markdown(cfg, tasks, methods, cells, reasons, num_images) -> str:
             c = cells.get((task, method))
             row.append("n/a" if c is None else f"{c['nfe']} / {c['seconds_per_image']:.2f}")
         lines.append("| " + " | ".join(row) + " |")
+    scores = scores or {}
+    if any(scores.values()):
+        names = [n for n in ("fid", "kid", "lpips") if any(n in q for q in scores.values())]
+        head = {"fid": "FID", "kid": "KID x 10^3", "lpips": "LPIPS"}
+        lines += ["", " / ".join(head[n] for n in names) + " of the reconstructions against the truths (lower is "
+                  "better; FID and KID over the cell's images, LPIPS mean ± standard error):", "",
+                  "| method | " + " | ".join(tasks) + " |", "|" + " --- |" * (len(tasks) + 1)]
+        for method in methods:
+            row = [f"`{method}`"]
+            for task in tasks:
+                q = scores.get((task, method))
+                if not q:
+                    row.append("n/a" if (task, method) not in cells else "-")
+                    continue
+                shown = {"fid": lambda v: f"{v:.1f}", "kid": lambda v: f"{1e3 * v:.1f}",
+                         "lpips": lambda v: f"{v['mean']:.3f} ± {v['se']:.3f}"}
+                row.append(" / ".join(shown[n](q[n]) if n in q else "-" for n in names))
+            lines.append("| " + " | ".join(row) + " |")
     if reasons:
         lines += ["", "n/a:"]
         lines += [f"- `{m}` on {', '.join(ts)}: {why}" for (m, why), ts in sorted(reasons.items())]
     lines += ["", "grid.png: the truth and the measurement, then one row per method in this order (grey: n/a); "
-              "one column per task.", "", "LPIPS and FID: not computed yet."]
+              "one column per task."] + ([""] + list(notes) if notes else [])
     return "\n".join(lines) + "\n"
 
 
@@ -268,7 +345,10 @@ def evaluate(cfg, stream=sys.stderr) -> str:
             stream.write(f"\r[{'#' * int(30 * n / total):<30}] {n}/{total} {method} on {task}, image "
                          f"{i}/{len(images)}, eta {eta / 60:5.1f} min ")
             stream.flush()
-        cell = run_cell(cfg, task, method, tcfg, runner, images, report)
+        cell, picked = run_cell(cfg, task, method, tcfg, runner, images, report)
+        buf = _io.BytesIO()
+        np.savez_compressed(buf, samples=picked.astype(np.float16))
+        training.atomic_write(samples_path(path), buf.getvalue())      # before the JSON that marks it done
         training.atomic_write(path, json.dumps(cell).encode())
         cells[(task, method)] = cell
     stream.write("\n")
@@ -284,10 +364,12 @@ def evaluate(cfg, stream=sys.stderr) -> str:
             picture = np.asarray(jax.image.resize(picture, images.shape[1:], "linear"))
         inputs.append(picture)
     io.save_png(os.path.join(out, "grid.png"), grid_image(tasks, methods, cells, truth, inputs), cfg.png_scale)
-    markdown = table_markdown(cfg, tasks, methods, cells, reasons, len(images))
+    scores, notes = quality(cfg, out, cells, images)
+    markdown = table_markdown(cfg, tasks, methods, cells, reasons, len(images), scores, notes)
     training.atomic_write(os.path.join(out, "table.md"), markdown.encode())
     summary = {"config": json.loads(cfg.to_json_best_effort()), "date": time.strftime("%Y-%m-%d"),
-               "cells": [{k: v for k, v in c.items() if k not in ("shown", "per_image")} for c in cells.values()],
+               "cells": [{**{k: v for k, v in c.items() if k not in ("shown", "per_image")},
+                          "quality": scores.get(key, {})} for key, c in cells.items()],
                "unsupported": [{"method": m, "tasks": ts, "reason": why} for (m, why), ts in sorted(reasons.items())]}
     training.atomic_write(os.path.join(out, "table.json"), json.dumps(summary, indent=2).encode())
     stream.write(markdown + f"wrote {out}/table.md, table.json, grid.png\n")

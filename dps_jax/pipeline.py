@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dps_jax import config_base, data, io, likelihoods, metrics, operators, solvers
+from dps_jax.metrics import lpips
 from dps_jax import prior as prior_lib
 from dps_jax.models.checkpoint import SHIPPED_PRIOR
 from dps_jax.solvers.base import with_sampler
@@ -199,6 +200,8 @@ def run(cfg, stream=sys.stderr) -> str:
         raise RunError(f"num_samples {cfg.num_samples}: the samples alone need "
                        f"{cfg.num_samples * images[0].nbytes * 2 / gib:.1f} GiB, {host_free / gib:.1f} GiB are free")
     runner = build_runner(cfg, prior, image_shape)
+    # Before compiling: a missing weight file is an error of the config, not of a finished run.
+    lpips_metric = lpips.load(cfg.metrics.lpips_weights) if cfg.metrics.lpips_weights else None
 
     key = jax.random.PRNGKey(cfg.seed)
     problems, sample_keys = [], []
@@ -227,7 +230,7 @@ def run(cfg, stream=sys.stderr) -> str:
             out = runner(problem, k_sample, progress)
             sample_seconds += time.perf_counter() - t0
             check_finite(out, runner, name)
-            results.append(write_image_outputs(partial, name, x, problem, out, cfg))
+            results.append(write_image_outputs(partial, name, x, problem, out, cfg, lpips_metric))
     except BaseException as e:      # diverged, interrupted, disk full: never leave it looking like a result
         reason = str(e) if isinstance(e, Diverged) else f"stopped by {type(e).__name__}: {e}"
         with open(os.path.join(partial, "INCOMPLETE"), "w") as fh:
@@ -247,6 +250,9 @@ def run(cfg, stream=sys.stderr) -> str:
         "sampling_seconds": sample_seconds,
         "mean_psnr_of_mean": float(np.mean([r["mean"]["psnr"] for r in results])),
         "mean_ssim_of_mean": float(np.mean([r["mean"]["ssim"] for r in results])),
+        **({"mean_lpips_of_mean": float(np.mean([r["mean"]["lpips"] for r in results])),
+            "mean_lpips": float(np.mean([p["lpips"] for r in results for p in r["samples"]]))}
+           if lpips_metric else {}),
         "images": results, "config": json.loads(cfg.to_json_best_effort()),
     }
     with open(os.path.join(partial, "metrics.json"), "w") as fh:
@@ -299,7 +305,7 @@ def check_finite(out, runner: solvers.Runner, name: str) -> None:
                            f"{hint} or check the measurement")
 
 
-def write_image_outputs(run_dir, name, x, problem: solvers.Problem, out, cfg):
+def write_image_outputs(run_dir, name, x, problem: solvers.Problem, out, cfg, lpips_metric=None):
     d = os.path.join(run_dir, name)
     os.makedirs(d)
     s = cfg.output.png_scale
@@ -322,6 +328,11 @@ def write_image_outputs(run_dir, name, x, problem: solvers.Problem, out, cfg):
     result = {"image": name, "samples": per,
               "mean": {"psnr": metrics.psnr(mean, x), "ssim": metrics.ssim(mean, x)},
               "best_psnr": max(p["psnr"] for p in per)}
+    if lpips_metric is not None:
+        d = lpips_metric(np.concatenate([samples, mean[None]]), np.repeat(np.asarray(x)[None], len(samples) + 1, 0))
+        for p, v in zip(per, d):
+            p["lpips"] = float(v)
+        result["mean"]["lpips"] = float(d[-1])
     if "distance" in out:
         result["final_distance"] = [float(v) for v in out["distance"][:, -1]]
     return result

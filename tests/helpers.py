@@ -103,3 +103,19 @@ def measurement_fit(op, samples, y):
     """RMS of A(x) - y per sample: (N,)."""
     ax = np.asarray(jax.vmap(op)(jnp.asarray(samples)))
     return np.sqrt(np.mean((ax - np.asarray(y)) ** 2, axis=tuple(range(1, ax.ndim))))
+
+
+def random_lpips_file(path, net: str = "alex", seed: int = 0) -> str:
+    """An LPIPS weight file with a random trunk (the fixture rule) and unit heads: a real distance to run
+    the wiring on, not the published metric."""
+    from checkpoints_convert import metrics as convert_metrics
+    from checkpoints_convert.mapping import random_state_dict
+    from dps_jax.models import checkpoint, lpips_net
+
+    config = lpips_net.LPIPSConfig(net)
+    shapes = convert_metrics.lpips_torch_shapes(config)
+    trunk = random_state_dict({k: v for k, v in shapes.items() if k.startswith("features.")}, seed)
+    heads = {k: np.ones(v, np.float32) for k, v in shapes.items() if k.startswith("lin")}
+    params = convert_metrics.convert_lpips(trunk, heads, config)
+    checkpoint.save_checkpoint(str(path), params, config, fmt=lpips_net.FORMAT)
+    return str(path)

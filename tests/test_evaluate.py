@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dps_jax import evaluate
+from dps_jax import data, evaluate
+from dps_jax.metrics import fid, lpips
+from helpers import random_lpips_file
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(TESTS, "..", ".pytest_cache", "dps_jax_eval_xla")
@@ -35,7 +37,9 @@ def config(out, **over):
 
 def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     stream = io.StringIO()
-    evaluate.evaluate(config(tmp_path), stream)
+    cfg = config(tmp_path)
+    cfg.metrics.lpips_weights = random_lpips_file(tmp_path / "lpips.msgpack")
+    evaluate.evaluate(cfg, stream)
     summary = json.load(open(tmp_path / "table.json"))
     cells = {(c["task"], c["method"]): c for c in summary["cells"]}
     assert set(cells) == {("super_resolution", "ddrm"), ("phase_retrieval", "hio")}
@@ -46,17 +50,26 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     for c in cells.values():
         assert np.isfinite(c["metrics"]["psnr"]["mean"]) and c["metrics"]["psnr"]["se"] >= 0
         assert c["num_images"] == 2 and c["seconds_per_image"] > 0
+        # The paper's metrics from the kept reconstructions: FID-FMNIST / KID-FMNIST and LPIPS.
+        recon = np.load(tmp_path / "cells" / f"{c['task']}__{c['method']}.npz")["samples"].astype(np.float32)
+        truth = np.stack([data.load_image(p, 32, 1) for p in data.list_images(data.SHIPPED_IMAGES)[:2]])
+        q = c["quality"]
+        net = fid.load_features("")
+        assert q["fid"] == pytest.approx(fid.fid(net(recon), net(truth)), rel=1e-9) and q["fid"] > 0
+        d = lpips.load(cfg.metrics.lpips_weights)(recon, truth)
+        assert q["lpips"]["mean"] == pytest.approx(d.mean(), rel=1e-5) and np.isfinite(q["kid"])
     reasons = {(u["method"], tuple(u["tasks"])) for u in summary["unsupported"]}
     assert reasons == {("ddrm", ("phase_retrieval",)), ("hio", ("super_resolution",))}
     md = open(tmp_path / "table.md").read()
     assert "| `ddrm` |" in md and "n/a" in md and "has no SVD (it is not linear)" in md
+    assert "FID / KID x 10^3 / LPIPS of the reconstructions" in md and "FID-FMNIST / KID-FMNIST: on the" in md
     # grid: 2 tasks wide; truth, measurement and 2 methods high (32 px tiles, 1 px gaps, scale 3)
     h, w = np.asarray(Image.open(tmp_path / "grid.png")).shape[:2]
     assert (h, w) == (3 * (4 * 33 - 1), 3 * (2 * 33 - 1))
 
     # A second run computes nothing: every cell is read back.
     monkeypatch.setattr(evaluate, "run_cell", lambda *a, **k: pytest.fail("a finished cell was recomputed"))
-    evaluate.evaluate(config(tmp_path), io.StringIO())
+    evaluate.evaluate(cfg, io.StringIO())
     assert json.load(open(tmp_path / "table.json"))["cells"] == summary["cells"]
 
 

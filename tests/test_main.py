@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dps_jax import config_base, main, pipeline, solvers
+from helpers import random_lpips_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -55,8 +56,19 @@ def short_flags(root, cache=CACHE):
                                           ("motion_deblur", "daps"), ("nonlinear_deblur", "mcg")])
 def test_task_runs_end_to_end(task, solver, tmp_path):
     over = {"solver.name": solver, "solver.daps.annealing_steps": 3, "solver.daps.langevin_steps": 5}
+    if task == "super_resolution":          # LPIPS in metrics.json (a random-trunk LPIPS file)
+        over["metrics.lpips_weights"] = random_lpips_file(tmp_path / "lpips.msgpack")
     run_dir = pipeline.run(short_config(task, tmp_path, **over), stream=io.StringIO())
     check_outputs(run_dir, task, solver)
+    if task == "super_resolution":
+        from dps_jax.metrics import lpips
+
+        m = json.load(open(os.path.join(run_dir, "metrics.json")))
+        (img,) = m["images"]
+        samples = np.load(os.path.join(run_dir, img["image"], "samples.npz"))
+        want = lpips.load(over["metrics.lpips_weights"])(samples["samples"], np.repeat(samples["label"][None], 2, 0))
+        np.testing.assert_allclose([s["lpips"] for s in img["samples"]], want, rtol=1e-5)
+        assert m["mean_lpips"] == pytest.approx(np.mean(want), rel=1e-5) and 0 < img["mean"]["lpips"] < 10
 
 
 @pytest.mark.parametrize("task, solver, iterations", [("phase_retrieval", "hio", 40), ("super_resolution", "admm_tv", 40)])
@@ -238,6 +250,7 @@ BAD_INPUTS = [
     (("--config.sampler.name=euler",), None, "unknown sampler 'euler'"),
     (("--config.sampler.steps=3", "--config.sampler.steps_per_call=2"), None, "steps_per_call 2 does not divide"),
     (("--config.model.checkpoint={tmp}/missing.msgpack",), None, "checkpoint file not found"),
+    (("--config.metrics.lpips_weights={tmp}/missing.msgpack",), None, "LPIPS weights not found"),
     (("--config.data.root={tmp}/fifo",), None, "x.png is not a regular file"),
     (("--config.seed=100000000000000000000",), None, "seed must be an integer in [0, 2^32), got 100000000000000000000"),
     (("--config.output.root={tmp}/corrupt.msgpack/out",), None, "corrupt.msgpack is not a writable folder"),

@@ -45,3 +45,31 @@ def test_train_checkpoint_resume_and_export(tmp_path, capsys):
     other.model.model_channels = 64                  # resuming into another model: an error, not a crash
     with pytest.raises(ValueError, match="state.msgpack does not match the configured model and optimiser"):
         train.train(other, str(work))
+
+
+def test_classifier_trainer_resumes_and_reports_its_figures(tmp_path, capsys):
+    import json
+
+    from dps_jax import train_classifier
+    from dps_jax.metrics import fid
+
+    cfg = lambda n: ConfigDict(dict(
+        seed=0, data=dict(name="fashion_mnist", root="/usr/share/datasets/fashion-mnist", image_size=32, channels=1),
+        model=dict(in_channels=1, image_size=32, widths=(4,), features=8, classes=10),
+        optim=dict(lr=1e-2, weight_decay=0.0), batch_size=16, num_steps=n, log_every=1, checkpoint_minutes=0.0))
+    work = tmp_path / "work"
+    train_classifier.train(cfg(2), str(work))
+    train_classifier.train(cfg(3), str(work))
+    out = capsys.readouterr().out
+    assert "step 2/2 cross-entropy" in out and "resumed from" in out and "step 3/3" in out
+    figures = json.load(open(work / "eval.json"))
+    assert 0.1 < figures["test_accuracy"] <= 1 and figures["fid_test_vs_train"] > 0
+    net = fid.load_features(str(work / "classifier.msgpack"))
+    assert net(np.zeros((3, 32, 32, 1))).shape == (3, 8)
+    # Augmentation flips and shifts by at most one pixel: a black image stays black, a row stays a row.
+    rng = np.random.default_rng(0)
+    x = -np.ones((2, 32, 32, 1), np.float32)
+    x[:, 10] = 1
+    y = train_classifier.augment(rng, x)
+    assert y.shape == x.shape and np.array_equal(np.sort(np.unique(y)), [-1, 1])
+    assert all(np.flatnonzero(y[i, :, 5, 0] > 0).tolist() in ([9], [10], [11]) for i in range(2))

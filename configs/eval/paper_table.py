@@ -33,6 +33,10 @@ def get_config():
         source="fashion_mnist",           # or "folder": every image in data.root ("" = the shipped test images)
         fashion_mnist_root="",            # "" = /usr/share/datasets/fashion-mnist
         first=100, num_images=64, root="", image_size=32))
+    # The paper's metrics, from the reconstructions each cell keeps: FID / KID on "" = the shipped
+    # Fashion-MNIST classifier (FID-FMNIST), a converted Inception file, or "none"; LPIPS with a converted
+    # file ("" = off). See `python -m checkpoints_convert.metrics --help`.
+    c.metrics = ml_collections.ConfigDict(dict(fid_weights="", lpips_weights=""))
     c.grid_image = 0                      # which image grid.png shows
     c.png_scale = 3
     c.output = "outputs/paper_table"

@@ -102,6 +102,27 @@ class Checkpoint(NamedTuple):
     extra: dict                  # metadata: training step, variance type, source file
 
 
+def file_format(path: str) -> str:
+    """The model kind (`format`) a dps_jax file declares, read without loading its params (they come last:
+    the file's keys are sorted); "" if the file is not a dps_jax checkpoint."""
+    import msgpack
+
+    try:
+        with open(path, "rb") as f:
+            unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=1 << 20)
+            for _ in range(unpacker.read_map_header()):
+                key = unpacker.unpack()
+                if key == "format":
+                    value = unpacker.unpack()
+                    return value if isinstance(value, str) else ""
+                if key == "params":
+                    return ""
+                unpacker.skip()
+    except (OSError, ValueError, msgpack.exceptions.UnpackException, msgpack.exceptions.ExtraData):
+        pass
+    return ""
+
+
 def read_checkpoint(path: str, fmt: str, config_from_json, shapes_fn):
     """(params as float32 numpy, config, extra) of the dps_jax file `path` holding a model of kind `fmt`.
 

@@ -4,6 +4,9 @@ and, with --reference, in the `lpips` and `pytorch-fid` packages on the same wei
     python benchmarks/metric_speed.py --num 1000 --size 256 --out benchmarks/metric_speed.json
     # side by side (an environment with torch, torchvision, lpips, pytorch-fid and dps_jax installed):
     python benchmarks/metric_speed.py --num 1000 --size 256 --reference
+    python benchmarks/metric_speed.py --num 100 --nets vgg --skip_fid --reference     # VGG: 10 x cheaper run
+
+Each run is appended to the output file.
 
 The weights are random (the fixture rule of `checkpoints_convert.mapping.random_state_dict`): the cost of a
 network does not depend on its values. Each measurement runs `num` images (pairs for LPIPS) of size x size
@@ -62,6 +65,8 @@ def dps_jax_rows(args):
         rows.append({"impl": "dps_jax", "metric": f"lpips_{net}", "num": args.num, "size": args.size,
                      "compile_and_first_batch_s": first, "seconds": total, "per_image_ms": 1e3 * total / args.num})
         print(rows[-1], flush=True)
+    if args.skip_fid:
+        return rows
     params = jax.device_put(convert_metrics.convert_inception(random_state_dict(convert_metrics.inception_torch_shapes(), 0)))
     module = inception.FIDInception()
     fn = jax.jit(lambda a, p=params: module.apply({"params": p}, a))
@@ -93,11 +98,12 @@ def reference_rows(args):
     for net in args.nets:
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
         first, total = run(model, (x, y))
-        rows.append({"impl": f"lpips {lpips.__version__ if hasattr(lpips, '__version__') else ''} (torch "
-                             f"{torch.__version__}, {torch.get_num_threads()} threads)".replace("  ", " "),
+        rows.append({"impl": f"lpips (torch {torch.__version__}, {torch.get_num_threads()} threads)",
                      "metric": f"lpips_{net}", "num": args.num, "size": args.size,
                      "compile_and_first_batch_s": first, "seconds": total, "per_image_ms": 1e3 * total / args.num})
         print(rows[-1], flush=True)
+    if args.skip_fid:
+        return rows
     fid_inception.load_state_dict_from_url = lambda *a, **k: {
         k: v for k, v in fid_inception._inception_v3(num_classes=1008, aux_logits=False, weights=None).state_dict().items()}
     model = fid_inception.InceptionV3([3]).eval()
@@ -115,6 +121,7 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--nets", default="alex,vgg")
+    ap.add_argument("--skip_fid", action="store_true", help="LPIPS only")
     ap.add_argument("--reference", action="store_true", help="also time the lpips and pytorch-fid packages")
     ap.add_argument("--out", default="benchmarks/metric_speed.json")
     args = ap.parse_args()
@@ -126,8 +133,10 @@ def main():
         rows += reference_rows(args)
     result = {"date": time.strftime("%Y-%m-%d"), "device": str(jax.devices()[0].device_kind),
               "cpu_count": os.cpu_count(), "rows": rows}
+    runs = json.load(open(args.out)) if os.path.exists(args.out) else []
+    runs.append(result)
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+        json.dump(runs, f, indent=1)
     print(f"wrote {args.out}")
 
 

@@ -20,8 +20,9 @@ import os
 from typing import Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from dps_jax.metrics.batched import map_batches
 
 
 def statistics(features) -> Tuple[np.ndarray, np.ndarray]:
@@ -100,14 +101,7 @@ class FeatureNet:
         x = np.asarray(images, np.float32)
         if x.ndim != 4:
             raise ValueError(f"{self.name} takes images (N, H, W, C), got shape {x.shape}")
-        out = []
-        for i in range(0, len(x), self.batch):
-            chunk = x[i:i + self.batch]
-            n = len(chunk)
-            if n < self.batch and len(x) > self.batch:
-                chunk = np.pad(chunk, ((0, self.batch - n),) + ((0, 0),) * 3)
-            out.append(np.asarray(self._apply(self.params, jnp.asarray(chunk)), np.float64)[:n])
-        return np.concatenate(out)
+        return map_batches(lambda a: self._apply(self.params, a), x, batch=self.batch).astype(np.float64)
 
 
 def load_features(path: str = "", batch: int = 50) -> FeatureNet:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from dps_jax.metrics.batched import map_batches
 from dps_jax.models import lpips_net
 
 MISSING = ("LPIPS weights not found: {path} (import them with `python -m checkpoints_convert.metrics lpips "
@@ -33,15 +33,7 @@ class LPIPS:
             x, y = x[None], y[None]
         if x.shape != y.shape or x.ndim != 4:
             raise ValueError(f"LPIPS needs two image batches (N, H, W, C) of one shape, got {x.shape} and {y.shape}")
-        out = []
-        for i in range(0, len(x), self.batch):
-            a, b = x[i:i + self.batch], y[i:i + self.batch]
-            n = len(a)
-            if n < self.batch and len(x) > self.batch:
-                pad = ((0, self.batch - n),) + ((0, 0),) * 3
-                a, b = np.pad(a, pad), np.pad(b, pad)
-            out.append(np.asarray(self._apply(self.params, jnp.asarray(a), jnp.asarray(b)))[:n])
-        return np.concatenate(out)
+        return map_batches(lambda a, b: self._apply(self.params, a, b), x, y, batch=self.batch)
 
 
 def load(path: str, batch: int = 32) -> LPIPS:

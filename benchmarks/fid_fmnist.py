@@ -2,8 +2,8 @@
 
     python benchmarks/fid_fmnist.py --num_samples 2000 --steps 50 --out benchmarks/fid_fmnist.json
 
-Draws `num_samples` unconditional samples (DDPM, `steps` respaced steps; the shipped configs use 50, the
-paper 1000) in batches of `batch`, keeping them in `<out>.<steps>.npz` so an interrupted run resumes. The
+Draws `num_samples` unconditional samples (`--sampler` DDPM, the default of the shipped configs, or DDIM
+with eta 0; `steps` respaced steps: the shipped configs use 50, the paper 1000) in batches of `batch`, keeping them in `<out>.<steps>.npz` so an interrupted run resumes. The
 features are the shipped classifier's (`metrics.fid.load_features("")`). Prints and records, with the
 floors a perfect generator would reach at the same sample count: the FID / KID of `num_samples` training
 images against the same test images, and of the test images against themselves split in two.
@@ -25,7 +25,7 @@ from dps_jax import api, data, operators  # noqa: E402
 from dps_jax.metrics import fid  # noqa: E402
 
 
-def draw(prior, steps, num_samples, batch, store, seed):
+def draw(prior, steps, sampler, num_samples, batch, store, seed):
     """Unconditional samples (num_samples, 32, 32, 1), resumed from and saved to `store` batch by batch."""
     have = np.load(store)["samples"] if os.path.exists(store) else np.zeros((0, 32, 32, 1), np.float32)
     op = operators.build("identity", (32, 32, 1))
@@ -33,7 +33,7 @@ def draw(prior, steps, num_samples, batch, store, seed):
     while len(have) < num_samples:
         t0 = time.perf_counter()
         out = api.sample(prior, op, np.zeros((32, 32, 1), np.float32), solver="vanilla", num_samples=batch,
-                         steps=steps, seed=seed + len(have))
+                         steps=steps, sampler=sampler, seed=seed + len(have))
         seconds += time.perf_counter() - t0
         have = np.concatenate([have, out["samples"]])
         np.savez(store + ".tmp.npz", samples=have)
@@ -46,25 +46,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num_samples", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"], help="ddim: eta 0")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/fid_fmnist.json")
     args = ap.parse_args()
 
     prior = api.load_prior()
-    samples = draw(prior, args.steps, args.num_samples, args.batch, f"{args.out}.{args.steps}.npz", args.seed)
+    tag = f"{args.sampler}{args.steps}" if args.sampler != "ddpm" else f"{args.steps}"
+    samples = draw(prior, args.steps, args.sampler, args.num_samples, args.batch, f"{args.out}.{tag}.npz", args.seed)
     net = fid.load_features("")
     test = data.fashion_mnist("test")
     train = data.fashion_mnist("train")[np.random.default_rng(args.seed).choice(60000, args.num_samples, replace=False)]
     f_test, f_samples, f_train = net(test), net(samples), net(train)
     half = len(test) // 2
-    row = {"steps": args.steps, "num_samples": args.num_samples, "test_images": len(test),
+    row = {"sampler": args.sampler, "steps": args.steps, "num_samples": args.num_samples, "test_images": len(test),
            "fid_samples_vs_test": fid.fid(f_samples, f_test), "kid_samples_vs_test": fid.kid(f_samples, f_test),
            "fid_train_vs_test": fid.fid(f_train, f_test), "kid_train_vs_test": fid.kid(f_train, f_test),
            "fid_test_half_vs_half": fid.fid(f_test[:half], f_test[half:]),
            "date": time.strftime("%Y-%m-%d")}
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
-    results[f"steps{args.steps}_n{args.num_samples}"] = row
+    results[f"{args.sampler}{args.steps}_n{args.num_samples}"] = row
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     print(json.dumps(row, indent=1))

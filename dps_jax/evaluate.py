@@ -208,6 +208,9 @@ def quality(cfg, out, cells, images) -> Dict:
     reconstructions are on disk, and the lines the table says about them."""
     net, fid_note = feature_network(cfg, images.shape[1:])
     metric = lpips.load(cfg.metrics.lpips_weights) if cfg.metrics.lpips_weights else None
+    if net is not None:
+        fid_note += (" KID's estimator assumes independent sets: reconstructions paired with their own truths can "
+                     "read below 0.")
     notes = [fid_note, f"LPIPS: {'weights ' + cfg.metrics.lpips_weights if metric else 'off (metrics.lpips_weights)'}."]
     truth_features = net(images) if net is not None else None
     result = {}

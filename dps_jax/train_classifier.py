@@ -6,7 +6,7 @@ Cross-entropy with Adam on the training split (random horizontal flips and one-p
 learning rate. Checkpoints `workdir/state.msgpack` (atomic) and resumes from it; writes
 `workdir/classifier.msgpack` (float16, readable by `models.classifier.load` and `metrics.fid.load_features`)
 and, at the end, `workdir/eval.json`: the test split's accuracy, and the FID-FMNIST of the test split
-against the training split (the floor a perfect generator would reach) and of the first half of the test
+against the training split (its first `floor_images`; all by default) (the floor a perfect generator would reach) and of the first half of the test
 split against the second.
 """
 
@@ -61,7 +61,7 @@ def evaluate(params, config, cfg) -> dict:
     labels = data_lib.fashion_mnist_labels("test", cfg.data.root)
     logits = np.concatenate([np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(test[i:i + 500])))
                              for i in range(0, len(test), 500)])
-    train_x = data_lib.fashion_mnist("train", cfg.data.root, cfg.data.image_size)
+    train_x = data_lib.fashion_mnist("train", cfg.data.root, cfg.data.image_size)[:cfg.get("floor_images") or None]
     f_test, f_train = net(test), net(train_x)
     return {"test_accuracy": float(np.mean(np.argmax(logits, -1) == labels)),
             "fid_test_vs_train": fid.fid(f_test, f_train),

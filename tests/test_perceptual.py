@@ -43,7 +43,7 @@ def write_lpips(tmp_path, net, seed):
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_lpips_matches_the_lpips_package(ref, tmp_path, net):
     metric = lpips.load(write_lpips(tmp_path, net, int(ref["seed"])), batch=2)    # 3 pairs: a padded batch
-    for size in (64, 32):
+    for size in (64, 32) if net == "alex" else (32,):        # VGG at one size: the suite's time
         x, y = nhwc(ref[f"lpips_{net}_{size}_x"]), nhwc(ref[f"lpips_{net}_{size}_y"])
         np.testing.assert_allclose(metric(x, y), ref[f"lpips_{net}_{size}"], rtol=1e-5, atol=1e-7)
         assert metric(x, x) == pytest.approx([0, 0, 0], abs=1e-7)

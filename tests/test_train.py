@@ -56,7 +56,8 @@ def test_classifier_trainer_resumes_and_reports_its_figures(tmp_path, capsys):
     cfg = lambda n: ConfigDict(dict(
         seed=0, data=dict(name="fashion_mnist", root="/usr/share/datasets/fashion-mnist", image_size=32, channels=1),
         model=dict(in_channels=1, image_size=32, widths=(4,), features=8, classes=10),
-        optim=dict(lr=1e-2, weight_decay=0.0), batch_size=16, num_steps=n, log_every=1, checkpoint_minutes=0.0))
+        optim=dict(lr=1e-2, weight_decay=0.0), batch_size=16, num_steps=n, log_every=1, checkpoint_minutes=0.0,
+        floor_images=2000))
     work = tmp_path / "work"
     train_classifier.train(cfg(2), str(work))
     train_classifier.train(cfg(3), str(work))

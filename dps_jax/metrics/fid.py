@@ -65,7 +65,12 @@ def fid(features_a, features_b) -> float:
 
 def _mmd2_unbiased(a: np.ndarray, b: np.ndarray) -> float:
     d = a.shape[1]
-    kaa, kbb, kab = ((x @ y.T / d + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
+
+    def k(x, y):
+        g = x @ y.T / d + 1
+        return g * g * g                 # not g ** 3: numpy's float power is ~10x slower
+
+    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
     m, n = len(a), len(b)
     return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
                  - 2 * kab.mean())

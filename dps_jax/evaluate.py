@@ -194,7 +194,7 @@ def feature_network(cfg, image_shape):
     if not weights:
         from dps_jax.models import classifier
 
-        c = classifier.ClassifierConfig.from_json(classifier.load()[1].to_json())
+        _, c = classifier.load()
         if tuple(image_shape) != (c.image_size, c.image_size, c.in_channels):
             return None, ("FID / KID: the shipped Fashion-MNIST classifier takes 32 x 32 grey images; set "
                           "metrics.fid_weights to a converted Inception (python -m checkpoints_convert.metrics fid).")
@@ -203,15 +203,21 @@ def feature_network(cfg, image_shape):
     return fid.load_features(weights), f"FID / KID: pytorch-fid's Inception ({weights})."
 
 
-def quality(cfg, out, cells, images) -> Dict:
-    """{(task, method): {"fid": float, "kid": float, "lpips": {"mean", "se"}}} of every cell whose
-    reconstructions are on disk, and the lines the table says about them."""
-    net, fid_note = feature_network(cfg, images.shape[1:])
+def metric_networks(cfg, image_shape):
+    """(FID feature network or None, LPIPS or None, the lines the table says about them): loaded before any
+    cell runs, so a missing weight file stops the command at once."""
+    net, fid_note = feature_network(cfg, image_shape)
     metric = lpips.load(cfg.metrics.lpips_weights) if cfg.metrics.lpips_weights else None
     if net is not None:
         fid_note += (" KID's estimator assumes independent sets: reconstructions paired with their own truths can "
                      "read below 0.")
     notes = [fid_note, f"LPIPS: {'weights ' + cfg.metrics.lpips_weights if metric else 'off (metrics.lpips_weights)'}."]
+    return net, metric, notes
+
+
+def quality(out, cells, images, net, metric) -> Dict:
+    """{(task, method): {"fid": float, "kid": float, "lpips": {"mean", "se"}}} of every cell whose
+    reconstructions are on disk."""
     truth_features = net(images) if net is not None else None
     result = {}
     for key in cells:
@@ -230,7 +236,7 @@ def quality(cfg, out, cells, images) -> Dict:
         if metric is not None:
             q["lpips"] = summarise(metric(recon, images))
         result[key] = q
-    return result, notes
+    return result
 
 
 def summarise(values) -> Dict[str, float]:
@@ -319,6 +325,7 @@ def evaluate(cfg, stream=sys.stderr) -> str:
     images = load_images(cfg, prior)
     if not 0 <= cfg.grid_image < len(images):
         raise ValueError(f"grid_image {cfg.grid_image} is not one of the {len(images)} images")
+    net, metric, notes = metric_networks(cfg, images.shape[1:])
     out = os.path.expanduser(cfg.output)
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
 
@@ -367,7 +374,7 @@ def evaluate(cfg, stream=sys.stderr) -> str:
             picture = np.asarray(jax.image.resize(picture, images.shape[1:], "linear"))
         inputs.append(picture)
     io.save_png(os.path.join(out, "grid.png"), grid_image(tasks, methods, cells, truth, inputs), cfg.png_scale)
-    scores, notes = quality(cfg, out, cells, images)
+    scores = quality(out, cells, images, net, metric)
     markdown = table_markdown(cfg, tasks, methods, cells, reasons, len(images), scores, notes)
     training.atomic_write(os.path.join(out, "table.md"), markdown.encode())
     summary = {"config": json.loads(cfg.to_json_best_effort()), "date": time.strftime("%Y-%m-%d"),

@@ -81,6 +81,8 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     (dict(overrides="solver.ddrm.steps=0.5"), "override solver.ddrm.steps=0.5: expected a value of type int"),
     (dict(overrides="solver.ddrm.eta"), "override 'solver.ddrm.eta' is not key=value"),
     (dict(methods="ddrm", overrides="solver.ddrm.eta=2"), "ddrm eta must be in [0, 1], got 2.0"),   # not "n/a"
+    ({"metrics.lpips_weights": "/nonexistent/lpips.msgpack"}, "LPIPS weights not found: /nonexistent/lpips.msgpack"),
+    ({"metrics.fid_weights": "/nonexistent/fid.msgpack"}, "FID weights not found: /nonexistent/fid.msgpack"),
 ])
 def test_bad_input_is_one_line(tmp_path, over, match):
     argv = ["evaluate", f"--config={CONFIG}",

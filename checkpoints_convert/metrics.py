@@ -63,26 +63,23 @@ def lpips_torch_shapes(config: lpips_net.LPIPSConfig) -> Dict[str, tuple]:
 
 def convert_lpips(trunk: Dict[str, np.ndarray], heads: Dict[str, np.ndarray], config: lpips_net.LPIPSConfig,
                   dtype=np.float32, allow_nonfinite: bool = False):
-    """The Flax params of `config`'s LPIPS from the trunk's and the heads' state_dicts."""
+    """The Flax params of `config`'s LPIPS from the trunk's and the heads' state_dicts (heads must be >= 0)."""
     trunk = {k: v for k, v in trunk.items() if not k.startswith("classifier.")}
     clash = sorted(set(trunk) & set(heads))
     if clash:
         raise CheckpointError(f"the trunk and the heads file both hold {clash[0]!r}: pass the heads file second")
     expected = {lpips_torch_key(names): (names, shape) for names, shape in _paths(lpips_net.param_shapes(config))}
     shapes = lpips_torch_shapes(config)
-    return convert_mapped({**trunk, **heads}, expected, lambda key, names, got: shapes[key],
-                          lambda key, names, w: w.reshape(-1) if names[0].startswith("lin") else _conv_to_flax(names, w),
-                          dtype, consume=True, allow_nonfinite=allow_nonfinite)
-
-
-def lpips_heads_sign_check(params) -> None:
-    """The v0.1 heads are non-negative (the distance is a weighted sum of squares); a file with negative
-    weights is not an LPIPS head file."""
-    for l in range(5):
+    params = convert_mapped({**trunk, **heads}, expected, lambda key, names, got: shapes[key],
+                            lambda key, names, w: w.reshape(-1) if names[0].startswith("lin") else _conv_to_flax(names, w),
+                            dtype, consume=True, allow_nonfinite=allow_nonfinite)
+    # The v0.1 heads are non-negative (the distance is a weighted sum of squares).
+    for l in range(len(config.channels)):
         w = params[f"lin{l}"]
         if np.min(w) < 0:
             raise CheckpointError(f"lin{l} has negative weights (min {np.min(w):.3g}): not the lpips package's "
                                   "v0.1 heads")
+    return params
 
 
 # ---- FID Inception -----------------------------------------------------------------------------
@@ -132,7 +129,6 @@ def convert_lpips_files(trunk_path: str, heads_path: str, dst: str, net: str = "
     _refuse_overwrite(dst, trunk_path, heads_path)
     params = convert_lpips(load_state_dict(trunk_path), load_state_dict(heads_path), config, np.dtype(dtype),
                            allow_nonfinite)
-    lpips_heads_sign_check(params)
     checkpoint.save_checkpoint(dst, params, config, extra={"source": [str(trunk_path), str(heads_path)]},
                                fmt=lpips_net.FORMAT)
 

@@ -279,6 +279,8 @@ def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None,
     if any(scores.values()):
         names = [n for n in ("fid", "kid", "lpips") if any(n in q for q in scores.values())]
         head = {"fid": "FID", "kid": "KID x 10^3", "lpips": "LPIPS"}
+        shown = {"fid": lambda v: f"{v:.1f}", "kid": lambda v: f"{1e3 * v:.1f}",
+                 "lpips": lambda v: f"{v['mean']:.3f} ± {v['se']:.3f}"}
         lines += ["", " / ".join(head[n] for n in names) + " of the reconstructions against the truths (lower is "
                   "better; FID and KID over the cell's images, LPIPS mean ± standard error):", "",
                   "| method | " + " | ".join(tasks) + " |", "|" + " --- |" * (len(tasks) + 1)]
@@ -289,8 +291,6 @@ def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None,
                 if not q:
                     row.append("n/a" if (task, method) not in cells else "-")
                     continue
-                shown = {"fid": lambda v: f"{v:.1f}", "kid": lambda v: f"{1e3 * v:.1f}",
-                         "lpips": lambda v: f"{v['mean']:.3f} ± {v['se']:.3f}"}
                 row.append(" / ".join(shown[n](q[n]) if n in q else "-" for n in names))
             lines.append("| " + " | ".join(row) + " |")
     if reasons:

@@ -85,10 +85,8 @@ def train(cfg, workdir: str) -> None:
                         dtype=np.float16)
 
     def step(state):
-        x0 = data[rng.integers(0, len(data), cfg.batch_size)]
-        if rng.random() < 0.5:      # horizontal flips
-            x0 = x0[:, :, ::-1]
-        return step_fn(state, jnp.asarray(x0), jax.random.fold_in(key, int(state[3])))
+        return step_fn(state, training.random_batch(rng, data, cfg.batch_size),
+                       jax.random.fold_in(key, int(state[-1])))
 
     t_start = time.time()
     state, losses = training.loop(state, cfg, step, save, lambda m: f"loss {m[0]:.4f}")

@@ -24,6 +24,7 @@ import optax
 from dps_jax import data as data_lib
 from dps_jax import training
 from dps_jax.metrics import fid
+from dps_jax.metrics.batched import map_batches
 from dps_jax.models import checkpoint
 from dps_jax.models import classifier as clf
 
@@ -59,8 +60,8 @@ def evaluate(params, config, cfg) -> dict:
                          "classifier", batch=500)
     test = data_lib.fashion_mnist("test", cfg.data.root, cfg.data.image_size)
     labels = data_lib.fashion_mnist_labels("test", cfg.data.root)
-    logits = np.concatenate([np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(test[i:i + 500])))
-                             for i in range(0, len(test), 500)])
+    classify = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    logits = map_batches(lambda x: classify(params, x), test, batch=500)
     train_x = data_lib.fashion_mnist("train", cfg.data.root, cfg.data.image_size)[:cfg.get("floor_images") or None]
     f_test, f_train = net(test), net(train_x)
     return {"test_accuracy": float(np.mean(np.argmax(logits, -1) == labels)),

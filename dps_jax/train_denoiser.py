@@ -68,10 +68,8 @@ def train(cfg, workdir: str) -> None:
         training.atomic_write(os.path.join(workdir, "dncnn.msgpack"), dncnn.to_bytes(variables, np.float16))
 
     def step(state):
-        x = data[rng.integers(0, len(data), cfg.batch_size)]
-        if rng.random() < 0.5:
-            x = x[:, :, ::-1]
-        return step_fn(state, jnp.asarray(x), jax.random.fold_in(key, int(state[3])))
+        return step_fn(state, training.random_batch(rng, data, cfg.batch_size),
+                       jax.random.fold_in(key, int(state[-1])))
 
     state, losses = training.loop(state, cfg, step, save, lambda m: f"mse {m[0]:.5f}")
     print(f"done: {int(state[3])} steps, mse (mean of last {cfg.log_every}) "

@@ -146,10 +146,8 @@ def train(cfg, workdir: str) -> None:
                                    dtype=np.float16, fmt=kw.FORMAT)
 
     def step(state):
-        x = data[rng.integers(0, len(data), cfg.batch_size)]
-        if rng.random() < 0.5:
-            x = x[:, :, ::-1]
-        return step_fn(state, jnp.asarray(x), jax.random.fold_in(key, int(state[2])))
+        return step_fn(state, training.random_batch(rng, data, cfg.batch_size),
+                       jax.random.fold_in(key, int(state[-1])))
 
     state, _ = training.loop(state, cfg, step, save, lambda m: f"charbonnier {m[0]:.2f} kl {m[1]:.2f}")
     # Held out: Fashion-MNIST's test split; for an image folder, its last images (seen in training).

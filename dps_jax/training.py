@@ -46,6 +46,15 @@ def restore_state(path: str, template):
     return jax.tree_util.tree_map(lambda w, g: jnp.asarray(g, w.dtype), template, restored)
 
 
+def random_batch(rng: np.random.Generator, data: np.ndarray, batch_size: int):
+    """`batch_size` images of `data` (N, H, W, C) drawn with replacement, the whole batch flipped left-right
+    half of the time (the trainers' one augmentation): (batch_size, H, W, C) on the device."""
+    x = data[rng.integers(0, len(data), batch_size)]
+    if rng.random() < 0.5:
+        x = x[:, :, ::-1]
+    return jnp.asarray(x)
+
+
 def resume_or_start(path: str, shapes, init: Callable, tx):
     """(params, optimiser state, step): restored from the training state at `path` if there is one (checked
     against `shapes`, the params' ShapeDtypeStructs), else `init()`'s params at step 0. For params drawn

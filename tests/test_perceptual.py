@@ -136,6 +136,12 @@ def test_converter_refuses_bad_files(tmp_path, capsys):
     assert "negative weights" in capsys.readouterr().err
     assert convert_metrics.main(["fid", trunk, str(out)]) == 1
     assert "does not match" in capsys.readouterr().err
+    state = random_state_dict(convert_metrics.inception_torch_shapes(), 0)
+    state["Mixed_6b.branch1x1.bn.running_var"][3] = -1.0
+    bad_inception = torch_files.write_arrays(str(tmp_path / "inception.pth"), state)
+    assert convert_metrics.main(["fid", bad_inception, str(out)]) == 1
+    assert "1 batch-norm running variances are negative, first Mixed_6b.branch1x1.bn.running_var" in \
+        capsys.readouterr().err
     assert convert_metrics.main(["fid", trunk, trunk]) == 1          # never overwrites its input
     assert not out.exists() and os.path.getsize(trunk) > 0
 

@@ -25,8 +25,8 @@ def _ticks(lo, hi):
     return out
 
 
-def _panel(draw, ox, oy, title, series, floor, font, xlabel, ylabel):
-    pts = [p for s in series.values() for p in s if p[1] > 0]
+def _panel(draw, ox, oy, title, series, floor, font, xlabel, ylabel, colors):
+    pts = [p for s in series.values() for p in s if p[0] > 0 and p[1] > 0]     # log axes
     if not pts:
         return
     xs = [p[0] for p in pts]
@@ -47,29 +47,31 @@ def _panel(draw, ox, oy, title, series, floor, font, xlabel, ylabel):
     if floor:
         for x in range(int(px(x0)), int(px(x1)), 8):
             draw.line([x, py(floor), x + 4, py(floor)], fill=(150, 150, 150))
-    for i, (label, s) in enumerate(sorted(series.items())):
-        c = COLORS[i % len(COLORS)]
-        s = [p for p in s if p[1] > 0]
+    for label, s in sorted(series.items()):
+        c = colors[label]
+        s = [p for p in s if p[0] > 0 and p[1] > 0]
         for a, b in zip(s, s[1:]):
             draw.line([px(a[0]), py(a[1]), px(b[0]), py(b[1])], fill=c, width=2)
         for x, y in s:
             draw.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=c)
 
 
-def panels(items, path, xlabel="", ylabel="", columns=3):
+def panels(items, path, xlabel="", ylabel="", columns=3, note="dashed: exact samples (the floor)"):
     font = ImageFont.load_default()
     rows = math.ceil(len(items) / columns)
     labels = sorted({k for _, s, _ in items for k in s})
-    legend_h = 16 * math.ceil(len(labels) / 4) + 24
+    colors = {label: COLORS[i % len(COLORS)] for i, label in enumerate(labels)}   # one color per label everywhere
+    per_row = max(1, W * min(columns, len(items)) // 150)
+    legend_h = 16 * math.ceil(len(labels) / per_row) + 24
     img = Image.new("RGB", (W * min(columns, len(items)), H * rows + legend_h), "white")
     draw = ImageDraw.Draw(img)
     for i, (title, series, floor) in enumerate(items):
-        _panel(draw, W * (i % columns), H * (i // columns), title, series, floor, font, xlabel, ylabel)
+        _panel(draw, W * (i % columns), H * (i // columns), title, series, floor, font, xlabel, ylabel, colors)
     y = H * rows + 4
-    draw.text((8, y), f"{ylabel}; dashed: exact samples (the floor)", fill=(0, 0, 0), font=font)
+    draw.text((8, y), "; ".join(t for t in (ylabel, note) if t), fill=(0, 0, 0), font=font)
     for i, label in enumerate(labels):
-        c = COLORS[i % len(COLORS)]
-        x, yy = 8 + (i % 4) * 150, y + 18 + 16 * (i // 4)
+        c = colors[label]
+        x, yy = 8 + (i % per_row) * 150, y + 18 + 16 * (i // per_row)
         draw.line([x, yy + 6, x + 20, yy + 6], fill=c, width=3)
         draw.text((x + 26, yy), label, fill=(0, 0, 0), font=font)
     img.save(path)

@@ -1,8 +1,8 @@
-"""Speed of one DPS step, dps_jax against the official PyTorch implementation, side by side in one run.
+"""Speed of one DPS step, dps_jax against the official PyTorch implementation and deepinv, side by side in one run.
 
     git -C <mirror> archive HEAD | tar -x -C /tmp/dps_official      # a clone of DPS2022/diffusion-posterior-sampling
-    pip install -e '.[bench]'
-    python benchmarks/step_speed.py --torch_repo /tmp/dps_official --model ffhq256 --out benchmarks/step_speed.json
+    pip install -e '.[bench]' deepinv
+    python benchmarks/step_speed.py --torch_repo /tmp/dps_official --deepinv --model ffhq256 --out benchmarks/step_speed.json
 
 The step is what DPS repeats 1000 times: the UNet forward at x_t, x0_hat (Tweedie), the gradient of
 ||y - A(x0_hat)|| with respect to x_t through the network, the DDPM update and the guidance update.
@@ -13,11 +13,18 @@ x4 as A (the official resizer) and Gaussian noise.
           imported from --torch_repo (never copied); N = 4 runs four steps one after another, since its
           batch would couple the samples through one norm.
   jax     dps_jax's jitted step, N = 1 and N = 4 (vmapped).
-Runs alternate between the two after a warm-up; each figure is repeated --repeats times and the minimum
+  deepinv (with --deepinv) the installed package's `deepinv.sampling.DPS` around its ADM `DiffUNet` (the FFHQ
+          256 layout, or ImageNet 256's with `large_model`), random weights, its `Downsampling` operator; one
+          step is one guided denoiser call of its DDPM solver, N = 4 one batch (its guidance differentiates
+          the per-sample norms, so the batch does not couple the samples). Timed at its default precision
+          (float64 for the SDE's arithmetic, float32 in the network) and all in float32.
+Runs alternate between the implementations after a warm-up; each figure is repeated --repeats times and the minimum
 and median are reported. Also: a whole K-step run (one lax.scan, and one step per compiled call with a progress
 callback between calls, the main job's most chatty setting), compile time,
 peak resident memory (each side measured alone in a fresh process), achieved GFLOP/s (from XLA's cost
-analysis) next to the rate of a large float32 matrix product measured in the same run.
+analysis) next to the rate of a large float32 matrix product measured in the same run, and the
+time of a whole 1000-step reconstruction per image for each implementation, extrapolated from the steps
+timed here (a full run of a 256 x 256 model takes hours on a CPU).
 """
 
 from __future__ import annotations
@@ -106,6 +113,68 @@ def torch_step_fn(torch_repo: str, model_name: str, seed: int = 0):
         return x_next.detach_(), float(dist.detach())
 
     return step, lambda: torch.randn(1, 3, size, size, device=device)
+
+
+# ---- deepinv side -------------------------------------------------------------------------------
+
+DEEPINV_DTYPES = {"default": "float64", "float32": "float32"}
+
+
+def deepinv_model(model_name: str, seed: int = 0):
+    """deepinv's ADM `DiffUNet` in the layout of `model_name`, N(0, 0.02) weights as on the other sides,
+    and a one-element list counting its calls."""
+    import deepinv
+    import torch
+
+    if model_name not in ("ffhq256", "imagenet256"):
+        raise ValueError(f"deepinv's DiffUNet has the ffhq256 and imagenet256 layouts only, not {model_name!r}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(seed)
+    net = deepinv.models.DiffUNet(large_model=model_name == "imagenet256", pretrained=None).eval().to(device)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.02)
+    calls = [0]
+    forward = net.forward
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    net.forward = counted
+    return net, calls
+
+
+def deepinv_step_fn(model_name: str, num_samples: int, dtype: str, model=None):
+    """A function running one step of deepinv's DPS on N samples at once: its solver's arithmetic in
+    `dtype` ("default" = float64, or "float32"), the network in float32 as deepinv always runs it.
+    `model` is a `deepinv_model(...)` pair to share between configurations."""
+    import deepinv
+    import torch
+
+    net, calls = model or deepinv_model(model_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = MODELS[model_name]["image_size"]
+    physics = deepinv.physics.Downsampling(img_size=(3, size, size), factor=FACTOR, filter="bicubic",
+                                           device=device, noise_model=deepinv.physics.GaussianNoise(SIGMA))
+    torch_dtype = getattr(torch, DEEPINV_DTYPES[dtype])
+    sampler = deepinv.sampling.DPS(net, num_steps=1000, weight=SCALE, dtype=torch_dtype, device=device)
+    y = torch.randn(num_samples, 3, size // FACTOR, size // FACTOR, device=device)
+    # Two time points around the middle of the schedule: the DDPM solver's one step between them is one
+    # guided network call (counted below, so a change in deepinv's loop cannot go unnoticed).
+    t_mid = STEP_INDEX / 1000
+    timesteps = torch.tensor([t_mid, t_mid - 1e-3], dtype=torch_dtype, device=device)
+
+    def step():
+        calls[0] = 0
+        x = sampler(y, physics, x_init=(num_samples, 3, size, size), timesteps=timesteps, denoise_output=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if calls[0] != 1:
+            raise RuntimeError(f"deepinv's step called its network {calls[0]} times, expected 1")
+        return x
+
+    return step
 
 
 # ---- jax side ----------------------------------------------------------------------------------
@@ -243,6 +312,15 @@ def available_mib():
         return next(int(l.split()[1]) for l in fh if l.startswith("MemAvailable:")) / 1024
 
 
+def whole_run_seconds(stats, scan_per_step, compile_s, num_steps=1000):
+    """Seconds per image of a whole `num_steps` reconstruction, extrapolated from the steps timed here:
+    num_steps x the fastest step per sample of each configuration; dps_jax's N = 1 figure uses its K-step
+    `lax.scan` (the sampler's real loop) and adds its compile time."""
+    whole = {k: num_steps * v["per_sample_min_s"] for k, v in stats.items()}
+    whole["jax_n1"] = num_steps * scan_per_step + compile_s
+    return whole
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -253,11 +331,14 @@ def _peak_memory_child(side, torch_repo, model_name):
     """Run one N = 1 step in this (fresh) process and print its peak memory in MiB: device memory on
     a GPU, else the resident set of the process; and (jax) the compile time."""
     compile_s = None
-    if side == "torch":
+    if side in ("torch", "deepinv"):
         import torch
 
-        step, make_x = torch_step_fn(torch_repo, model_name)
-        step(make_x())
+        if side == "torch":
+            step, make_x = torch_step_fn(torch_repo, model_name)
+            step(make_x())
+        else:
+            deepinv_step_fn(model_name, 1, "default")()
         if torch.cuda.is_available():
             return print(json.dumps({"peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20}))
     else:
@@ -287,6 +368,7 @@ def peak_memory(side, torch_repo, model_name, cache_dir=""):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--torch_repo", required=True, help="path of a clone of DPS2022/diffusion-posterior-sampling")
+    ap.add_argument("--deepinv", action="store_true", help="also time deepinv's DPS (the installed package)")
     ap.add_argument("--model", default="ffhq256", choices=sorted(MODELS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scan_steps", type=int, default=3)
@@ -296,7 +378,8 @@ def main():
     if args._memory_child:
         return _peak_memory_child(args._memory_child, args.torch_repo, args.model)
 
-    mem = {side: peak_memory(side, args.torch_repo, args.model)["peak_mib"] for side in ("torch", "jax")}
+    sides = ("torch", "jax") + (("deepinv",) if args.deepinv else ())
+    mem = {side: peak_memory(side, args.torch_repo, args.model)["peak_mib"] for side in sides}
     # The same jax step again, twice, with a persistent compilation cache: the first run fills it, the
     # second loads the compiled step (what a rerun of the main job does by default).
     with tempfile.TemporaryDirectory() as cache:
@@ -316,18 +399,26 @@ def main():
         print(f"jax_n4 after the PyTorch model is freed: needs {need4 / 1024:.1f} GiB, "
               f"{available_mib() / 1024:.1f} GiB available beside it", file=sys.stderr, flush=True)
         del run4
+    peers = {}
+    if args.deepinv:
+        net = deepinv_model(args.model)
+        peers = {f"deepinv_{p}_n{n}": deepinv_step_fn(args.model, n, p, net) for n in (1, 4) for p in DEEPINV_DTYPES}
     # Warm-up: first calls allocate and (torch) pick kernels.
     step(make_x()); run1()
     if not n4_later:
         run4()
+    for peer in peers.values():
+        peer()
 
-    t = {"torch_n1": [], "torch_n4": [], "jax_n1": [], "jax_n4": []}
+    t = {"torch_n1": [], "torch_n4": [], "jax_n1": [], "jax_n4": [], **{k: [] for k in peers}}
     for r in range(args.repeats):
         t["torch_n1"].append(_timed(lambda: step(make_x())))
         t["jax_n1"].append(_timed(run1))
         t["torch_n4"].append(_timed(lambda: [step(make_x()) for _ in range(4)]))
         if not n4_later:
             t["jax_n4"].append(_timed(run4))
+        for name, peer in peers.items():
+            t[name].append(_timed(peer))
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.4f}s" for k, v in t.items() if v),
               file=sys.stderr, flush=True)
     scan_per_step = jax_loop_run(parts, args.scan_steps, args.scan_steps)
@@ -336,7 +427,7 @@ def main():
 
     n4_note = ""
     if n4_later:
-        del step, make_x, run1, parts
+        del step, make_x, run1, parts, peers
         gc.collect()
         run4, *_ = jax_step_fn(args.model, 4)
         if need4 > 0.9 * available_mib():
@@ -352,6 +443,7 @@ def main():
 
     stats = {k: {"min_s": min(v), "median_s": statistics.median(v), "per_sample_min_s": min(v) / (4 if "n4" in k else 1)}
              for k, v in t.items()}
+    whole = whole_run_seconds(stats, scan_per_step, compile1)
     result = {
         "model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         # Precision of float32 convolutions and matrix products as each framework leaves it by default:
@@ -367,14 +459,24 @@ def main():
         "gflop_per_step_n1": flops1 / 1e9,
         "jax_gflops_n1": flops1 / 1e9 / stats["jax_n1"]["min_s"],
         "jax_gflops_n4": None if n4_skipped else flops4 / 1e9 / stats["jax_n4"]["min_s"], "jax_n4_note": n4_note,
-        "matmul_gflops_limit": limit, "peak_mib": mem,
+        "matmul_gflops_limit": limit, "peak_mib": mem, "whole_run_1000_steps_s_per_image": whole,
         "speedup_n1": stats["torch_n1"]["min_s"] / stats["jax_n1"]["min_s"],
         "speedup_n4_per_sample": None if n4_skipped else stats["torch_n4"]["min_s"] / stats["jax_n4"]["min_s"],
     }
+    if peers:
+        for p in DEEPINV_DTYPES:
+            result[f"speedup_vs_deepinv_{p}_n1"] = stats[f"deepinv_{p}_n1"]["min_s"] / stats["jax_n1"]["min_s"]
+            result[f"speedup_vs_deepinv_{p}_n4_per_sample"] = (
+                None if n4_skipped else stats[f"deepinv_{p}_n4"]["min_s"] / stats["jax_n4"]["min_s"])
     print(f"\nDPS step, {args.model}, {result['machine']}, torch {result['torch']}, jax {result['jax']}")
     print(f"{'':<22}{'min s':>9}{'median s':>10}{'s / sample':>12}")
     for k, v in stats.items():
         print(f"{k:<22}{v['min_s']:9.4f}{v['median_s']:10.4f}{v['per_sample_min_s']:12.4f}")
+    for k, v in result.items():
+        if k.startswith("speedup_vs_deepinv") and v is not None:
+            print(f"{k} {v:.2f}x")
+    print("whole 1000-step reconstruction, s per image (extrapolated): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in whole.items()))
     print(f"speed-up N=1 {result['speedup_n1']:.2f}x, N=4 per sample "
           + ("-" if n4_skipped else f"{result['speedup_n4_per_sample']:.2f}x") + (f" ({n4_note})" if n4_note else ""))
     print(f"K-step run: one lax.scan {scan_per_step:.4f} s/step, one step per call with progress "

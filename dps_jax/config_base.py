@@ -49,7 +49,7 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
     c.preset = preset
     c.seed = 0
     c.num_samples = 4                    # posterior samples per measurement
-    c.chunk_size = 0                     # samples per compiled call (0: all at once)
+    c.chunk_size = 0                     # samples per compiled call (0: automatic, runner.auto_chunk_size)
     c.model = ml_collections.ConfigDict(dict(
         checkpoint="",                   # "" = the prior shipped with dps_jax (fmnist32 only)
         dtype="float32",                 # compute dtype of the UNet: float32 or bfloat16

@@ -126,6 +126,19 @@ def test_progress_between_calls():
     assert [auto(t) for t in (1000, 250, 100, 50, 7, 37)] == [50, 10, 10, 10, 7, 1]
 
 
+def test_automatic_chunk_size():
+    """chunk_size 0: every sample at once, except on a CPU for images above CPU_VMAP_MAX_PIXELS; a set
+    chunk size is kept, and a chunk is rounded up to the device count."""
+    auto, limit = solvers.runner.auto_chunk_size, solvers.runner.CPU_VMAP_MAX_PIXELS
+    side = int(limit ** 0.5)
+    assert auto(8, (side, side, 3), "cpu") == 8 and auto(8, (side, side + 1, 3), "cpu") == 1
+    assert auto(8, (256, 256, 3), "gpu") == 8 and auto(8, (32, 32, 1), "cpu") == 8
+    cpu = jax.devices("cpu")[:1]
+    big = lambda **kw: solvers.build(None, (256, 256, 1), solver=LANDWEBER, num_samples=4, devices=cpu, **kw)
+    assert big().chunk == 1 and big(chunk_size=3).chunk == 3
+    assert solvers.build(None, SHAPE, solver=LANDWEBER, num_samples=4, devices=cpu).chunk == 4
+
+
 def test_new_measurement_or_step_size_does_not_recompile():
     traces = []
 

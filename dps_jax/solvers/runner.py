@@ -8,8 +8,8 @@ draws N posterior samples of one measurement per call.
 
 - Samples: N keys split from `key`. Sample i does not depend on N, on the chunk size or on the devices,
   and equals `loop.run` from keys[i].
-- chunk_size K: samples are drawn K at a time (0: all at once); one compiled program serves every chunk
-  and every measurement of the same shapes. A chunk is rounded up to a multiple of the device count.
+- chunk_size K: samples are drawn K at a time (0: `auto_chunk_size`); one compiled program serves every
+  chunk and every measurement of the same shapes. A chunk is rounded up to a multiple of the device count.
 - devices: each chunk is sharded along its sample axis over the devices (default: all local devices);
   the prior, the problem and the options are replicated.
 - steps_per_call: the loop's `lax.scan` runs this many steps per compiled call, and
@@ -38,6 +38,9 @@ PROGRESS_UPDATES = 20
 # Every compiled call has a fixed cost besides its steps (on XLA:CPU about 2 s for the FFHQ 256 step,
 # benchmarks/progress_overhead.py); at least this many steps per call keeps it to a few percent.
 MIN_STEPS_PER_CALL = 10
+# Above this many pixels per image, XLA:CPU draws samples faster one at a time than vmapped: one sample's
+# activations stay in the cache between layers, several do not (benchmarks/cost_scaling.py).
+CPU_VMAP_MAX_PIXELS = 128 * 128
 
 
 def step_inputs(solver: Solver, options, tables: Optional[schedule_lib.DiffusionTables]):
@@ -56,6 +59,14 @@ def auto_steps_per_call(num_steps: int, updates: int = PROGRESS_UPDATES, least: 
     a divisor allows it (1000 -> 50, 100 -> 10, 50 -> 10, 7 -> 7; a prime such as 37 has only 1)."""
     limit = max(least, num_steps // updates)
     return max(d for d in range(1, min(limit, num_steps) + 1) if num_steps % d == 0)
+
+
+def auto_chunk_size(num_samples: int, image_shape: Sequence[int], platform: str) -> int:
+    """Samples per compiled call when the user sets none: all of them, except on a CPU for images larger
+    than CPU_VMAP_MAX_PIXELS, where one at a time is faster per sample."""
+    if platform == "cpu" and image_shape[0] * image_shape[1] > CPU_VMAP_MAX_PIXELS:
+        return 1
+    return num_samples
 
 
 def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[dict] = None, steps: int = 50,
@@ -119,7 +130,8 @@ class Runner:
 
         self.devices = list(devices or jax.local_devices())
         n_dev = len(self.devices)
-        self.chunk = math.ceil((chunk_size or self.num_samples) / n_dev) * n_dev
+        chunk_size = chunk_size or auto_chunk_size(self.num_samples, self.image_shape, self.devices[0].platform)
+        self.chunk = math.ceil(chunk_size / n_dev) * n_dev
         mesh = Mesh(np.array(self.devices), ("samples",))
         self.batched = NamedSharding(mesh, PartitionSpec("samples"))
         self.replicated = NamedSharding(mesh, PartitionSpec())

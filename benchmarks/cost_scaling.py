@@ -143,7 +143,7 @@ def main():
     ap.add_argument("--samples", default="1,2,4,8,16,64")
     ap.add_argument("--sizes", default="32,64,128,256")
     ap.add_argument("--size_samples", default="1,4")
-    ap.add_argument("--steps", type=int, default=10, help="DPS steps per timed run (2 at side 256)")
+    ap.add_argument("--steps", type=int, default=10, help="DPS steps per timed run (at most 4 at side 128, 2 at 256)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="")
     ap.add_argument("--plot", default="")
@@ -156,7 +156,7 @@ def main():
     configs += [("size", s, n) for s in map(int, args.sizes.split(",")) for n in map(int, args.size_samples.split(","))]
     rows = []
     for sweep, size, n in configs:
-        steps = args.steps if size < 256 else min(args.steps, 2)
+        steps = args.steps if size <= 64 else min(args.steps, 4 if size <= 128 else 2)
         row = in_child(sweep, size, n, steps, args.repeats)
         if row:
             rows.append(row)

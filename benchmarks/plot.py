@@ -15,14 +15,12 @@ W, H, MARGIN_L, MARGIN_B, MARGIN_T, MARGIN_R = 420, 300, 60, 40, 28, 10
 
 
 def _ticks(lo, hi):
-    """Powers of ten (and 2x, 5x when the range is short) inside [lo, hi]."""
-    out = []
-    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
-        for m in ((1, 2, 5) if math.log10(hi / lo) < 2.5 else (1,)):
-            v = m * 10 ** e
-            if lo <= v <= hi:
-                out.append(v)
-    return out
+    """Powers of ten (and 2x, 5x when the range is short, every digit when shorter) inside [lo, hi]."""
+    def within(multiples):
+        return [m * 10 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                for m in multiples if lo <= m * 10 ** e <= hi]
+    out = within((1, 2, 5) if math.log10(hi / lo) < 2.5 else (1,))
+    return out if len(out) >= 3 else within(range(1, 10))      # a short range: every digit
 
 
 def _panel(draw, ox, oy, title, series, floor, font, xlabel, ylabel, colors):

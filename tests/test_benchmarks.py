@@ -22,3 +22,30 @@ def test_step_costs_one_forward_and_one_input_gradient():
     assert 1.8 < step_flops / forward_flops < 2.3, (step_flops, forward_flops)
     x_next, distance = run()
     assert x_next.shape == (1, 32, 32, 3) and bool(jnp.all(jnp.isfinite(x_next))) and float(distance[0]) > 0
+
+
+def test_time_to_quality_step_counts_and_pick():
+    """A point's step count goes where its solver reads it, DPS keeps its total guidance (zeta x steps), and
+    the pick is the fastest point within the reference's PSNR standard error and FID slack."""
+    import argparse
+
+    import time_to_quality as t2q
+    from configs.eval import paper_table
+
+    cfg = paper_table.get_config()
+    ps = t2q.point_config(cfg, "super_resolution", "ps", 100, "total")
+    assert ps.sampler.steps == 100 and ps.solver.ps.scale == 10.0 * 50 / 100
+    assert t2q.point_config(cfg, "super_resolution", "ps", 100, "fixed").solver.ps.scale == 10.0
+    assert t2q.point_config(cfg, "super_resolution", "ddrm", 25, "total").solver.ddrm.steps == 25
+    assert t2q.point_config(cfg, "super_resolution", "daps", 10, "total").solver.daps.annealing_steps == 10
+
+    point = lambda method, steps, psnr, fid, seconds: {
+        "task": "sr", "method": method, "steps": steps, "psnr": {"mean": psnr, "se": 0.2}, "seconds_per_image": seconds}
+    points = [point("ps", 1000, 20.0, None, 30.0), point("ddrm", 10, 19.9, None, 0.5),
+              point("mcg", 10, 19.7, None, 0.1), point("ps", 100, 20.5, None, 3.0), point("daps", 10, 21.0, None, 0.2)]
+    fids = {("sr", "ps", 1000): 100.0, ("sr", "ddrm", 10): 120.0, ("sr", "mcg", 10): 90.0, ("sr", "ps", 100): 80.0,
+            ("sr", "daps", 10): 126.0}
+    summary = t2q.summarise(argparse.Namespace(ref_steps=1000), points, fids)["sr"]
+    # mcg is 0.3 dB short (more than one standard error); daps's FID is beyond 1.25 x the reference's
+    assert [p["reaches"] for p in summary["points"]] == [True, True, False, True, False]
+    assert summary["fastest_to_reference"]["method"] == "ddrm"

@@ -180,7 +180,7 @@ def main():
                                        "motion_deblur,nonlinear_deblur,phase_retrieval")
     ap.add_argument("--methods", default="ps,ddrm,mcg,projection,pigdm,reddiff,diffpir,daps,ps_unit,scoreald,"
                                          "sdedit,admm_tv,er,hio,oss,pnp_admm")
-    ap.add_argument("--steps", default="10,25,100")
+    ap.add_argument("--steps", default="10,25,50,100")
     ap.add_argument("--ref_steps", type=int, default=1000)
     ap.add_argument("--zeta_rule", default="total", choices=("total", "fixed"))
     ap.add_argument("--num_images", type=int, default=16)

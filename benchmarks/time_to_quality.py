@@ -139,7 +139,18 @@ def store_path(out, task, method, steps, ext):
 
 
 def markdown(summary, ref_steps):
-    lines = []
+    """An overview row per task (the reference, the fastest point reaching it, DPS at 50 steps), then
+    every point of every task."""
+    cell = lambda p: f"{p['psnr']['mean']:.2f} / {p['fid']:.1f} / {p['seconds_per_image']:.2f}"
+    lines = [f"| task | DPS-{ref_steps}: PSNR / FID-FMNIST / s per image | fastest to it | its PSNR / FID / s | "
+             "speed-up | DPS-50 |", "| --- | --- | --- | --- | --- | --- |"]
+    for task, s in summary.items():
+        ref, pick = s["reference"], s["fastest_to_reference"]
+        dps50 = next((p for p in s["points"] if p["method"] == "ps" and p["steps"] == 50), None)
+        lines.append(f"| {task} | {cell(ref)} | {pick['method']} {pick['steps'] or ''} | {cell(pick)} | "
+                     f"{ref['seconds_per_image'] / pick['seconds_per_image']:.0f}x | "
+                     f"{cell(dps50) if dps50 else '-'} |")
+    lines.append("")
     for task, s in summary.items():
         ref, pick = s["reference"], s["fastest_to_reference"]
         lines += [f"**{task}**: DPS-{ref_steps} {ref['psnr']['mean']:.2f} dB, FID {ref['fid']:.1f}, "

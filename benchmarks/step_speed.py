@@ -1,7 +1,7 @@
 """Speed of one DPS step, dps_jax against the official PyTorch implementation and deepinv, side by side in one run.
 
     git -C <mirror> archive HEAD | tar -x -C /tmp/dps_official      # a clone of DPS2022/diffusion-posterior-sampling
-    pip install -e '.[bench]' deepinv
+    pip install -e '.[bench]'                 # torch, the official code's imports, deepinv
     python benchmarks/step_speed.py --torch_repo /tmp/dps_official --deepinv --model ffhq256 --out benchmarks/step_speed.json
 
 The step is what DPS repeats 1000 times: the UNet forward at x_t, x0_hat (Tweedie), the gradient of

@@ -34,10 +34,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-ITERATIVE = ("admm_tv", "er", "hio", "oss", "pnp_admm")
 # Solvers whose step count is one of their own options, not the sampler's.
 STEP_OPTIONS = {"ddrm": "steps", "diffpir": "steps", "daps": "annealing_steps"}
 FID_SLACK = 1.25
+
+
+def iterative(method: str) -> bool:
+    """Whether `method` is an iterative solver (no diffusion steps: run once at its configured iterations)."""
+    from dps_jax import solvers
+
+    return solvers.get(method).kind != "diffusion"
 
 
 def point_config(cfg, task, method, steps, zeta_rule):
@@ -45,7 +51,7 @@ def point_config(cfg, task, method, steps, zeta_rule):
     from dps_jax import config_base, evaluate
 
     tcfg = evaluate.task_config(cfg, task, method)
-    if method in ITERATIVE or not steps:
+    if iterative(method) or not steps:
         return tcfg
     key = config_base.config_key(method)
     if method in STEP_OPTIONS:
@@ -85,15 +91,12 @@ def run_point(cfg, task, method, steps, zeta_rule, prior, images):
 
 def points_of(args):
     """Every (task, method, steps) to run, DPS's reference first in each task."""
-    from dps_jax import solvers
-
     out = []
     grid = [int(s) for s in args.steps.split(",")]
     for task in args.tasks.split(","):
         out.append((task, "ps", args.ref_steps))
         for method in args.methods.split(","):
-            solvers.get(method)
-            if method in ITERATIVE:
+            if iterative(method):                  # also refuses an unknown name
                 out.append((task, method, 0))
             else:
                 out += [(task, method, s) for s in grid if (method, s) != ("ps", args.ref_steps)]

@@ -6,8 +6,8 @@ Cross-entropy with Adam on the training split (random horizontal flips and one-p
 learning rate. Checkpoints `workdir/state.msgpack` (atomic) and resumes from it; writes
 `workdir/classifier.msgpack` (float16, readable by `models.classifier.load` and `metrics.fid.load_features`)
 and, at the end, `workdir/eval.json`: the test split's accuracy, and the FID-FMNIST of the test split
-against the training split (its first `floor_images`; all by default) (the floor a perfect generator would reach) and of the first half of the test
-split against the second.
+against the training split (its first `floor_images`, all by default: the floor a perfect generator would
+reach) and of the first half of the test split against the second.
 """
 
 from __future__ import annotations

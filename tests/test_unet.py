@@ -13,10 +13,15 @@ from dps_jax.models.unet import (UNet, UNetConfig, attention, count_params, crea
                                  param_shapes, preset)
 
 
-def _run(name, dtype=jnp.float32):
+def _fixture(name):
+    """(reference arrays, config, converted params) of the `adm_<name>` fixture."""
     ref = load_npz(f"adm_{name}.npz")
     cfg = UNetConfig.from_dict(json.loads(str(ref["config"])))
-    params = convert_state_dict(load_state_dict(fixture_path(f"adm_{name}.pt")), cfg)
+    return ref, cfg, convert_state_dict(load_state_dict(fixture_path(f"adm_{name}.pt")), cfg)
+
+
+def _run(name, dtype=jnp.float32):
+    ref, cfg, params = _fixture(name)
     y = jnp.asarray(ref["y"]) if "y" in ref.files else None
     out = UNet(cfg, dtype).apply({"params": params}, jnp.asarray(nhwc(ref["x"])), jnp.asarray(ref["t"]), y)
     return np.asarray(out), nhwc(ref["out"])
@@ -34,9 +39,7 @@ def test_bfloat16_compute_is_close():
     official float32 one) and the input gradient DPS takes (of a data distance through the network) stay
     float32 and close to float32's: the gradient's derivative along itself matches a central difference
     of the float32 network (which checks its length and its direction)."""
-    ref = load_npz("adm_ffhq_like.npz")
-    cfg = UNetConfig.from_dict(json.loads(str(ref["config"])))
-    params = convert_state_dict(load_state_dict(fixture_path("adm_ffhq_like.pt")), cfg)
+    ref, cfg, params = _fixture("ffhq_like")
     x, t, want = jnp.asarray(nhwc(ref["x"])), jnp.asarray(ref["t"]), nhwc(ref["out"])
 
     def distance(x, dtype):

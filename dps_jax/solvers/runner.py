@@ -40,7 +40,8 @@ PROGRESS_UPDATES = 20
 MIN_STEPS_PER_CALL = 10
 # Above this many pixels per image, XLA:CPU draws samples faster one at a time than vmapped: one sample's
 # activations stay in the cache between layers, several do not. FFHQ-layout UNet, per sample at N = 4
-# against N = 1: 0.73x at 32 x 32, 0.86x at 64, 1.04x at 128, 1.22x at 256 (benchmarks/cost_scaling.py).
+# against N = 1: 0.73x at 32 x 32, 0.86x at 64, 1.04x at 128, 1.09x at 256 (benchmarks/cost_scaling.py;
+# 1.22x in benchmarks/step_speed.py, whose single step has no per-call cost for four samples to share).
 CPU_VMAP_MAX_PIXELS = 64 * 64
 
 

@@ -5,16 +5,19 @@
 
 On the shipped prior and the comparison table's images and measurements (`dps_jax.evaluate`: t10k images
 100 onwards, image i measured with the same key for every method), every diffusion solver runs at each
-step count of --steps, and DPS also at --ref_steps (1000, the paper's), the reference quality; the
-iterative solvers (ADMM-TV, ER / HIO / OSS, PnP-ADMM) run once at their configured iterations. A step
-count is the sampler's for most solvers, DDRM's and DiffPIR's own `steps`, DAPS's annealing levels.
+step count of --steps, and DPS also at --dps_steps (250, 500) and at --ref_steps (1000, the paper's), the
+reference quality; the iterative solvers (ADMM-TV, ER / HIO / OSS, PnP-ADMM) run once at their configured
+iterations. A step count is the sampler's for most solvers, DDRM's and DiffPIR's own `steps`, DAPS's
+annealing levels (`config_base.set_steps`).
 The gradient solvers' step size zeta was tuned for 50 steps (the task configs); at T steps it is
 zeta_50 x 50 / T, the same total guidance (--zeta_rule fixed keeps zeta_50).
 
 Seconds per image exclude compiling (each configuration is compiled before its clock starts); phase
 retrieval draws 4 samples per image and keeps the one with the smallest residual, as the table does.
 Every point is stored under --out as it finishes (`points/<task>__<method>__<steps>.json` and the
-reconstructions' .npz), so an interrupted run resumes where it stopped.
+reconstructions' .npz), so an interrupted run resumes where it stopped; the summary takes every stored
+point of the tasks named, those of earlier runs with other step lists too. A solver's step count is skipped
+when its time at fewer steps, scaled by the step ratio, exceeds the reference's: it cannot reach it sooner.
 
 A point reaches the reference when its mean PSNR is at least DPS-`ref_steps`'s minus that mean's
 standard error and its FID-FMNIST at most 1.25 x DPS-`ref_steps`'s; per task the summary names the
@@ -24,6 +27,7 @@ fastest such point (by seconds per image), or DPS-`ref_steps` itself when none i
 from __future__ import annotations
 
 import argparse
+import glob
 import io as _io
 import json
 import os
@@ -34,8 +38,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# Solvers whose step count is one of their own options, not the sampler's.
-STEP_OPTIONS = {"ddrm": "steps", "diffpir": "steps", "daps": "annealing_steps"}
 FID_SLACK = 1.25
 
 
@@ -51,16 +53,8 @@ def point_config(cfg, task, method, steps, zeta_rule):
     from dps_jax import config_base, evaluate
 
     tcfg = evaluate.task_config(cfg, task, method)
-    if iterative(method) or not steps:
-        return tcfg
-    key = config_base.config_key(method)
-    if method in STEP_OPTIONS:
-        tcfg.solver[key][STEP_OPTIONS[method]] = steps
-        return tcfg
-    base_steps = tcfg.sampler.steps
-    tcfg.sampler.steps = steps
-    if method in config_base.GRADIENT_SOLVERS and zeta_rule == "total":
-        tcfg.solver[key].scale = tcfg.solver[key].scale * base_steps / steps
+    if steps and not iterative(method):
+        config_base.set_steps(tcfg, method, steps, rescale_zeta=zeta_rule == "total")
     return tcfg
 
 
@@ -90,17 +84,32 @@ def run_point(cfg, task, method, steps, zeta_rule, prior, images):
 
 
 def points_of(args):
-    """Every (task, method, steps) to run, DPS's reference first in each task."""
+    """Every (task, method, steps) to run, DPS's reference first in each task, then DPS's --dps_steps."""
     out = []
     grid = [int(s) for s in args.steps.split(",")]
     for task in args.tasks.split(","):
         out.append((task, "ps", args.ref_steps))
+        out += [(task, "ps", int(s)) for s in args.dps_steps.split(",") if s]
         for method in args.methods.split(","):
             if iterative(method):                  # also refuses an unknown name
                 out.append((task, method, 0))
             else:
                 out += [(task, method, s) for s in grid if (method, s) != ("ps", args.ref_steps)]
     return out
+
+
+def ref_seconds(args, task):
+    """Seconds per image of the task's stored DPS reference (None before it ran)."""
+    path = store_path(args.out, task, "ps", args.ref_steps, ".json")
+    return json.load(open(path))["seconds_per_image"] if os.path.exists(path) else None
+
+
+def slower_than_reference(ref_s, last, steps):
+    """Why a point at `steps` cannot reach the reference sooner, or "": its solver's time per image at
+    fewer steps, `last` = (steps, seconds), scaled by the step ratio exceeds the reference's `ref_s`."""
+    if ref_s is None or not last or not last[0] or last[1] * steps / last[0] <= ref_s:
+        return ""
+    return f"about {last[1] * steps / last[0]:.0f} s/image from {last[0]} steps, the reference {ref_s:.0f}"
 
 
 def summarise(args, points, fids):
@@ -195,6 +204,7 @@ def main():
     ap.add_argument("--methods", default="ps,ddrm,mcg,projection,pigdm,reddiff,diffpir,daps,ps_unit,scoreald,"
                                          "sdedit,admm_tv,er,hio,oss,pnp_admm")
     ap.add_argument("--steps", default="10,25,50,100")
+    ap.add_argument("--dps_steps", default="250,500", help="more step counts for DPS alone ('' for none)")
     ap.add_argument("--ref_steps", type=int, default=1000)
     ap.add_argument("--zeta_rule", default="total", choices=("total", "fixed"))
     ap.add_argument("--num_images", type=int, default=16)
@@ -215,26 +225,36 @@ def main():
     prior = pipeline.load_prior(evaluate.task_config(cfg, "super_resolution", "ps"))
     images = evaluate.load_images(cfg, prior)
     os.makedirs(os.path.join(args.out, "points"), exist_ok=True)
-    points = []
+    done = {}            # per (task, method): (steps, seconds per image) of its largest step count so far
     for task, method, steps in points_of(args):
         path = store_path(args.out, task, method, steps, ".json")
         if os.path.exists(path):
             point = json.load(open(path))
+            if "seconds_per_image" in point:
+                done[task, method] = steps, point["seconds_per_image"]
+            continue
+        why = slower_than_reference(ref_seconds(args, task), done.get((task, method)), steps)
+        if why:
+            print(f"{task} {method} {steps}: skipped, {why}", file=sys.stderr, flush=True)
+            continue
+        t0 = time.perf_counter()
+        point, picked = run_point(cfg, task, method, steps, args.zeta_rule, prior, images)
+        if point is None:
+            point = {"task": task, "method": method, "steps": steps, "unsupported": picked}
         else:
-            t0 = time.perf_counter()
-            point, picked = run_point(cfg, task, method, steps, args.zeta_rule, prior, images)
-            if point is None:
-                point = {"task": task, "method": method, "steps": steps, "unsupported": picked}
-            else:
-                buf = _io.BytesIO()
-                np.savez_compressed(buf, samples=picked.astype(np.float16))
-                training.atomic_write(store_path(args.out, task, method, steps, ".npz"), buf.getvalue())
-            training.atomic_write(path, json.dumps(point).encode())
-            print(f"{task} {method} {steps}: " + (point.get("unsupported") or
-                  f"{point['psnr']['mean']:.2f} dB, {point['seconds_per_image']:.2f} s/image") +
-                  f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-        if "unsupported" not in point:
-            points.append(point)
+            buf = _io.BytesIO()
+            np.savez_compressed(buf, samples=picked.astype(np.float16))
+            training.atomic_write(store_path(args.out, task, method, steps, ".npz"), buf.getvalue())
+        training.atomic_write(path, json.dumps(point).encode())
+        if "seconds_per_image" in point:
+            done[task, method] = steps, point["seconds_per_image"]
+        print(f"{task} {method} {steps}: " + (point.get("unsupported") or
+              f"{point['psnr']['mean']:.2f} dB, {point['seconds_per_image']:.2f} s/image") +
+              f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    # Every stored point of these tasks, also those an earlier run with other step lists made.
+    stored = [json.load(open(f)) for task in args.tasks.split(",")
+              for f in sorted(glob.glob(store_path(args.out, task, "*", "*", ".json")))]
+    points = [p for p in stored if "unsupported" not in p]
     summary = summarise(args, points, fid_of(args.out, points, images))
     print(markdown(summary, args.ref_steps))
     if args.summary:

@@ -34,7 +34,7 @@ def main():
     x = data.fashion_mnist("test")[args.image]
     rows = []
     for t, task in enumerate(config_base.TASKS):
-        cfg = config_base.task_config(task)
+        cfg = config_base.task_config(task, pick=False)
         k_op, k_n = jax.random.split(jax.random.PRNGKey(t))
         op = pipeline.build_operator(cfg, (32, 32, 1), k_op)
         y = api.measure(op, x, k_n, cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)

@@ -50,7 +50,7 @@ def hio(op, y, image_shape, key, iters, starts=4):
 
 
 def run_task(task, images, prior, steps, hio_iters, seed=0):
-    cfg = config_base.task_config(task)
+    cfg = config_base.task_config(task, pick=False)
     cfg.sampler.steps = steps
     cfg.num_samples = 4 if task == "phase_retrieval" else 1
     image_shape = images.shape[1:]

@@ -6,10 +6,11 @@
 
 from ml_collections import ConfigDict
 
-from dps_jax.config_base import base, is_paper, set_scale
+from dps_jax.config_base import base, is_paper, pick_default, set_scale
 
 
-def get_config(preset=None):
+def settings(preset=None):
+    """Every solver's settings for this task; DPS named."""
     c = base("gaussian_deblur", preset)
     c.operator = ConfigDict(dict(name="gaussian_blur", kernel_size=9, intensity=1.0))    # intensity: sigma
     set_scale(c, 3.0)
@@ -20,3 +21,8 @@ def get_config(preset=None):
         c.operator.update(dict(kernel_size=61, intensity=3.0))
         set_scale(c, 0.3)
     return c
+
+
+def get_config(preset=None):
+    """What `--config=` runs: the settings with the task's default solver and step count (config_base.DEFAULT_PICKS)."""
+    return pick_default(settings(preset))

@@ -6,10 +6,11 @@
 
 from ml_collections import ConfigDict
 
-from dps_jax.config_base import base, is_paper, set_scale
+from dps_jax.config_base import base, is_paper, pick_default, set_scale
 
 
-def get_config(preset=None):
+def settings(preset=None):
+    """Every solver's settings for this task; DPS named."""
     c = base("inpainting_box", preset)
     # A hole of side [lo, hi) at least `margin` pixels from the border, drawn per image.
     c.operator = ConfigDict(dict(name="inpainting", mask_type="box", box_len_range=(16, 17), margin=2))
@@ -22,3 +23,8 @@ def get_config(preset=None):
         c.operator.update(dict(box_len_range=(128, 129), margin=16))    # 128 x 128 in 256 x 256
         set_scale(c, 0.5)
     return c
+
+
+def get_config(preset=None):
+    """What `--config=` runs: the settings with the task's default solver and step count (config_base.DEFAULT_PICKS)."""
+    return pick_default(settings(preset))

@@ -6,10 +6,11 @@
 
 from ml_collections import ConfigDict
 
-from dps_jax.config_base import base, is_paper, set_scale
+from dps_jax.config_base import base, is_paper, pick_default, set_scale
 
 
-def get_config(preset=None):
+def settings(preset=None):
+    """Every solver's settings for this task; DPS named."""
     c = base("inpainting_random", preset)
     c.operator = ConfigDict(dict(name="inpainting", mask_type="random", drop_fraction=0.92))
     set_scale(c, 3.0)
@@ -19,3 +20,8 @@ def get_config(preset=None):
     if is_paper(c):
         set_scale(c, 0.5)
     return c
+
+
+def get_config(preset=None):
+    """What `--config=` runs: the settings with the task's default solver and step count (config_base.DEFAULT_PICKS)."""
+    return pick_default(settings(preset))

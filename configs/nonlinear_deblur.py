@@ -9,10 +9,11 @@
 
 from ml_collections import ConfigDict
 
-from dps_jax.config_base import base, is_paper, set_scale
+from dps_jax.config_base import base, is_paper, pick_default, set_scale
 
 
-def get_config(preset=None):
+def settings(preset=None):
+    """Every solver's settings for this task; DPS named."""
     c = base("nonlinear_deblur", preset)
     # checkpoint "": the KernelWizard shipped for the 32 x 32 prior (dps_jax.train_kernel).
     c.operator = ConfigDict(dict(name="nonlinear_blur", checkpoint="", kernel_scale=1.2))
@@ -22,3 +23,8 @@ def get_config(preset=None):
     if is_paper(c):
         set_scale(c, 0.3)          # the official nonlinear_deblur_config.yaml
     return c
+
+
+def get_config(preset=None):
+    """What `--config=` runs: the settings with the task's default solver and step count (config_base.DEFAULT_PICKS)."""
+    return pick_default(settings(preset))

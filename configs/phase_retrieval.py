@@ -8,10 +8,11 @@ The result depends on the start: the paper reports the best of 4 posterior sampl
 
 from ml_collections import ConfigDict
 
-from dps_jax.config_base import base, is_paper, set_scale
+from dps_jax.config_base import base, is_paper, pick_default, set_scale
 
 
-def get_config(preset=None):
+def settings(preset=None):
+    """Every solver's settings for this task; DPS named."""
     c = base("phase_retrieval", preset)
     c.operator = ConfigDict(dict(name="phase_retrieval", oversample=2.0))
     c.num_samples = 4
@@ -20,3 +21,8 @@ def get_config(preset=None):
     if is_paper(c):
         set_scale(c, 0.4)
     return c
+
+
+def get_config(preset=None):
+    """What `--config=` runs: the settings with the task's default solver and step count (config_base.DEFAULT_PICKS)."""
+    return pick_default(settings(preset))

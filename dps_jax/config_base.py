@@ -94,12 +94,55 @@ def set_scale(c: ml_collections.ConfigDict, scale: float) -> None:
         c.solver[config_key(name)].scale = float(scale)
 
 
-def task_config(task: str, preset: str = "") -> ml_collections.ConfigDict:
-    """The config of `configs/<task>.py` with a preset, as `--config=configs/<task>.py:<preset>` gives it."""
+# Solvers whose step count is one of their own options rather than `sampler.steps`.
+STEP_OPTIONS = {"ddrm": "steps", "diffpir": "steps", "daps": "annealing_steps"}
+
+# Each task's default solver and step count on the shipped prior: the point of benchmarks/time_to_quality.py
+# that reached DPS-1000's quality (PSNR within a standard error, FID-FMNIST within 1.25x) in the least time
+# per image, or DPS where nothing faster did. tests/test_configs.py holds them to
+# benchmarks/time_to_quality.json.
+DEFAULT_PICKS = {
+    "super_resolution": ("ddrm", 25),
+    "inpainting_box": ("ps", 1000),
+    "inpainting_random": ("ps", 250),
+    "gaussian_deblur": ("ddrm", 10),
+    "motion_deblur": ("daps", 50),
+    "nonlinear_deblur": ("ps", 1000),
+    "phase_retrieval": ("daps", 100),
+}
+
+
+def set_steps(c: ml_collections.ConfigDict, solver: str, steps: int, rescale_zeta: bool = True) -> None:
+    """Run `solver` for `steps` steps: its own step option (STEP_OPTIONS) or `sampler.steps`. Changing
+    `sampler.steps` scales the gradient solvers' zeta by old / new steps, so the total guidance stays that
+    of the step count zeta was tuned for (the step is zeta times a gradient whose size does not depend on T)."""
+    if solver in STEP_OPTIONS:
+        c.solver[config_key(solver)][STEP_OPTIONS[solver]] = int(steps)
+        return
+    old = c.sampler.steps
+    c.sampler.steps = int(steps)
+    if rescale_zeta:
+        for name in GRADIENT_SOLVERS:
+            c.solver[config_key(name)].scale = c.solver[config_key(name)].scale * old / steps
+
+
+def pick_default(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`c` set to run its task's DEFAULT_PICKS solver and step count; the paper presets keep the paper's
+    DPS at 1000 steps (the picks were measured on the shipped prior only)."""
+    if not is_paper(c):
+        c.solver.name, steps = DEFAULT_PICKS[c.task]
+        set_steps(c, c.solver.name, steps)
+    return c
+
+
+def task_config(task: str, preset: str = "", pick: bool = True) -> ml_collections.ConfigDict:
+    """The config of `configs/<task>.py` with a preset, as `--config=configs/<task>.py:<preset>` gives it;
+    with `pick=False`, its `settings`: every solver as tuned for the task at the preset's step count (50
+    shipped, 1000 paper) and DPS named, before `pick_default` (the comparison table's cells)."""
     path = os.path.join(CONFIG_DIR, f"{task}.py")
     if task not in TASKS or not os.path.isfile(path):
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS} (configs in {CONFIG_DIR})")
     spec = importlib.util.spec_from_file_location(f"dps_jax_config_{task}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(preset or None)
+    return module.get_config(preset or None) if pick else module.settings(preset or None)

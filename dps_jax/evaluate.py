@@ -69,7 +69,7 @@ def split(names: str) -> List[str]:
 
 def task_config(cfg, task: str, method: str):
     """The config of one cell: the task's own config, this solver, the evaluation's data and model."""
-    t = config_base.task_config(task, cfg.preset)
+    t = config_base.task_config(task, cfg.preset, pick=False)
     t.solver.name = method
     t.num_samples = cfg.pr_samples if task == "phase_retrieval" else 1
     t.model.checkpoint = cfg.model.checkpoint

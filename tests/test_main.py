@@ -212,7 +212,7 @@ def test_two_processes_share_the_images_and_match_one(tmp_path):
 def test_divergence_is_reported_and_nothing_is_a_result(tmp_path):
     out = io.StringIO()
     status = main.cli(["dps_jax.main", "--config=configs/super_resolution.py", *short_flags(tmp_path),
-                       "--config.solver.ps.scale=1e38"], stream=out)
+                       "--config.solver.name=ps", "--config.solver.ps.scale=1e38"], stream=out)
     assert status == 1
     line = out.getvalue().strip().splitlines()[-1]
     assert line.startswith("error: sampling diverged (NaN/Inf) at step ") and "-incomplete" in line

@@ -11,7 +11,6 @@ the first.
 """
 
 import argparse
-
 import glob
 import json
 import os

@@ -38,12 +38,12 @@ def test_time_to_quality_step_counts_and_pick():
     assert t2q.point_config(cfg, "super_resolution", "ps", 100, "fixed").solver.ps.scale == 10.0
     assert t2q.point_config(cfg, "super_resolution", "ddrm", 25, "total").solver.ddrm.steps == 25
     assert t2q.point_config(cfg, "super_resolution", "daps", 10, "total").solver.daps.annealing_steps == 10
-    # DPS's reference first, its extra step counts next, the reference not twice, iterative solvers once.
-    args = argparse.Namespace(tasks="super_resolution", methods="ps,ddrm,hio", steps="10,1000", dps_steps="250",
-                              ref_steps=1000)
     # A step count whose time, extrapolated from fewer steps, exceeds the reference's is not run.
     assert t2q.slower_than_reference(44.0, (50, 40.0), 100) and not t2q.slower_than_reference(44.0, (25, 20.0), 50)
     assert not t2q.slower_than_reference(None, (50, 40.0), 100) and not t2q.slower_than_reference(44.0, None, 10)
+    # DPS's reference first, its extra step counts next, the reference not twice, iterative solvers once.
+    args = argparse.Namespace(tasks="super_resolution", methods="ps,ddrm,hio", steps="10,1000", dps_steps="250",
+                              ref_steps=1000)
     sr = lambda method, steps: ("super_resolution", method, steps)
     assert t2q.points_of(args) == [sr("ps", 1000), sr("ps", 250), sr("ps", 10), sr("ddrm", 10), sr("ddrm", 1000),
                                    sr("hio", 0)]

@@ -145,37 +145,3 @@ def test_input_gradient_keeps_fewer_activations_than_autodiff():
     temp = {f.__name__: jax.jit(jax.grad(f)).lower(x).compile().memory_analysis().temp_size_in_bytes
             for f in (ours, ref)}
     assert temp["ours"] < 0.75 * temp["ref"], temp
-
-
-@pytest.mark.parametrize("shape,itemsize,ksize,backend,parts", [
-    ((1, 256, 256, 256), 4, (3, 3), "cpu", 2),     # the FFHQ decoder's full-resolution input: 64 MiB
-    ((1, 256, 256, 128), 4, (3, 3), "cpu", 1),     # 32 MiB: at the limit, whole
-    ((1, 256, 256, 256), 2, (3, 3), "cpu", 1),     # bfloat16 halves it
-    ((1, 256, 256, 256), 4, (1, 1), "cpu", 1),     # 1 x 1: memory-bound, never sliced
-    ((1, 256, 256, 256), 4, (3, 3), "gpu", 1),
-    ((4, 512, 512, 96), 4, (3, 3), "cpu", 3),      # per sample: 96 MiB -> 3 slices of 32 channels
-    ((1, 512, 512, 70), 4, (3, 3), "cpu", 5),      # 70 MiB wants 3 slices; 3 and 4 do not divide 70
-])
-def test_input_slices(shape, itemsize, ksize, backend, parts):
-    assert layers.input_slices(shape, itemsize, ksize, backend) == parts
-
-
-def test_conv_over_channel_slices_equals_whole_convolution(monkeypatch):
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 12))
-    conv = layers.Conv(5, (3, 3), padding=((1, 1), (1, 1)))
-    params = conv.init(jax.random.PRNGKey(1), x)
-    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)    # a nonzero bias too
-
-    def apply(x):
-        return conv.apply(params, x)
-
-    whole, vjp_whole = jax.vjp(apply, x)
-    # 8 x 8 x 12 float32 is 3 KiB per sample: a 1 KiB limit makes 3 slices of 4 channels.
-    monkeypatch.setattr(layers, "CPU_CONV_SLICE_BYTES", 1024)
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    sliced, vjp_sliced = jax.vjp(apply, x)
-    jaxpr = str(jax.make_jaxpr(apply)(x))
-    assert jaxpr.count("conv_general_dilated") == 3
-    np.testing.assert_allclose(sliced, whole, rtol=1e-5, atol=1e-5)
-    cot = jax.random.normal(jax.random.PRNGKey(2), whole.shape)
-    np.testing.assert_allclose(vjp_sliced(cot)[0], vjp_whole(cot)[0], rtol=1e-5, atol=1e-5)

@@ -178,30 +178,9 @@ def _conv_bwd(strides, padding, res, g):
 conv2d.defvjp(_conv_fwd, _conv_bwd)
 
 
-# XLA:CPU's 3 x 3 convolution runs about a quarter slower when its input outgrows the last-level cache
-# (the FFHQ UNet's two full-resolution decoder blocks take 256 x 256 x 256 float32, 64 MiB): there the
-# convolution is computed as the sum of convolutions over channel slices of at most this many bytes per
-# sample, the same sum in cache-sized parts (the DPS step 6% faster on the 2-core CPU, 32 MiB of L3;
-# benchmarks/RESULTS.md, "Levers tried"). Other backends take the whole input at once.
-CPU_CONV_SLICE_BYTES = 32 * 2 ** 20
-
-
-def input_slices(x_shape, itemsize: int, kernel_size, backend: str) -> int:
-    """How many equal channel slices a convolution of an (N, H, W, C) input is summed over: 1 unless
-    on the CPU with a kernel larger than 1 x 1 and H * W * C * itemsize above CPU_CONV_SLICE_BYTES (1 x 1
-    convolutions are memory-bound: slicing only adds copies). The count divides C."""
-    h, w, c = x_shape[-3:]
-    if backend != "cpu" or tuple(kernel_size) == (1, 1):
-        return 1
-    parts = -(-h * w * c * itemsize // CPU_CONV_SLICE_BYTES)
-    while c % parts:
-        parts += 1
-    return parts
-
-
 class Conv(nn.Module):
     """flax.linen.Conv's params (`kernel` (kh, kw, I, O), `bias` (O,)) and initialisers, NHWC, computed
-    with `conv2d` (over channel slices where `input_slices` says so). `dtype` is the compute dtype."""
+    with `conv2d`. `dtype` is the compute dtype."""
     features: int
     kernel_size: Tuple[int, int]
     strides: Tuple[int, int] = (1, 1)
@@ -214,11 +193,6 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, tuple(self.kernel_size) + (x.shape[-1], self.features),
                             jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        strides, padding = tuple(self.strides), tuple(tuple(p) for p in self.padding)
-        parts = input_slices(x.shape, x.dtype.itemsize, self.kernel_size, jax.default_backend())
-        size = x.shape[-1] // parts
-        y = conv2d(x[..., :size], kernel[:, :, :size], strides, padding)
-        for i in range(size, x.shape[-1], size):
-            y = y + conv2d(x[..., i:i + size], kernel[:, :, i:i + size], strides, padding)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides),
+                   tuple(tuple(p) for p in self.padding))
         return y + bias.astype(self.dtype)

@@ -1,6 +1,7 @@
 """Levers for the DPS step's speed (benchmarks/RESULTS.md, "Levers tried"), side by side in one run.
 
     python benchmarks/levers.py --model ffhq256 --repeats 10 --out benchmarks/levers_ffhq256.json
+    python benchmarks/levers.py --variants base,bfloat16 --repeats 10           # base and the variants named
     python benchmarks/levers.py --layout --repeats 10   # one 3 x 3 convolution, NHWC / HWIO against NCHW / OIHW
 
 Variants of dps_jax's N = 1 step (the step of benchmarks/step_speed.py), compiled, then timed in turns:
@@ -58,13 +59,13 @@ def _variant_model(variant):
         unet.attention, unet.AttentionBlock = saved
 
 
-def step_variants(model_name, repeats):
+def step_variants(model_name, repeats, variants=VARIANTS):
     """Compile every variant's step, then time them in turns (after one warm-up each) so that the shared
     machine's drift falls on all alike; a list of their figures."""
     size = step_speed.MODELS[model_name]["image_size"]
     x_t = np.asarray(step_speed.jax_inputs(1, size)[0])
     runs, rows = {}, {}
-    for variant in VARIANTS:
+    for variant in variants:
         with _variant_model(variant):
             run, compile_s, _, _, temp_mib, _ = step_speed.jax_step_fn(
                 model_name, 1, dtype="bfloat16" if variant == "bfloat16" else "float32", donate=variant == "donate")
@@ -132,16 +133,22 @@ def main():
     ap.add_argument("--model", default="ffhq256", choices=sorted(step_speed.MODELS))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--layout", action="store_true", help="time one convolution in both layouts instead")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated, from " + ", ".join(VARIANTS) + "; base is always timed, first")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
+    variants = ["base"] + [v for v in args.variants.split(",") if v and v != "base"]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"--variants: unknown {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
     result = {"date": time.strftime("%Y-%m-%d"), "machine": step_speed.machine(), "repeats": args.repeats}
     if args.layout:
         result["layout"] = layout(args.repeats)
     else:
         print(f"DPS step, {args.model}, N = 1, {result['machine']}")
         print(f"{'variant':<16}{'min s':>9}{'median s':>10}{'/ base':>9}{'compile':>9}{'XLA MiB':>10}  vs base")
-        result.update(model=args.model, variants=step_variants(args.model, args.repeats))
+        result.update(model=args.model, variants=step_variants(args.model, args.repeats, variants))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -25,6 +25,10 @@ peak resident memory (each side measured alone in a fresh process), achieved GFL
 analysis) next to the rate of a large float32 matrix product measured in the same run, and the
 time of a whole 1000-step reconstruction per image for each implementation, extrapolated from the steps
 timed here (a full run of a 256 x 256 model takes hours on a CPU).
+
+With --n1_turns K it runs only the N = 1 steps, K turns in rotating order, and reports dps_jax's time over
+each peer's in the same turn (median and quartiles): on a shared machine whose speed drifts by more than
+the differences measured, the per-turn ratio is the figure that holds still.
 """
 
 from __future__ import annotations
@@ -327,6 +331,44 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
+def head_to_head(args):
+    """--n1_turns K: only the N = 1 steps (official, dps_jax, deepinv float32 and default with --deepinv),
+    K turns after a warm-up, the order rotated each turn so that none always follows the same program.
+    Each turn's dps_jax time over each peer's in the same turn is one ratio: the shared machine's drift,
+    which moves all alike within a turn (+-15% between minutes here), cancels in it. Reports the median
+    ratio and its quartiles."""
+    step, make_x = torch_step_fn(args.torch_repo, args.model)
+    progs = {"official": lambda: step(make_x()), "dps_jax": jax_step_fn(args.model, 1)[0]}
+    if args.deepinv:
+        net = deepinv_model(args.model)
+        progs.update({f"deepinv_{p}": deepinv_step_fn(args.model, 1, p, net) for p in ("float32", "default")})
+    for prog in progs.values():
+        prog()
+    names = list(progs)
+    t = {name: [] for name in names}
+    for turn in range(args.n1_turns):
+        order = names[turn % len(names):] + names[:turn % len(names)]
+        for name in order:
+            t[name].append(_timed(progs[name]))
+        print(f"turn {turn + 1}/{args.n1_turns}: " + ", ".join(f"{n} {t[n][-1]:.3f}s" for n in order),
+              file=sys.stderr, flush=True)
+    result = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "torch": __import__("torch").__version__, "jax": __import__("jax").__version__,
+              "turns": args.n1_turns, "seconds": t, "dps_jax_time_over": {}}
+    print(f"\nDPS step, {args.model}, N = 1, {args.n1_turns} turns, {result['machine']}")
+    for name in names:
+        print(f"{name:<18} min {min(t[name]):7.3f} s  median {statistics.median(t[name]):7.3f} s")
+    for name in names[2:] + names[:1]:
+        ratios = sorted(j / o for j, o in zip(t["dps_jax"], t[name]))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        result["dps_jax_time_over"][name] = {"median": statistics.median(ratios), "quartiles": [q[0], q[2]]}
+        print(f"dps_jax time / {name} time, same turn: median {statistics.median(ratios):.3f} "
+              f"(quartiles {q[0]:.3f} - {q[2]:.3f})")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
 def _peak_memory_child(side, torch_repo, model_name):
     """Run one N = 1 step in this (fresh) process and print its peak memory in MiB: device memory on
     a GPU, else the resident set of the process; and (jax) the compile time."""
@@ -372,11 +414,16 @@ def main():
     ap.add_argument("--model", default="ffhq256", choices=sorted(MODELS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scan_steps", type=int, default=3)
+    ap.add_argument("--n1_turns", type=int, default=0,
+                    help="instead of the full benchmark: K turns of the N = 1 steps alone, in rotating order, "
+                         "and the median of dps_jax's time over each peer's in the same turn")
     ap.add_argument("--out", default="")
     ap.add_argument("--_memory_child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._memory_child:
         return _peak_memory_child(args._memory_child, args.torch_repo, args.model)
+    if args.n1_turns:
+        return head_to_head(args)
 
     sides = ("torch", "jax") + (("deepinv",) if args.deepinv else ())
     mem = {side: peak_memory(side, args.torch_repo, args.model)["peak_mib"] for side in sides}

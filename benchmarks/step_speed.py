@@ -358,8 +358,8 @@ def head_to_head(args):
     print(f"\nDPS step, {args.model}, N = 1, {args.n1_turns} turns, {result['machine']}")
     for name in names:
         print(f"{name:<18} min {min(t[name]):7.3f} s  median {statistics.median(t[name]):7.3f} s")
-    for name in names[2:] + names[:1]:
-        ratios = sorted(j / o for j, o in zip(t["dps_jax"], t[name]))
+    for name in (n for n in names if n != "dps_jax"):
+        ratios = [j / o for j, o in zip(t["dps_jax"], t[name])]
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         result["dps_jax_time_over"][name] = {"median": statistics.median(ratios), "quartiles": [q[0], q[2]]}
         print(f"dps_jax time / {name} time, same turn: median {statistics.median(ratios):.3f} "
@@ -422,6 +422,8 @@ def main():
     args = ap.parse_args()
     if args._memory_child:
         return _peak_memory_child(args._memory_child, args.torch_repo, args.model)
+    if args.n1_turns < 0:
+        ap.error(f"--n1_turns must be 0 (the full benchmark) or a number of turns, got {args.n1_turns}")
     if args.n1_turns:
         return head_to_head(args)
 

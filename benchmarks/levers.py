@@ -10,6 +10,10 @@ Variants of dps_jax's N = 1 step (the step of benchmarks/step_speed.py), compile
   attention_dpa    attention by jax.nn.dot_product_attention (implementation "xla")
   attention_none   every attention block replaced by the identity: a diagnostic of the blocks' share
   donate           x_t's buffer donated to the step
+  xla_sched_memory, xla_sched_concurrency
+                   XLA:CPU's memory- or concurrency-optimised instruction scheduler instead of its default
+  xla_ynn_eltwise  YNNPACK given XLA's elementwise and reduction fusions too, not only the convolutions
+  xla_xnn_graph    XLA:CPU's greedy extraction of XNNPACK subgraphs (mode GREEDY_SLINKY)
 Each prints min and median seconds, the median over turns of its time over base's in the same turn,
 compile seconds, XLA temporaries, and how far its x_{t-1} is from base's, relative to base's largest
 change |x_{t-1} - x_t|.
@@ -30,7 +34,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_speed  # noqa: E402  (benchmarks/ is not a package)
 
-VARIANTS = ("base", "bfloat16", "attention_dpa", "attention_none", "donate")
+# Options of XLA:CPU for one compilation (jax's `compiler_options`), as variants.
+XLA_OPTIONS = {
+    "xla_sched_memory": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
+    "xla_sched_concurrency": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED"},
+    "xla_ynn_eltwise": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"},
+    "xla_xnn_graph": {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY_SLINKY"},
+}
+VARIANTS = ("base", "bfloat16", "attention_dpa", "attention_none", "donate", *XLA_OPTIONS)
 
 
 @contextlib.contextmanager
@@ -68,7 +79,8 @@ def step_variants(model_name, repeats, variants=VARIANTS):
     for variant in variants:
         with _variant_model(variant):
             run, compile_s, _, _, temp_mib, _ = step_speed.jax_step_fn(
-                model_name, 1, dtype="bfloat16" if variant == "bfloat16" else "float32", donate=variant == "donate")
+                model_name, 1, dtype="bfloat16" if variant == "bfloat16" else "float32", donate=variant == "donate",
+                compiler_options=XLA_OPTIONS.get(variant))
         x_next = np.asarray(run()[0])
         runs[variant] = run
         base = rows["base"]["x_next"] if rows else x_next
@@ -86,7 +98,7 @@ def step_variants(model_name, repeats, variants=VARIANTS):
         row.update(min_s=min(row["times"]), median_s=statistics.median(row["times"]),
                    median_time_over_base=statistics.median(ratios))
         out.append(row)
-        print(f"{row['variant']:<16}{row['min_s']:9.3f}{row['median_s']:10.3f}{row['median_time_over_base']:9.3f}"
+        print(f"{row['variant']:<22}{row['min_s']:9.3f}{row['median_s']:10.3f}{row['median_time_over_base']:9.3f}"
               f"{row['compile_s']:9.1f}{row['xla_temp_mib']:10.0f}  {row['rel_diff_from_base']:.1e}", flush=True)
     return out
 
@@ -147,7 +159,7 @@ def main():
         result["layout"] = layout(args.repeats)
     else:
         print(f"DPS step, {args.model}, N = 1, {result['machine']}")
-        print(f"{'variant':<16}{'min s':>9}{'median s':>10}{'/ base':>9}{'compile':>9}{'XLA MiB':>10}  vs base")
+        print(f"{'variant':<22}{'min s':>9}{'median s':>10}{'/ base':>9}{'compile':>9}{'XLA MiB':>10}  vs base")
         result.update(model=args.model, variants=step_variants(args.model, args.repeats, variants))
     if args.out:
         with open(args.out, "w") as fh:

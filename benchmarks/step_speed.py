@@ -29,6 +29,8 @@ timed here (a full run of a 256 x 256 model takes hours on a CPU).
 With --n1_turns K it runs only the N = 1 steps, K turns in rotating order, and reports dps_jax's time over
 each peer's in the same turn (median and quartiles): on a shared machine whose speed drifts by more than
 the differences measured, the per-turn ratio is the figure that holds still.
+With --isolate as well, each program runs in a fresh process of its own in every turn (the minimum of
+--repeats steps after a warm-up), so that no program's threads or caches can weigh on the next one's time.
 """
 
 from __future__ import annotations
@@ -183,10 +185,12 @@ def deepinv_step_fn(model_name: str, num_samples: int, dtype: str, model=None):
 
 # ---- jax side ----------------------------------------------------------------------------------
 
-def jax_step_fn(model_name: str, num_samples: int, seed: int = 0, dtype: str = "float32", donate: bool = False):
+def jax_step_fn(model_name: str, num_samples: int, seed: int = 0, dtype: str = "float32", donate: bool = False,
+                compiler_options: dict | None = None):
     """dps_jax's jitted step on N samples (vmapped) and what the benchmark reads from it: (run, compile
     seconds, FLOPs, the parts of a K-step run, XLA temporaries MiB, MiB the program needs). `dtype` is the
-    UNet's compute dtype; `donate` hands x_t's buffer to the step (each run then copies x_t first)."""
+    UNet's compute dtype; `donate` hands x_t's buffer to the step (each run then copies x_t first);
+    `compiler_options` are XLA options for this compilation alone (e.g. {"xla_cpu_scheduler_type": ...})."""
     import jax
     import jax.numpy as jnp
 
@@ -216,7 +220,7 @@ def jax_step_fn(model_name: str, num_samples: int, seed: int = 0, dtype: str = "
     f = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)), donate_argnums=(1,) if donate else ())
     x, keys = jax_inputs(num_samples, size)
     t0 = time.time()
-    compiled = f.lower(params, x, keys).compile()
+    compiled = f.lower(params, x, keys).compile(compiler_options)
     compile_s = time.time() - t0
     flops = cpu_flops(f, params, x, keys) if on_accelerator() else _flops(compiled)
     mem = compiled.memory_analysis()
@@ -337,25 +341,33 @@ def head_to_head(args):
     Each turn's dps_jax time over each peer's in the same turn is one ratio: the shared machine's drift,
     which moves all alike within a turn (+-15% between minutes here), cancels in it. Reports the median
     ratio and its quartiles."""
-    step, make_x = torch_step_fn(args.torch_repo, args.model)
-    progs = {"official": lambda: step(make_x()), "dps_jax": jax_step_fn(args.model, 1)[0]}
-    if args.deepinv:
-        net = deepinv_model(args.model)
-        progs.update({f"deepinv_{p}": deepinv_step_fn(args.model, 1, p, net) for p in ("float32", "default")})
-    for prog in progs.values():
-        prog()
-    names = list(progs)
+    names = ["official", "dps_jax"] + (["deepinv_float32", "deepinv_default"] if args.deepinv else [])
+    if args.isolate:
+        # Each program in a fresh process, alone: nothing of one (thread pools still spinning, allocator
+        # caches, a second framework's memory) can slow the next, at the price of a build per measurement.
+        progs = {name: (lambda name=name: _n1_in_child(name, args)) for name in names}
+    else:
+        progs = {name: (lambda f=f: _timed(f)) for name, f in n1_programs(names, args.torch_repo, args.model).items()}
+        for prog in progs.values():
+            prog()
     t = {name: [] for name in names}
+    result = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "torch": __import__("torch").__version__, "jax": __import__("jax").__version__,
+              "turns": args.n1_turns, "isolated": args.isolate,
+              "repeats_per_process": args.repeats if args.isolate else None,
+              "seconds": t, "dps_jax_time_over": {}}
     for turn in range(args.n1_turns):
         order = names[turn % len(names):] + names[:turn % len(names)]
         for name in order:
-            t[name].append(_timed(progs[name]))
+            t[name].append(progs[name]())
         print(f"turn {turn + 1}/{args.n1_turns}: " + ", ".join(f"{n} {t[n][-1]:.3f}s" for n in order),
               file=sys.stderr, flush=True)
-    result = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-              "torch": __import__("torch").__version__, "jax": __import__("jax").__version__,
-              "turns": args.n1_turns, "seconds": t, "dps_jax_time_over": {}}
-    print(f"\nDPS step, {args.model}, N = 1, {args.n1_turns} turns, {result['machine']}")
+        if args.out:                  # the turns so far, for a run stopped before its end
+            with open(args.out, "w") as fh:
+                json.dump(dict(result, turns_done=turn + 1), fh, indent=2)
+    result["turns_done"] = args.n1_turns
+    how = f", each a fresh process (min of {args.repeats} steps)" if args.isolate else ""
+    print(f"\nDPS step, {args.model}, N = 1, {args.n1_turns} turns{how}, {result['machine']}")
     for name in names:
         print(f"{name:<18} min {min(t[name]):7.3f} s  median {statistics.median(t[name]):7.3f} s")
     for name in (n for n in names if n != "dps_jax"):
@@ -367,6 +379,38 @@ def head_to_head(args):
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)
+
+
+def n1_programs(names, torch_repo, model_name):
+    """The N = 1 step of each named program ("official", "dps_jax", "deepinv_float32", "deepinv_default"),
+    as argument-less functions."""
+    progs = {}
+    if "official" in names:
+        step, make_x = torch_step_fn(torch_repo, model_name)
+        progs["official"] = lambda: step(make_x())
+    if "dps_jax" in names:
+        progs["dps_jax"] = jax_step_fn(model_name, 1)[0]
+    deepinv = [n for n in names if n.startswith("deepinv_")]
+    if deepinv:
+        net = deepinv_model(model_name)
+        progs.update({n: deepinv_step_fn(model_name, 1, n[len("deepinv_"):], net) for n in deepinv})
+    return {n: progs[n] for n in names}
+
+
+def _n1_child(name, torch_repo, model_name, repeats):
+    """In a fresh process: build one program's N = 1 step, warm it up, print the minimum of `repeats` steps."""
+    prog = n1_programs([name], torch_repo, model_name)[name]
+    prog()
+    print(json.dumps({"seconds": min(_timed(prog) for _ in range(repeats))}))
+
+
+def _n1_in_child(name, args):
+    proc = subprocess.run([sys.executable, __file__, "--_n1_child", name, "--torch_repo", args.torch_repo,
+                           "--model", args.model, "--repeats", str(args.repeats)],
+                          capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(f"{name} in its own process failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
 
 
 def _peak_memory_child(side, torch_repo, model_name):
@@ -417,13 +461,23 @@ def main():
     ap.add_argument("--n1_turns", type=int, default=0,
                     help="instead of the full benchmark: K turns of the N = 1 steps alone, in rotating order, "
                          "and the median of dps_jax's time over each peer's in the same turn")
+    ap.add_argument("--isolate", action="store_true",
+                    help="with --n1_turns: each program in a fresh process per turn, timed alone "
+                         "(the minimum of --repeats steps after a warm-up)")
     ap.add_argument("--out", default="")
     ap.add_argument("--_memory_child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--_n1_child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._memory_child:
         return _peak_memory_child(args._memory_child, args.torch_repo, args.model)
+    if args._n1_child:
+        return _n1_child(args._n1_child, args.torch_repo, args.model, args.repeats)
     if args.n1_turns < 0:
         ap.error(f"--n1_turns must be 0 (the full benchmark) or a number of turns, got {args.n1_turns}")
+    if args.isolate and not args.n1_turns:
+        ap.error("--isolate goes with --n1_turns K (the N = 1 steps in turns)")
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.n1_turns:
         return head_to_head(args)
 

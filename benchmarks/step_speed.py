@@ -337,7 +337,8 @@ def _timed(fn):
 
 def head_to_head(args):
     """--n1_turns K: only the N = 1 steps (official, dps_jax, deepinv float32 and default with --deepinv),
-    K turns after a warm-up, the order rotated each turn so that none always follows the same program.
+    K turns after a warm-up (with --isolate, each measurement a fresh process that warms up itself), the
+    order rotated each turn so that none always follows the same program.
     Each turn's dps_jax time over each peer's in the same turn is one ratio: the shared machine's drift,
     which moves all alike within a turn (+-15% between minutes here), cancels in it. Reports the median
     ratio and its quartiles."""
@@ -404,13 +405,17 @@ def _n1_child(name, torch_repo, model_name, repeats):
     print(json.dumps({"seconds": min(_timed(prog) for _ in range(repeats))}))
 
 
-def _n1_in_child(name, args):
-    proc = subprocess.run([sys.executable, __file__, "--_n1_child", name, "--torch_repo", args.torch_repo,
-                           "--model", args.model, "--repeats", str(args.repeats)],
-                          capture_output=True, text=True, cwd=REPO)
+def _in_child(flags, env=None):
+    """Run this script with `flags` in a fresh process; the JSON object its last line prints."""
+    proc = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode:
-        raise RuntimeError(f"{name} in its own process failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+        raise RuntimeError(f"step_speed.py {' '.join(flags)} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _n1_in_child(name, args):
+    return _in_child(["--_n1_child", name, "--torch_repo", args.torch_repo, "--model", args.model,
+                      "--repeats", str(args.repeats)])["seconds"]
 
 
 def _peak_memory_child(side, torch_repo, model_name):
@@ -444,11 +449,7 @@ def _peak_memory_child(side, torch_repo, model_name):
 def peak_memory(side, torch_repo, model_name, cache_dir=""):
     """Peak memory of one step in a fresh process; `cache_dir` turns on XLA's persistent compilation cache."""
     env = dict(os.environ, **({"JAX_COMPILATION_CACHE_DIR": cache_dir} if cache_dir else {}))
-    proc = subprocess.run([sys.executable, __file__, "--_memory_child", side, "--torch_repo", torch_repo or "",
-                           "--model", model_name], capture_output=True, text=True, cwd=REPO, env=env)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-2000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _in_child(["--_memory_child", side, "--torch_repo", torch_repo or "", "--model", model_name], env)
 
 
 def main():

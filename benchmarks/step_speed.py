@@ -329,6 +329,16 @@ def whole_run_seconds(stats, scan_per_step, compile_s, num_steps=1000):
     return whole
 
 
+def _version(package):
+    """The installed version of `package` (without importing it: an --isolate parent never loads torch)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -353,7 +363,7 @@ def head_to_head(args):
             prog()
     t = {name: [] for name in names}
     result = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-              "torch": __import__("torch").__version__, "jax": __import__("jax").__version__,
+              "torch": _version("torch"), "jax": _version("jax"),
               "turns": args.n1_turns, "isolated": args.isolate,
               "repeats_per_process": args.repeats if args.isolate else None,
               "seconds": t, "dps_jax_time_over": {}}

@@ -58,3 +58,43 @@ def test_time_to_quality_step_counts_and_pick():
     # mcg is 0.3 dB short (more than one standard error); daps's FID is beyond 1.25 x the reference's
     assert [p["reaches"] for p in summary["points"]] == [True, True, False, True, False]
     assert summary["fastest_to_reference"]["method"] == "ddrm"
+
+
+def test_head_to_head_rotates_and_takes_ratios_within_a_turn(tmp_path, monkeypatch):
+    """--n1_turns: each turn starts one program later, the ratio is taken within a turn (so a drift that
+    slows every program of a turn alike cancels), and the JSON holds every turn."""
+    import argparse
+    import json
+
+    base = {"official": 10.0, "dps_jax": 9.0, "deepinv_float32": 8.0, "deepinv_default": 12.0}
+    drift = [1.0, 2.0, 1.5, 1.25]                  # the machine's speed, turn by turn
+    calls = []
+
+    def fake_child(name, args):
+        calls.append(name)
+        return base[name] * drift[(len(calls) - 1) // len(base)]
+
+    monkeypatch.setattr(step_speed, "_n1_in_child", fake_child)
+    out = tmp_path / "h2h.json"
+    args = argparse.Namespace(deepinv=True, isolate=True, n1_turns=4, repeats=2, model="tiny", torch_repo="",
+                              out=str(out))
+    step_speed.head_to_head(args)
+    assert [calls[4 * k] for k in range(4)] == ["official", "dps_jax", "deepinv_float32", "deepinv_default"]
+    assert all(sorted(calls[4 * k:4 * k + 4]) == sorted(base) for k in range(4))
+    result = json.loads(out.read_text())
+    assert result["turns_done"] == 4 and result["isolated"] and result["repeats_per_process"] == 2
+    assert result["seconds"]["dps_jax"] == [9.0, 18.0, 13.5, 11.25]
+    for peer in ("official", "deepinv_float32", "deepinv_default"):
+        ratio = result["dps_jax_time_over"][peer]
+        assert abs(ratio["median"] - 9.0 / base[peer]) < 1e-12 and max(ratio["quartiles"]) - min(ratio["quartiles"]) < 1e-12
+
+
+def test_step_speed_rejects_flags_that_cannot_go_together(monkeypatch, capsys):
+    import pytest
+
+    for flags, words in ((["--isolate"], "--isolate goes with --n1_turns"), (["--n1_turns", "-1"], "got -1"),
+                         (["--n1_turns", "2", "--repeats", "0"], "at least 1, got 0")):
+        monkeypatch.setattr(sys, "argv", ["step_speed.py", "--torch_repo", "x", *flags])
+        with pytest.raises(SystemExit) as err:
+            step_speed.main()
+        assert err.value.code == 2 and words in capsys.readouterr().err

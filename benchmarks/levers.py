@@ -38,7 +38,10 @@ import step_speed  # noqa: E402  (benchmarks/ is not a package)
 XLA_OPTIONS = {
     "xla_sched_memory": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     "xla_sched_concurrency": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED"},
-    "xla_ynn_eltwise": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"},
+    # A list given here replaces the default set of YNNPACK fusion types (the XLA_FLAGS form "+eltwise,+reduce"
+    # adds to it), so it names the defaults too; the tiny step compiles to the same program either way.
+    "xla_ynn_eltwise": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"},
     "xla_xnn_graph": {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY_SLINKY"},
 }
 VARIANTS = ("base", "bfloat16", "attention_dpa", "attention_none", "donate", *XLA_OPTIONS)

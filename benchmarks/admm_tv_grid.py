@@ -1,7 +1,7 @@
 """ADMM-TV's weight lambda and penalty rho per task, by grid search on held-out images (as the paper
 chose them, Appendix D.2), for the shipped 32 x 32 setting of each task config.
 
-    python benchmarks/admm_tv_grid.py --out benchmarks/admm_tv_grid.json
+    python -m benchmarks.admm_tv_grid --out benchmarks/admm_tv_grid.json
 
 Images: Fashion-MNIST test images [first, first + n) (default 1000 .. 1015), away from the images the
 quality benchmarks and the comparison table report on (0 .. 63). Each task's measurement is made as the
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import api, config_base, data, metrics, pipeline, solvers
+from dps_jax import config_base, data, experiment, metrics, solvers
 
 LINEAR_TASKS = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_deblur", "motion_deblur")
 LAMS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
@@ -29,18 +29,14 @@ RHOS = (0.03, 0.1, 0.3, 1.0)
 
 
 def search(task, images, iterations, lams=LAMS, rhos=RHOS, seed=0):
-    cfg = config_base.task_config(task)
+    cfg = config_base.task_config(task, pick=False)
+    cfg.seed = seed
     shape = images.shape[1:]
-    runner = solvers.build(None, shape, solver="admm_tv", options={"iterations": iterations}, num_samples=1)
-    problems = []
-    for i, x in enumerate(images):
-        k_op, k_noise = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i))
-        op = pipeline.build_operator(cfg, shape, k_op)
-        y = api.measure(op, x, k_noise, cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
-        problems.append(solvers.make_problem(op, y, shape, cfg.noise.name))
+    runner = solvers.build(None, shape, solver="admm_tv", options={"steps": iterations}, num_samples=1)
+    problems = [experiment.measure(cfg, x, i, shape)[0] for i, x in enumerate(images)]
     rows = []
     for lam, rho in itertools.product(lams, rhos):
-        options = solvers.make_options(runner.solver, lam=lam, rho=rho, iterations=iterations)
+        options = solvers.make_options(runner.solver, lam=lam, rho=rho, steps=iterations)
         psnr = [metrics.psnr(runner(p, jax.random.PRNGKey(0), options=options)["samples"][0], x)
                 for p, x in zip(problems, images)]
         rows.append({"lam": lam, "rho": rho, "psnr": float(np.mean(psnr))})

@@ -1,36 +1,33 @@
 """Posterior calibration: how far each diffusion solver's samples are from the exact posterior.
 
-    python benchmarks/calibration.py --out benchmarks/calibration.json --plot docs/calibration.png
+    python -m benchmarks.calibration --out benchmarks/calibration.json --plot docs/calibration.png
 
-The prior is a Gaussian mixture (`dps_jax.gmm`) whose noise prediction is exact, so every error left is the
+The prior is a Gaussian mixture (`dps_jax.analytic.gmm`) whose noise prediction is exact, so every error left is the
 solver's. Two test beds:
   toy    4 x 4 x 1 images (D = 16), 3 random components;
   image  16 x 16 x 1 images (D = 256), 4 components with smooth means (flat, disk, gradient, stripes) and
          stationary squared-exponential covariances of different length scales and amplitudes;
 and linear tasks with Gaussian noise sigma = 0.05 (one ground truth drawn from the prior per task), whose
 exact posterior is again a mixture (`gmm.posterior`). For every solver and NFE, N posterior samples
-(vmapped) are scored against it (`dps_jax.calibration`): RMS error of the posterior mean and of the per-pixel
+(vmapped) are scored against it (`dps_jax.analytic.calibration`): RMS error of the posterior mean and of the per-pixel
 std, the mixture-weight error (total variation) and the sliced Wasserstein distance to exact samples; the
 "exact" row is N exact samples (the sampling floor). Every solver runs with its default options (the
-paper's or reference code's), the NFE set through `steps` (DDRM and DiffPIR: their own `steps` option;
-DAPS: NFE / 5 annealing levels of 5 ODE steps, its 1k preset's split).
+paper's or reference code's), the NFE set through each solver's `steps` (DAPS: NFE / 5 annealing levels
+of 5 ODE steps, its 1k preset's split).
 Cells are saved as they finish; a rerun skips the cells already in --out.
 """
 
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from dps_jax import calibration, gmm, operators, solvers  # noqa: E402
-import plot  # noqa: E402  (benchmarks/plot.py)
+from benchmarks import plot
+from dps_jax import operators, solvers
+from dps_jax.analytic import calibration, gmm
 
 SIGMA = 0.05
 SOLVERS = ["vanilla", "ps", "ps_unit", "scoreald", "mcg", "projection", "sdedit", "ddrm", "pigdm", "reddiff",
@@ -81,17 +78,15 @@ def problem_for(bed, task, mix, key):
 
 
 def nfe_options(solver, nfe):
-    """The options that make `solver` spend `nfe` network evaluations per sample (besides `steps`)."""
-    if solvers.get(solver).fixed_schedule is not None:       # DDRM, DiffPIR: their own `steps` option
-        return {"steps": nfe}
+    """The options that make `solver` spend `nfe` network evaluations per sample."""
     if solver == "daps":                                     # levels x 5 ODE steps, as its 1k preset
-        return {"annealing_steps": max(1, nfe // 5), "ode_steps": 5}
-    return {}
+        return {"steps": max(1, nfe // 5), "ode_steps": 5}
+    return {"steps": nfe}
 
 
 def run_cell(solver, nfe, pr, problem, exact, shape, num, key):
     options = nfe_options(solver, nfe)
-    runner = solvers.build(pr, shape, solver=solver, options=options, steps=nfe, num_samples=num)
+    runner = solvers.build(pr, shape, solver=solver, options=options, num_samples=num)
     runner.compile(problem)
     t0 = time.perf_counter()
     out = runner(problem, key)

@@ -1,6 +1,6 @@
 """Peak memory of `python -m checkpoints_convert` against the size of the checkpoint it converts.
 
-    python benchmarks/convert_memory.py --model ffhq256      # writes a random-weight FFHQ-size .pt (~0.37 GB)
+    python -m benchmarks.convert_memory --model ffhq256      # writes a random-weight FFHQ-size .pt (~0.37 GB)
 
 Writes a torch-format checkpoint of the preset's shapes with random float32 weights (no torch needed:
 tests/torch_files.py lays out the zip the way torch.save does), converts it in a child process and
@@ -21,11 +21,11 @@ import tempfile
 import jax
 import numpy as np
 
+from checkpoints_convert import torch_writer as torch_files
+from checkpoints_convert.adm import _torch_shape, torch_key
+from dps_jax.models.unet import param_shapes, preset
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-import torch_files  # noqa: E402
-from checkpoints_convert.adm import _torch_shape, torch_key  # noqa: E402
-from dps_jax.models.unet import param_shapes, preset  # noqa: E402
 
 
 def write_random(path: str, model: str) -> int:
@@ -65,7 +65,8 @@ def main():
         cfg = str(np.load(os.path.join(ROOT, "tests", "fixtures", "adm_variants.npz"))["config"])
         base = peak_rss([small, os.path.join(tmp, "small.msgpack"), "--config", cfg])
         big = os.path.join(tmp, "big.pt")
-        subprocess.run([sys.executable, __file__, "--model", args.model, "--write", big], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.convert_memory", "--model", args.model, "--write", big],
+                       check=True, cwd=ROOT)
         size = os.path.getsize(big)
         peak = peak_rss([big, os.path.join(tmp, "big.msgpack"), "--model", args.model])
     print(json.dumps({"model": args.model, "file_bytes": size, "baseline_rss_bytes": base, "peak_rss_bytes": peak,

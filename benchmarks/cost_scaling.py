@@ -1,6 +1,6 @@
 """How the cost of DPS grows with the number of posterior samples N and with the image size.
 
-    python benchmarks/cost_scaling.py --out benchmarks/cost_scaling.json --plot benchmarks/cost_scaling.png
+    python -m benchmarks.cost_scaling --out benchmarks/cost_scaling.json --plot benchmarks/cost_scaling.png
 
 Two sweeps, each configuration timed in a fresh process (so its peak memory is its own):
   samples  the shipped prior (32 x 32 Fashion-MNIST, `dps_jax/assets`), super-resolution x4, N samples
@@ -24,8 +24,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 STEP_INDEX, FACTOR, SCALE = 500, 4, 1.0
@@ -61,7 +59,7 @@ def build(sweep: str, size: int, num_samples: int, steps: int):
     coefs = diffusion.step_coefficients(schedule.build_tables("linear", 1000))
     xs = jax.tree_util.tree_map(lambda a: a[STEP_INDEX:STEP_INDEX + steps][::-1], coefs)
     spec = solvers.get("ps")
-    runner = solvers.Runner(spec, solvers.make_options(spec, scale=SCALE), pr, shape, xs,
+    runner = solvers.Runner(spec, solvers.make_options(spec, scale=SCALE), pr, shape, solvers.Grid(xs, steps),
                             num_samples=num_samples, chunk_size=num_samples, steps_per_call=steps)
     return runner, problem
 
@@ -100,7 +98,7 @@ def measure(sweep: str, size: int, num_samples: int, steps: int, repeats: int) -
 
 def in_child(sweep, size, num_samples, steps, repeats):
     """`measure` in a fresh process (its own peak memory); None where it ran out of memory or failed."""
-    cmd = [sys.executable, __file__, "--_child", json.dumps([sweep, size, num_samples, steps, repeats])]
+    cmd = [sys.executable, "-m", "benchmarks.cost_scaling", "--_child", json.dumps([sweep, size, num_samples, steps, repeats])]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         print(f"  {sweep} size {size} N {num_samples} failed: {proc.stderr.strip().splitlines()[-1:]}",
@@ -125,7 +123,7 @@ def table(rows):
 
 def plot(rows, path):
     """Two log-log panels: s / step / sample against N (shipped prior) and against the side (FFHQ layout)."""
-    import plot as plotting
+    from benchmarks import plot as plotting
 
     by_n = {"shipped prior": [(r["num_samples"], r["s_per_step_per_sample"]) for r in rows if r["sweep"] == "samples"]}
     by_size = {}

@@ -1,6 +1,6 @@
 """FID-FMNIST and KID-FMNIST of the shipped prior's unconditional samples, against Fashion-MNIST's test split.
 
-    python benchmarks/fid_fmnist.py --num_samples 2000 --steps 50 --out benchmarks/fid_fmnist.json
+    python -m benchmarks.fid_fmnist --num_samples 2000 --steps 50 --out benchmarks/fid_fmnist.json
 
 Draws `num_samples` unconditional samples (`--sampler` DDPM, the default of the shipped configs, or DDIM
 with eta 0; `steps` respaced steps: the shipped configs use 50, the paper 1000) in batches of `batch`, keeping them in `<out>.<steps>.npz` so an interrupted run resumes. The
@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dps_jax import api, data, operators  # noqa: E402
-from dps_jax.metrics import fid  # noqa: E402
+from dps_jax import api, data, io, operators
+from dps_jax.metrics import fid
 
 
 def draw(prior, steps, sampler, num_samples, batch, store, seed):
@@ -32,12 +29,12 @@ def draw(prior, steps, sampler, num_samples, batch, store, seed):
     seconds = 0.0
     while len(have) < num_samples:
         t0 = time.perf_counter()
-        out = api.sample(prior, op, np.zeros((32, 32, 1), np.float32), solver="vanilla", num_samples=batch,
-                         steps=steps, sampler=sampler, seed=seed + len(have))
+        out = api.sample(prior, op, np.zeros((32, 32, 1), np.float32), solver="vanilla",
+                         options={"steps": steps, "sampler": sampler}, num_samples=batch, seed=seed + len(have))
         seconds += time.perf_counter() - t0
         have = np.concatenate([have, out["samples"]])
-        np.savez(store + ".tmp.npz", samples=have)
-        os.replace(store + ".tmp.npz", store)
+        with io.atomic_writer(store) as f:
+            np.savez(f, samples=have)
         print(f"{len(have)}/{num_samples} samples, {seconds / (len(have)):.3f} s per sample this run", flush=True)
     return have[:num_samples]
 

@@ -1,6 +1,6 @@
 """The README's pictures: unconditional samples of the shipped prior, and one DPS result per task.
 
-    python benchmarks/figures.py --out docs/
+    python -m benchmarks.figures --out docs/
 
 Per task: a row of label | measurement | 4 posterior samples | posterior mean | per-pixel std,
 for one held-out test image, with each task's default config.
@@ -14,9 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dps_jax import api, config_base, data, io, operators, pipeline  # noqa: E402
+from dps_jax import api, config_base, data, experiment, io, operators
 
 
 def main():
@@ -27,18 +25,19 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     prior = api.load_prior()
 
-    res = api.sample(prior, operators.build("identity", (32, 32, 1)), jnp.zeros((32, 32, 1)),
-                     num_samples=32, steps=50, solver="vanilla", seed=0)
+    res = api.sample(prior, operators.build("identity", (32, 32, 1)), jnp.zeros((32, 32, 1)), solver="vanilla",
+                     options={"steps": 50}, num_samples=32, seed=0)
     io.save_png(os.path.join(args.out, "prior_samples.png"), io.grid(res["samples"], columns=16), scale=3)
 
     x = data.fashion_mnist("test")[args.image]
     rows = []
     for t, task in enumerate(config_base.TASKS):
-        cfg = config_base.task_config(task, pick=False)
-        k_op, k_n = jax.random.split(jax.random.PRNGKey(t))
-        op = pipeline.build_operator(cfg, (32, 32, 1), k_op)
-        y = api.measure(op, x, k_n, cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
-        out = api.sample(prior, op, y, num_samples=4, steps=cfg.sampler.steps, scale=cfg.solver.ps.scale, seed=t)
+        cfg = config_base.task_config(task, pick=False)         # DPS, 50 steps, the task's tuned zeta
+        cfg.seed, cfg.num_samples = t, 4
+        exp = experiment.setup(cfg, prior)
+        problem, key = exp.measure(x, 0)
+        op, y = problem.op, problem.y
+        out = exp.runner(problem, key)
         s = out["samples"]
         shown = jax.image.resize(op.display(y), (32, 32, 1), "nearest")
         rows.append(np.stack([x, np.asarray(shown), *s, s.mean(0), io.normalise(s.std(0))]))

@@ -1,8 +1,8 @@
 """Fuzz the torch checkpoint reader: seeded corruptions of a valid file must be read or refused with a
 CheckpointError, never escape as another exception, and stay within the reader's bounds.
 
-    python benchmarks/fuzz_reader.py --cases 10000                 # the fixtures, zip and legacy
-    python benchmarks/fuzz_reader.py --file ffhq_10m.pt --cases 200
+    python -m benchmarks.fuzz_reader --cases 10000                 # the fixtures, zip and legacy
+    python -m benchmarks.fuzz_reader --file ffhq_10m.pt --cases 200
 
 Mutations: 1-4 random byte edits; a truncation; a run of bytes zeroed or set to 0xff; for zip files, two
 members' contents swapped and a member's recorded size changed. Each case is written to a temporary file
@@ -22,9 +22,9 @@ import tracemalloc
 
 import numpy as np
 
+from checkpoints_convert import CheckpointError, load_state_dict
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from checkpoints_convert import CheckpointError, load_state_dict  # noqa: E402
 
 FIXTURES = [os.path.join(ROOT, "tests", "fixtures", n) for n in ("adm_variants_fp16.pt", "adm_variants_legacy.pt")]
 

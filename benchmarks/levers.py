@@ -1,8 +1,8 @@
 """Levers for the DPS step's speed (benchmarks/RESULTS.md, "Levers tried"), side by side in one run.
 
-    python benchmarks/levers.py --model ffhq256 --repeats 10 --out benchmarks/levers_ffhq256.json
-    python benchmarks/levers.py --variants base,bfloat16 --repeats 10           # base and the variants named
-    python benchmarks/levers.py --layout --repeats 10   # one 3 x 3 convolution, NHWC / HWIO against NCHW / OIHW
+    python -m benchmarks.levers --model ffhq256 --repeats 10 --out benchmarks/levers_ffhq256.json
+    python -m benchmarks.levers --variants base,bfloat16 --repeats 10           # base and the variants named
+    python -m benchmarks.levers --layout --repeats 10   # one 3 x 3 convolution, NHWC / HWIO against NCHW / OIHW
 
 Variants of dps_jax's N = 1 step (the step of benchmarks/step_speed.py), compiled, then timed in turns:
   base             as shipped
@@ -24,15 +24,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import step_speed  # noqa: E402  (benchmarks/ is not a package)
+from benchmarks import step_speed
 
 # Options of XLA:CPU for one compilation (jax's `compiler_options`), as variants.
 XLA_OPTIONS = {

@@ -1,6 +1,6 @@
 """Wall time of each task's default main job, from a fresh process, compile included.
 
-    python benchmarks/main_job_time.py [--runs cold]
+    python -m benchmarks.main_job_time [--runs cold]
 
 Runs `python -m dps_jax.main --config=configs/<task>.py` for every task with its defaults (the shipped
 prior, one test image, 4 samples, the task's default solver and steps) and prints the wall time, the
@@ -19,10 +19,9 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from dps_jax.config_base import TASKS
 
-from dps_jax.config_base import TASKS  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():

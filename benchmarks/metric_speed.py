@@ -1,10 +1,10 @@
 """Speed of the paper's metrics: LPIPS (AlexNet, VGG16) of image pairs and FID Inception features, in dps_jax
 and, with --reference, in the `lpips` and `pytorch-fid` packages on the same weights, in one run.
 
-    python benchmarks/metric_speed.py --num 1000 --size 256 --out benchmarks/metric_speed.json
+    python -m benchmarks.metric_speed --num 1000 --size 256 --out benchmarks/metric_speed.json
     # side by side (an environment with torch, torchvision, lpips, pytorch-fid and dps_jax installed):
-    python benchmarks/metric_speed.py --num 1000 --size 256 --reference
-    python benchmarks/metric_speed.py --num 100 --nets vgg --skip_fid --reference     # VGG: 10 x cheaper run
+    python -m benchmarks.metric_speed --num 1000 --size 256 --reference
+    python -m benchmarks.metric_speed --num 100 --nets vgg --skip_fid --reference     # VGG: 10 x cheaper run
 
 Each run is appended to the output file.
 
@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoints_convert import metrics as convert_metrics  # noqa: E402
-from checkpoints_convert.mapping import random_state_dict  # noqa: E402
+from checkpoints_convert import metrics as convert_metrics
+from checkpoints_convert.mapping import random_state_dict
 
 
 def images(num, size, seed):

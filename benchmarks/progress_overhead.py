@@ -1,7 +1,7 @@
 """What the progress line costs: the runner's scan in one compiled call against the same steps split into
 several calls with a progress callback between them, timed in turns in one run.
 
-    python benchmarks/progress_overhead.py --repeats 5 --out benchmarks/progress_overhead.json
+    python -m benchmarks.progress_overhead --repeats 5 --out benchmarks/progress_overhead.json
 
 Two workloads:
   shipped   the main job's default: the shipped 32 x 32 prior, DPS, 4 samples, 50 steps; bare = 50 steps in
@@ -20,17 +20,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import step_speed  # noqa: E402  (benchmarks/ is not a package)
+from benchmarks import step_speed
 
-from dps_jax import api, operators, solvers  # noqa: E402
-from dps_jax.solvers.runner import auto_steps_per_call  # noqa: E402
+from dps_jax import api, operators, solvers
+from dps_jax.solvers.runner import auto_steps_per_call
 
 RUN_LENGTHS = (50, 100, 1000)
 
@@ -39,7 +37,7 @@ def shipped_runners():
     pr = api.load_prior()
     op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
     problem = solvers.make_problem(op, op(jnp.zeros((32, 32, 1))), (32, 32, 1))
-    make = lambda k: solvers.build(pr, (32, 32, 1), options={"scale": 10.0}, steps=50, num_samples=4,
+    make = lambda k: solvers.build(pr, (32, 32, 1), options={"scale": 10.0, "steps": 50}, num_samples=4,
                                    steps_per_call=k)
     return [make(50), make(auto_steps_per_call(50))], problem, 50
 
@@ -47,7 +45,8 @@ def shipped_runners():
 def ffhq_runners(num_steps):
     _, _, _, (pr, problem, coefs, options), _, _ = step_speed.jax_step_fn("ffhq256", 1)
     sub = jax.tree_util.tree_map(lambda a: a[step_speed.STEP_INDEX:step_speed.STEP_INDEX + num_steps][::-1], coefs)
-    make = lambda k: solvers.Runner(solvers.get("ps"), options, pr, (256, 256, 3), sub, steps_per_call=k)
+    make = lambda k: solvers.Runner(solvers.get("ps"), options, pr, (256, 256, 3), solvers.Grid(sub, num_steps),
+                                    steps_per_call=k)
     splits = sorted({num_steps, max(1, num_steps // 2), 1}, reverse=True)
     return [make(k) for k in splits], problem, num_steps
 

@@ -1,6 +1,6 @@
 """Quality of DPS with the shipped prior against naive baselines, on held-out Fashion-MNIST test images.
 
-    python benchmarks/quality.py --num_images 64 --steps 50 --out benchmarks/quality.json
+    python -m benchmarks.quality --num_images 64 --steps 50 --out benchmarks/quality.json
 
 For each task of the paper (scaled to 32 x 32 as configs/ do: sigma 0.05 Gaussian noise), runs DPS on
 `num_images` images of the t10k set (never trained on) and prints PSNR / SSIM next to a naive baseline:
@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dps_jax import api, config_base, data, metrics, pipeline, solvers  # noqa: E402
+from dps_jax import config_base, data, experiment, metrics, solvers
+from dps_jax import prior as prior_lib
 
 
 def baseline(task, op, y, image_shape, key, hio_iters):
@@ -45,23 +44,23 @@ def baseline(task, op, y, image_shape, key, hio_iters):
 
 def hio(op, y, image_shape, key, iters, starts=4):
     """Hybrid input-output (`solvers.fienup`, beta 0.9) from `starts` random starts: (starts, H, W, C)."""
-    runner = solvers.build(None, image_shape, solver="hio", options={"iterations": iters}, num_samples=starts)
+    runner = solvers.build(None, image_shape, solver="hio", options={"steps": iters}, num_samples=starts)
     return runner(solvers.make_problem(op, y, image_shape), key)["samples"]
 
 
 def run_task(task, images, prior, steps, hio_iters, seed=0):
     cfg = config_base.task_config(task, pick=False)
-    cfg.sampler.steps = steps
+    cfg.seed, cfg.solver.ps.steps = seed, steps
     cfg.num_samples = 4 if task == "phase_retrieval" else 1
     image_shape = images.shape[1:]
-    runner = pipeline.build_runner(cfg, prior, image_shape)
+    runner = experiment.build_runner(cfg, prior, image_shape)
     rows = []
     t0 = time.time()
     for i, x in enumerate(images):
-        k_op, k_noise, k_s, k_b = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i), 4)
-        op = pipeline.build_operator(cfg, image_shape, k_op)
-        y = api.measure(op, x, k_noise, cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
-        samples = runner(solvers.make_problem(op, y, image_shape, cfg.noise.name), k_s)["samples"]
+        problem, k_s = experiment.measure(cfg, x, i, image_shape)
+        op, y = problem.op, problem.y
+        k_b = jax.random.fold_in(k_s, 1)
+        samples = runner(problem, k_s)["samples"]
         psnrs = [metrics.psnr(s, x) for s in samples]
         best = samples[int(np.argmax(psnrs))]
         base = np.asarray(baseline(task, op, y, image_shape, k_b, hio_iters))
@@ -87,7 +86,7 @@ def main():
     ap.add_argument("--out", default="benchmarks/quality.json")
     args = ap.parse_args()
 
-    prior = api.load_prior(args.checkpoint or None)
+    prior = prior_lib.load(args.checkpoint or None)
     images = data.fashion_mnist("test", image_size=prior.image_size)[args.first_image:args.first_image + args.num_images]
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
     for task in args.tasks.split(","):

@@ -2,7 +2,7 @@
 
     git -C <mirror> archive HEAD | tar -x -C /tmp/dps_official      # a clone of DPS2022/diffusion-posterior-sampling
     pip install -e '.[bench]'                 # torch, the official code's imports, deepinv
-    python benchmarks/step_speed.py --torch_repo /tmp/dps_official --deepinv --model ffhq256 --out benchmarks/step_speed.json
+    python -m benchmarks.step_speed --torch_repo /tmp/dps_official --deepinv --model ffhq256 --out benchmarks/step_speed.json
 
 The step is what DPS repeats 1000 times: the UNet forward at x_t, x0_hat (Tweedie), the gradient of
 ||y - A(x0_hat)|| with respect to x_t through the network, the DDPM update and the guidance update.
@@ -49,12 +49,12 @@ import types
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 # On a GPU, JAX would otherwise take 75% of device memory at start-up, leaving PyTorch (same process)
 # too little and making "peak memory" meaningless; both now allocate as they go.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from dps_jax.models.unet import PRESETS  # noqa: E402
+from dps_jax.models.unet import PRESETS
+from tools.reference import importable
 
 # guided-diffusion create_model arguments: the published models' presets (dps_jax's one vocabulary), and
 # a tiny one for smoke tests. The official create_model takes them as they are.
@@ -74,7 +74,7 @@ def torch_step_fn(torch_repo: str, model_name: str, seed: int = 0):
     """A function running one official DPS step on a (1, 3, S, S) tensor, and its inputs."""
     import torch
 
-    sys.path.insert(0, torch_repo)
+    importable(torch_repo)
     # The official util/img_utils imports the motion-blur package at module level; the step does not use it.
     sys.modules.setdefault("motionblur", types.ModuleType("motionblur"))
     mb = types.ModuleType("motionblur.motionblur")
@@ -271,7 +271,8 @@ def jax_loop_run(parts, num_steps: int, steps_per_call: int):
     pr, problem, coefs, options = parts
     sub = jax.tree_util.tree_map(lambda a: a[STEP_INDEX:STEP_INDEX + num_steps][::-1], coefs)
     size = problem.y.shape[0] * FACTOR
-    runner = solvers.Runner(solvers.get("ps"), options, pr, (size, size, 3), sub, steps_per_call=steps_per_call)
+    runner = solvers.Runner(solvers.get("ps"), options, pr, (size, size, 3), solvers.Grid(sub, num_steps),
+                            steps_per_call=steps_per_call)
     progress = None if steps_per_call == num_steps else (lambda done, total, scalars: None)
     key = jax.random.PRNGKey(0)
     runner(problem, key, progress)
@@ -417,7 +418,8 @@ def _n1_child(name, torch_repo, model_name, repeats):
 
 def _in_child(flags, env=None):
     """Run this script with `flags` in a fresh process; the JSON object its last line prints."""
-    proc = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True, cwd=REPO, env=env)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_speed", *flags], capture_output=True, text=True,
+                          cwd=REPO, env=env)
     if proc.returncode:
         raise RuntimeError(f"step_speed.py {' '.join(flags)} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

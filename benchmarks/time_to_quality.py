@@ -1,14 +1,13 @@
 """Time to quality: each solver's PSNR and FID-FMNIST against its network evaluations and wall time.
 
-    python benchmarks/time_to_quality.py --out runs/t2q --tasks super_resolution,phase_retrieval \
+    python -m benchmarks.time_to_quality --out runs/t2q --tasks super_resolution,phase_retrieval \
         --num_images 16 --summary benchmarks/time_to_quality.json --plot benchmarks/time_to_quality.png
 
 On the shipped prior and the comparison table's images and measurements (`dps_jax.evaluate`: t10k images
 100 onwards, image i measured with the same key for every method), every diffusion solver runs at each
 step count of --steps, and DPS also at --dps_steps (250, 500) and at --ref_steps (1000, the paper's), the
 reference quality; the iterative solvers (ADMM-TV, ER / HIO / OSS, PnP-ADMM) run once at their configured
-iterations. A step count is the sampler's for most solvers, DDRM's and DiffPIR's own `steps`, DAPS's
-annealing levels (`config_base.set_steps`).
+iterations. A step count is the solver's own `steps` (diffusion steps; DAPS: annealing levels).
 The gradient solvers' step size zeta was tuned for 50 steps (the task configs); at T steps it is
 zeta_50 x 50 / T, the same total guidance (--zeta_rule fixed keeps zeta_50).
 
@@ -34,9 +33,6 @@ import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 FID_SLACK = 1.25
 
@@ -49,25 +45,26 @@ def iterative(method: str) -> bool:
 
 
 def point_config(cfg, task, method, steps, zeta_rule):
-    """The task config of one point: `evaluate.task_config` with this step count."""
-    from dps_jax import config_base, evaluate
+    """The task config of one point: `evaluate.task_config` with this step count (a gradient solver's zeta
+    scaled to the same total guidance with zeta_rule "total")."""
+    from dps_jax import config_base, evaluate, solvers
 
     tcfg = evaluate.task_config(cfg, task, method)
     if steps and not iterative(method):
-        config_base.set_steps(tcfg, method, steps, rescale_zeta=zeta_rule == "total")
+        section = tcfg.solver[solvers.config_key(method)]
+        if zeta_rule == "total" and method in config_base.GRADIENT_SOLVERS:
+            section.scale = section.scale * section.steps / steps
+        section.steps = int(steps)
     return tcfg
 
 
 def run_point(cfg, task, method, steps, zeta_rule, prior, images):
     """(point dict, reconstructions (N, H, W, C)) or (None, reason) where the solver cannot take the task."""
-    import jax
-
-    from dps_jax import evaluate, pipeline
+    from dps_jax import evaluate, experiment
 
     tcfg = point_config(cfg, task, method, steps, zeta_rule)
-    runner = pipeline.build_runner(tcfg, prior, images.shape[1:])
-    first, _ = evaluate.measure(tcfg, images[0], jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0),
-                                images.shape[1:])
+    runner = experiment.build_runner(tcfg, prior, images.shape[1:])
+    first, _ = experiment.measure(tcfg, images[0], 0, images.shape[1:])
     try:
         first = runner.prepare(first)
     except ValueError as e:
@@ -131,6 +128,16 @@ def summarise(args, points, fids):
     return summary
 
 
+def merged_points(args) -> dict:
+    """{(task, method, steps): point} of the --merge summary's tasks named in --tasks (empty without it)."""
+    if not args.merge:
+        return {}
+    with open(args.merge) as f:
+        tasks = json.load(f)["tasks"]
+    return {(p["task"], p["method"], p["steps"]): {k: v for k, v in p.items() if k != "reaches"}
+            for task in args.tasks.split(",") if task in tasks for p in tasks[task]["points"]}
+
+
 def fid_of(out, points, images):
     """FID-FMNIST of every stored point's reconstructions against the truths."""
     import numpy as np
@@ -181,7 +188,7 @@ def markdown(summary, ref_steps):
 def plot(summary, path):
     """One figure, a row per task: PSNR against seconds per image and against NFE, FID-FMNIST against
     seconds per image; one line per solver, log axes, DPS-`ref_steps` dashed."""
-    import plot as plotting
+    from benchmarks import plot as plotting
 
     items = []
     for task, s in summary.items():
@@ -211,22 +218,27 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--summary", default="")
     ap.add_argument("--plot", default="")
+    ap.add_argument("--merge", default="", help="an earlier summary JSON: its points are kept (with their FID) "
+                    "except those of --methods, which run anew; the reference is kept unless ps is in --methods")
     args = ap.parse_args()
 
     import jax
     import numpy as np
 
-    from configs.eval import paper_table
-    from dps_jax import evaluate, pipeline, training
+    from dps_jax import evaluate, experiment, io
+    from dps_jax.cli import load_config
 
-    cfg = paper_table.get_config()
+    cfg = load_config("configs/eval/paper_table.py")
     cfg.data.num_images = args.num_images
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
-    prior = pipeline.load_prior(evaluate.task_config(cfg, "super_resolution", "ps"))
+    prior = experiment.load_prior(evaluate.task_config(cfg, "super_resolution", "ps"))
     images = evaluate.load_images(cfg, prior)
     os.makedirs(os.path.join(args.out, "points"), exist_ok=True)
     done = {}            # per (task, method): (steps, seconds per image) of its largest step count so far
+    kept = merged_points(args)
     for task, method, steps in points_of(args):
+        if (task, method, steps) in kept and method not in args.methods.split(","):
+            continue
         path = store_path(args.out, task, method, steps, ".json")
         if os.path.exists(path):
             point = json.load(open(path))
@@ -244,8 +256,8 @@ def main():
         else:
             buf = _io.BytesIO()
             np.savez_compressed(buf, samples=picked.astype(np.float16))
-            training.atomic_write(store_path(args.out, task, method, steps, ".npz"), buf.getvalue())
-        training.atomic_write(path, json.dumps(point).encode())
+            io.atomic_write(store_path(args.out, task, method, steps, ".npz"), buf.getvalue())
+        io.atomic_write(path, json.dumps(point).encode())
         if "seconds_per_image" in point:
             done[task, method] = steps, point["seconds_per_image"]
         print(f"{task} {method} {steps}: " + (point.get("unsupported") or
@@ -254,12 +266,23 @@ def main():
     # Every stored point of these tasks, also those an earlier run with other step lists made.
     stored = [json.load(open(f)) for task in args.tasks.split(",")
               for f in sorted(glob.glob(store_path(args.out, task, "*", "*", ".json")))]
-    points = [p for p in stored if "unsupported" not in p]
-    summary = summarise(args, points, fid_of(args.out, points, images))
+    points = [p for p in stored if "unsupported" not in p and (p["task"], p["method"], p["steps"]) not in kept]
+    fids = fid_of(args.out, points, images)
+    fresh = {(p["task"], p["method"], p["steps"]) for p in points}
+    for key, p in kept.items():
+        if key not in fresh and p["method"] not in args.methods.split(","):
+            points.append(p)
+            fids[key] = p["fid"]
+    summary = summarise(args, points, fids)
     print(markdown(summary, args.ref_steps))
     if args.summary:
         with open(args.summary, "w") as fh:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "args": vars(args), "tasks": summary}, fh, indent=1)
+            record = {"date": time.strftime("%Y-%m-%d"), "args": vars(args), "tasks": summary}
+            if args.merge:          # where the kept points came from
+                with open(args.merge) as f:
+                    old = json.load(f)
+                record["merged"] = [{k: v for k, v in old.items() if k != "tasks"}]
+            json.dump(record, fh, indent=1)
     if args.plot:
         plot(summary, args.plot)
 

@@ -6,7 +6,7 @@
 
 from ml_collections import ConfigDict
 
-from dps_jax.config_base import base, is_paper, pick_default, set_scale
+from dps_jax.config_base import base, is_paper, set_scale, use_solver
 
 
 def settings(preset=None):
@@ -25,5 +25,8 @@ def settings(preset=None):
 
 
 def get_config(preset=None):
-    """What `--config=` runs: the settings with the task's default solver and step count (config_base.DEFAULT_PICKS)."""
-    return pick_default(settings(preset))
+    """What `--config=` runs; the paper presets run the paper's DPS, 1000 steps."""
+    c = settings(preset)
+    if not is_paper(c):     # the time-to-quality pick on the shipped prior (benchmarks/time_to_quality.json)
+        use_solver(c, "daps", steps=50)
+    return c

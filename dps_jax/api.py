@@ -5,24 +5,24 @@
     prior = api.load_prior()                                       # the shipped 32 x 32 prior
     op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
     y = api.measure(op, x, jax.random.PRNGKey(0), noise="gaussian", sigma=0.05)
-    out = api.sample(prior, op, y, num_samples=16, steps=100, scale=10.0)
+    out = api.sample(prior, op, y, solver="ps", options={"steps": 100, "scale": 10.0}, num_samples=16)
     out["samples"]                                                 # (16, 32, 32, 1)
 
 `api.sample` builds a `solvers.Runner` (the builder the CLI uses) and runs it once; to sample many
-measurements of the same shapes, build the runner once with `solvers.build` and call it for each.
+measurements of the same shapes, build the runner once with `solvers.build` and call it for each. A task
+config runs as the main job runs it with `api.from_config` (`dps_jax.experiment`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
-from dps_jax import likelihoods, solvers
+from dps_jax import config_base, experiment, likelihoods, solvers
 from dps_jax import prior as prior_lib
 from dps_jax.operators import Operator
-from dps_jax.solvers.base import with_sampler
 
 
 def load_prior(path: Optional[str] = None, dtype=None, **options) -> prior_lib.Prior:
@@ -35,30 +35,53 @@ def measure(op: Operator, x, key, noise: str = "gaussian", sigma: float = 0.05, 
     return likelihoods.add_noise(key, op(jnp.asarray(x, jnp.float32)), noise, sigma=sigma, rate=rate)
 
 
-def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", num_samples: int = 4,
-           steps: int = 100, respacing: str = "", sampler: str = "ddpm", eta: float = 0.0,
-           noise: str = "gaussian", sigma: Optional[float] = None, schedule: str = "linear", num_timesteps: int = 1000, image_shape=None,
-           seed: int = 0, chunk_size: int = 0, record_every: int = 0, steps_per_call: int = 0,
-           progress: Optional[Callable] = None, devices=None, **options) -> dict:
+def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", options: Optional[Mapping] = None,
+           num_samples: int = 4, noise: str = "gaussian", sigma: Optional[float] = None, schedule: str = "linear",
+           num_timesteps: int = 1000, image_shape=None, seed: int = 0, chunk_size: int = 0, record_every: int = 0,
+           steps_per_call: int = 0, progress: Optional[Callable] = None, devices=None, network=None) -> dict:
     """N posterior samples of p(x | y) with a solver (DPS, `ps`, by default). Returns numpy arrays:
     samples (N, H, W, C), distance (N, T), and x_record / x0_hat_record if record_every > 0.
 
-    `solver` is a registered name or a `solvers.Solver`; iterative solvers need no prior (None) but an
-    `image_shape`. `options` are the solver's own (`scale` for ps, ps+ and mcg; `solvers.get(name).Options`);
-    `sampler` and `eta` pick the DDPM or DDIM step of the diffusion solvers; `noise` is the noise model of
-    y (it picks the DPS distance) and `sigma` its Gaussian noise std (needed by `ddrm`, which models it).
-    `image_shape` defaults to the prior's training size.
+    `solver` is a registered name or a `solvers.Solver`; `options` its options by name, all in one mapping
+    (`solvers.get(name).Options`; e.g. {"steps": 100, "scale": 10.0} for ps, {"eta": 0.85, "steps": 20}
+    for ddrm); the defaults are the reference's (DPS: 1000 DDPM steps). Iterative solvers need no prior
+    (None) but an `image_shape`. `noise` is the noise model of y (it picks the DPS distance) and `sigma` its
+    Gaussian noise std (needed by the solvers that model it: ddrm, pigdm, diffpir). `image_shape` defaults
+    to the prior's training size. `network` replaces the own network of a solver that brings one
+    (PnP-ADMM's DnCNN).
     """
-    spec = solvers.get(solver) if isinstance(solver, str) else solver
-    options = with_sampler(spec, options, sampler, eta)
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a mapping of the solver's options, got {type(options).__name__}")
     if image_shape is None:
         if prior is None or prior.image_shape is None:
             raise ValueError("image_shape=(H, W, C) is needed: the prior does not state its image size")
         image_shape = prior.image_shape
-    runner = solvers.build(prior, image_shape, solver=spec, options=options, steps=steps, respacing=respacing,
-                           schedule=schedule, num_timesteps=num_timesteps, num_samples=num_samples,
-                           chunk_size=chunk_size, record_every=record_every, steps_per_call=steps_per_call,
-                           devices=devices)
+    runner = solvers.build(prior, image_shape, solver=solver, options=dict(options or {}), schedule=schedule,
+                           num_timesteps=num_timesteps, num_samples=num_samples, chunk_size=chunk_size,
+                           record_every=record_every, steps_per_call=steps_per_call, devices=devices,
+                           network=network)
     problem = solvers.make_problem(op, y, runner.image_shape, noise, sigma)
     return runner(problem, jax.random.PRNGKey(seed), progress)
 
+
+def task_config(task: str, preset: str = "", **overrides):
+    """The config `configs/<task>.py[:preset]` gives the main job, with `overrides` by dotted key
+    ({"solver.name": "ps", "solver.ps.steps": 100}); unknown keys are errors."""
+    c = config_base.task_config(task, preset)
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        parent = c
+        for name in path:
+            if name not in parent:
+                raise ValueError(f"{key!r}: the config has no {name!r}")
+            parent = parent[name]
+        if leaf not in parent:
+            raise ValueError(f"{key!r}: the config has no {leaf!r}")
+        parent[leaf] = value
+    return c
+
+
+def from_config(cfg, prior: Optional[prior_lib.Prior] = None) -> experiment.Experiment:
+    """A task config made runnable, as the main job makes it: `exp.measure(x, i)` -> (problem, key),
+    `exp.runner(problem, key)` -> samples (`dps_jax.experiment`)."""
+    return experiment.setup(cfg, prior)

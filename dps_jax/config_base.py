@@ -1,14 +1,18 @@
 """The shared base of every task config, and loading a task config by name.
 
-A task config (`configs/<task>.py`) calls `base(task, preset)`, then states its own operator, noise,
-step count and step sizes, and the paper's values for the paper presets in the same file. The preset is
-what follows ':' in `--config=configs/<task>.py:<preset>`:
+A task config (`configs/<task>.py`) calls `base(task, preset)` in its `settings`, then states its own
+operator, noise and every solver's tuned options; its `get_config` names the solver and step count that
+`--config=` runs. The preset is what follows ':' in `--config=configs/<task>.py:<preset>`:
 
-  fmnist32 (default)     the 32 x 32 prior shipped with dps_jax, one shipped test image, 50 steps
-  ffhq256, imagenet256   the paper's setting: 256 x 256, 1000 DDPM steps, a converted checkpoint
+  fmnist32 (default)     the 32 x 32 prior shipped with dps_jax, one shipped test image
+  ffhq256, imagenet256   the paper's setting: 256 x 256, DPS with 1000 DDPM steps, a converted checkpoint
                          (`--config.model.checkpoint=...`, see `python -m checkpoints_convert --help`)
 
 The same names are the model presets of `dps_jax.models.unet.PRESETS` (the converter's `--model`).
+
+Every solver's options live in `solver.<name>` (`ps+` in `solver.ps_plus`), its step count among them
+(`solver.<name>.steps`: diffusion steps, annealing levels or iterations); `sampler.steps`, when set, is the
+step count of whichever solver runs.
 """
 
 from __future__ import annotations
@@ -19,22 +23,25 @@ import os
 import ml_collections
 
 from dps_jax.solvers import REGISTRY, config_key
-from dps_jax.solvers.base import DIFFUSION_FIELDS, DiffusionOptions, option_defaults
+from dps_jax.solvers.base import TableOptions, option_defaults
 
 TASKS = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_deblur", "motion_deblur",
          "nonlinear_deblur", "phase_retrieval")
 PRESETS = ("fmnist32", "ffhq256", "imagenet256")      # the names of dps_jax.models.unet.PRESETS
 PAPER_PRESETS = ("ffhq256", "imagenet256")
-# The solvers that take a gradient step of size `scale` (zeta) on the measurement distance.
+# The solvers that take a gradient step of size `scale` (zeta) on the measurement distance (`set_scale`).
 GRADIENT_SOLVERS = ("ps", "ps+", "mcg")
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The task configs: the package `dps_jax.configs`, which is the repository's top-level `configs/` (setup.cfg
+# maps it), so an installed copy finds them as an editable one does.
+_configs = importlib.util.find_spec("dps_jax.configs")
+CONFIG_DIR = (list(_configs.submodule_search_locations)[0] if _configs and _configs.submodule_search_locations
+              else os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 
 def solver_sections() -> ml_collections.ConfigDict:
-    """`solver.name` and one section of options per registered solver (`solver.<name>.<option>`); the
-    DDPM/DDIM choice and eta, which every diffusion solver shares, live in `sampler`."""
-    sections = {config_key(name): option_defaults(s, exclude=DIFFUSION_FIELDS if issubclass(s.Options, DiffusionOptions)
-                                                  else ()) for name, s in REGISTRY.items()}
+    """`solver.name` and one section of options per registered solver (`solver.<name>.<option>`), each at
+    the solver's own defaults (the reference's)."""
+    sections = {config_key(name): option_defaults(s) for name, s in REGISTRY.items()}
     return ml_collections.ConfigDict({"name": "ps", **sections})
 
 
@@ -57,12 +64,16 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
         clip_denoised=True))             # clip x0_hat to [-1, 1]
     c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_timesteps=1000))
     c.sampler = ml_collections.ConfigDict(dict(
-        name="ddpm", eta=0.0,            # the unconditional step of every diffusion solver: ddpm, or ddim with eta
-        steps=1000 if paper else 50,
-        respacing="",                    # "" = `steps` evenly spaced; or "10,20,30", "ddim50"
+        steps=0,                         # > 0: the step count of whichever solver runs (its solver.<name>.steps)
         record_every=0,                  # snapshots of x and x0_hat every k steps (0: steps // 10)
         steps_per_call=0))               # steps per compiled call, progress between calls (0: about 20 calls)
     c.solver = solver_sections()
+    # The solvers that walk the diffusion table run 50 steps on the shipped prior (their step sizes are
+    # tuned for 50) and the paper's 1000 on the paper presets; DDRM, DiffPIR, DAPS and the iterative solvers
+    # keep their own counts.
+    for name, spec in REGISTRY.items():
+        if issubclass(spec.Options, TableOptions) and spec.grid is None:
+            c.solver[config_key(name)].steps = 1000 if paper else 50
     c.solver.daps.preset = "1k" if paper else "cpu"      # DAPS's published 1000 evaluations, or 50 on a CPU
     c.operator = ml_collections.ConfigDict()     # the task's A: `name` and the options of operators.build
     c.noise = ml_collections.ConfigDict(dict(name="gaussian", sigma=0.05, rate=1.0))
@@ -84,6 +95,34 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
     return c
 
 
+def cell_overrides() -> ml_collections.ConfigDict:
+    """Every field of a task config that a comparison cell may override, unset (None: keep the task
+    config's value): the solvers' options, `sampler`, `model`, `diffusion` and `noise`. Typed as the task
+    configs' fields, so `--config.cells.solver.ddrm.eta=0.5` is parsed and checked like a task override."""
+    template = base(TASKS[0])
+    del template.solver["name"]            # the comparison's `methods` name the solvers
+    cells = ml_collections.ConfigDict()
+    for section in ("solver", "sampler", "model", "diffusion", "noise"):
+        cells[section] = _unset(template[section])
+    return cells
+
+
+def _unset(section) -> ml_collections.ConfigDict:
+    out = ml_collections.ConfigDict()
+    for k, v in section.items():
+        out[k] = _unset(v) if isinstance(v, ml_collections.ConfigDict) else ml_collections.config_dict.placeholder(type(v))
+    return out
+
+
+def set_overrides(c: ml_collections.ConfigDict, overrides: ml_collections.ConfigDict) -> None:
+    """Copy every set (not None) field of `overrides` (a `cell_overrides` tree) into the task config c."""
+    for k, v in overrides.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            set_overrides(c[k], v)
+        elif v is not None:
+            c[k] = v
+
+
 def is_paper(c: ml_collections.ConfigDict) -> bool:
     return c.preset in PAPER_PRESETS
 
@@ -94,51 +133,20 @@ def set_scale(c: ml_collections.ConfigDict, scale: float) -> None:
         c.solver[config_key(name)].scale = float(scale)
 
 
-# Solvers whose step count is one of their own options rather than `sampler.steps`.
-STEP_OPTIONS = {"ddrm": "steps", "diffpir": "steps", "daps": "annealing_steps"}
-
-# Each task's default solver and step count on the shipped prior: the point of benchmarks/time_to_quality.py
-# that reached DPS-1000's quality (PSNR within a standard error, FID-FMNIST within 1.25x) in the least time
-# per image, or DPS where nothing faster did. tests/test_configs.py holds them to
-# benchmarks/time_to_quality.json.
-DEFAULT_PICKS = {
-    "super_resolution": ("ddrm", 25),
-    "inpainting_box": ("ps", 1000),
-    "inpainting_random": ("ps", 250),
-    "gaussian_deblur": ("ddrm", 10),
-    "motion_deblur": ("daps", 50),
-    "nonlinear_deblur": ("ps", 1000),
-    "phase_retrieval": ("daps", 100),
-}
-
-
-def set_steps(c: ml_collections.ConfigDict, solver: str, steps: int, rescale_zeta: bool = True) -> None:
-    """Run `solver` for `steps` steps: its own step option (STEP_OPTIONS) or `sampler.steps`. Changing
-    `sampler.steps` scales the gradient solvers' zeta by old / new steps, so the total guidance stays that
-    of the step count zeta was tuned for (the step is zeta times a gradient whose size does not depend on T)."""
-    if solver in STEP_OPTIONS:
-        c.solver[config_key(solver)][STEP_OPTIONS[solver]] = int(steps)
-        return
-    old = c.sampler.steps
-    c.sampler.steps = int(steps)
-    if rescale_zeta:
-        for name in GRADIENT_SOLVERS:
-            c.solver[config_key(name)].scale = c.solver[config_key(name)].scale * old / steps
-
-
-def pick_default(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`c` set to run its task's DEFAULT_PICKS solver and step count; the paper presets keep the paper's
-    DPS at 1000 steps (the picks were measured on the shipped prior only)."""
-    if not is_paper(c):
-        c.solver.name, steps = DEFAULT_PICKS[c.task]
-        set_steps(c, c.solver.name, steps)
-    return c
+def use_solver(c: ml_collections.ConfigDict, name: str, steps: int, **options) -> None:
+    """Run solver `name` for `steps` steps, with `options` set in its section: a task file's default, stated
+    in one line of the file."""
+    c.solver.name = name
+    section = c.solver[config_key(name)]
+    section.steps = int(steps)
+    for k, v in options.items():
+        section[k] = v
 
 
 def task_config(task: str, preset: str = "", pick: bool = True) -> ml_collections.ConfigDict:
     """The config of `configs/<task>.py` with a preset, as `--config=configs/<task>.py:<preset>` gives it;
-    with `pick=False`, its `settings`: every solver as tuned for the task at the preset's step count (50
-    shipped, 1000 paper) and DPS named, before `pick_default` (the comparison table's cells)."""
+    with `pick=False`, its `settings`: every solver as tuned for the task (DPS at 50 steps shipped, 1000
+    paper) and DPS named, before the file picks its default solver (the comparison table's cells)."""
     path = os.path.join(CONFIG_DIR, f"{task}.py")
     if task not in TASKS or not os.path.isfile(path):
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS} (configs in {CONFIG_DIR})")

@@ -11,6 +11,7 @@ import struct
 
 import numpy as np
 
+# Debian's dataset-fashion-mnist package; the environment variable DPS_JAX_FASHION_MNIST points elsewhere.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Ten held-out Fashion-MNIST test images (t10k) that ship inside the package.
 SHIPPED_IMAGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "test_images")
@@ -29,7 +30,13 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def fashion_mnist_dir() -> str:
+    """Where Fashion-MNIST is read from when no root is given: $DPS_JAX_FASHION_MNIST, else Debian's folder."""
+    return os.environ.get("DPS_JAX_FASHION_MNIST") or FASHION_MNIST_DIR
+
+
 def _fashion_mnist_file(split: str, root: str, what: str) -> str:
+    root = root or fashion_mnist_dir()
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
@@ -42,12 +49,12 @@ def _fashion_mnist_file(split: str, root: str, what: str) -> str:
     return path
 
 
-def fashion_mnist_labels(split: str = "train", root: str = FASHION_MNIST_DIR) -> np.ndarray:
+def fashion_mnist_labels(split: str = "train", root: str = "") -> np.ndarray:
     """Fashion-MNIST class labels (N,) int32 in [0, 10), in the order of `fashion_mnist`'s images."""
     return read_idx(_fashion_mnist_file(split, root, "labels")).astype(np.int32)
 
 
-def fashion_mnist(split: str = "train", root: str = FASHION_MNIST_DIR, image_size: int = 32) -> np.ndarray:
+def fashion_mnist(split: str = "train", root: str = "", image_size: int = 32) -> np.ndarray:
     """Fashion-MNIST images (N, S, S, 1) in [-1, 1], zero-padded (black) from 28 to `image_size`."""
     x = read_idx(_fashion_mnist_file(split, root, "images")).astype(np.float32) / 127.5 - 1.0
     pad = image_size - x.shape[1]

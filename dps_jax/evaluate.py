@@ -2,13 +2,14 @@
 
     python -m dps_jax.evaluate --config=configs/eval/paper_table.py [--config.data.num_images=8 ...]
 
-Each (task, method) cell runs the task's config (`configs/<task>.py` with the chosen preset: its operator,
-noise and tuned step sizes) with that solver on the same measurements: image i is measured with the same
-key for every method. A finished cell is saved under `<output>/cells/` and never computed again; an
-interrupted run resumes at the first unfinished cell. The results are written as `table.md`, `table.json`
-(per cell: PSNR and SSIM, mean and standard error over images, network evaluations per sample, seconds
-per image) and `grid.png` (one image: the truth and the measurement, then one row per method; one column
-per task). A method that cannot take a task (DDRM on motion blur, a Fienup method on anything but phase
+Each (task, method) cell runs the task's settings (`configs/<task>.py` with the chosen preset: its operator,
+noise and every solver's tuned options and step count) with that solver on the same measurements: image i is
+measured with the same key for every method (`dps_jax.experiment`). `cells` sets task-config fields in every
+cell (`--config.cells.solver.ddrm.eta=0.5`). A finished cell is saved under `<output.root>/cells/` and never
+computed again; an interrupted run resumes at the first unfinished cell. The results are written as
+`table.md`, `table.json` (per cell: PSNR and SSIM, mean and standard error over images, network evaluations
+per sample, seconds per image) and `grid.png` (one image: the truth and the measurement, then one row per
+method; one column per task). A method that cannot take a task (DDRM on motion blur, a Fienup method on anything but phase
 retrieval) is a cell "n/a" with its reason, once, under the table.
 
 Phase retrieval draws `pr_samples` (4) samples or restarts per image and reports the one with the smallest
@@ -24,7 +25,6 @@ the feature network of `metrics.fid_weights` ("" = the shipped Fashion-MNIST cla
 
 from __future__ import annotations
 
-import ast
 import io as _io
 import json
 import math
@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import config_base, data, io, likelihoods, metrics, pipeline, solvers, training
+from dps_jax import cli as cli_lib
+from dps_jax import config_base, data, experiment, io, metrics, solvers
 from dps_jax.metrics import fid, lpips
 
 
@@ -50,7 +51,7 @@ class Unsupported(ValueError):
 def load_images(cfg, prior) -> np.ndarray:
     """(N, H, W, C) in [-1, 1]: Fashion-MNIST's test split [first, first + N) or an image folder."""
     if cfg.data.source == "fashion_mnist":
-        x = data.fashion_mnist("test", cfg.data.fashion_mnist_root or data.FASHION_MNIST_DIR, cfg.data.image_size)
+        x = data.fashion_mnist("test", cfg.data.fashion_mnist_root, cfg.data.image_size)
         x = x[cfg.data.first:cfg.data.first + cfg.data.num_images]
     elif cfg.data.source == "folder":
         files = data.list_images(cfg.data.root or data.SHIPPED_IMAGES)[:cfg.data.num_images or None]
@@ -68,85 +69,24 @@ def split(names: str) -> List[str]:
 
 
 def task_config(cfg, task: str, method: str):
-    """The config of one cell: the task's own config, this solver, the evaluation's data and model."""
+    """The config of one cell: the task's settings with this solver, the evaluation's seed, data, model and
+    `cells` overrides."""
     t = config_base.task_config(task, cfg.preset, pick=False)
     t.solver.name = method
+    t.seed = cfg.seed
     t.num_samples = cfg.pr_samples if task == "phase_retrieval" else 1
     t.model.checkpoint = cfg.model.checkpoint
     t.data.image_size = cfg.data.image_size
-    if cfg.steps:
-        t.sampler.steps = cfg.steps
-    for key, value in parse_overrides(cfg.overrides):
-        node, *path = key.split(".")
-        parent = t
-        for name in [node] + path[:-1]:
-            if name not in parent:
-                raise ValueError(f"override {key!r}: the task config has no {name!r}")
-            parent = parent[name]
-        leaf = path[-1] if path else node
-        if leaf not in parent:
-            raise ValueError(f"override {key!r}: the task config has no {leaf!r}")
-        parent[leaf] = typed(key, parent[leaf], value)
+    config_base.set_overrides(t, cfg.cells)
     return t
-
-
-def typed(key: str, current, text: str):
-    """`text` as a value of `current`'s type (bool, int, float or str), or a ValueError naming `key`."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    if isinstance(current, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(current, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(current, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok, value = True, text if isinstance(current, str) else value
-    if not ok:
-        raise ValueError(f"override {key}={text}: expected a value of type {type(current).__name__}")
-    return value
-
-
-def parse_overrides(text: str):
-    """[(key, value)] from "solver.ddrm.eta=0.5;solver.pnp_admm.denoiser=dncnn17M.mpk" (values as strings)."""
-    pairs = []
-    for item in text.split(";"):
-        if item.strip():
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item.strip()!r} is not key=value")
-            pairs.append((key.strip(), value.strip()))
-    return pairs
-
-
-def measure(tcfg, x, key, image_shape):
-    """The problem of image x under the task's operator and noise (the same key for every method)."""
-    k_op, k_noise, k_sample = jax.random.split(key, 3)
-    op = pipeline.build_operator(tcfg, image_shape, k_op)
-    y = likelihoods.add_noise(k_noise, op(jnp.asarray(x)), tcfg.noise.name, tcfg.noise.sigma, tcfg.noise.rate)
-    sigma = tcfg.noise.sigma if tcfg.noise.name == "gaussian" else None
-    return solvers.make_problem(op, y, image_shape, tcfg.noise.name, sigma), k_sample
-
-
-def network_evaluations(runner) -> int:
-    """Evaluations of a network per sample: the diffusion steps (or what the solver says: DAPS), PnP-ADMM's
-    denoiser calls, else 0."""
-    if runner.solver.evaluations is not None:
-        return int(runner.solver.evaluations(runner.options))
-    if runner.solver.kind == "diffusion":
-        return runner.num_steps
-    return runner.num_steps if runner.solver.own_model is not None else 0
 
 
 def cell_runner(cfg, task, method, prior, images):
     """(task config, Runner) of one cell, or Unsupported with the solver's own reason (no compiling)."""
     tcfg = task_config(cfg, task, method)
-    # Bad options are errors of the run; only the solver's verdict on the problem (check / prepare) is n/a.
-    runner = pipeline.build_runner(tcfg, prior, images.shape[1:])
-    first, _ = measure(tcfg, images[0], jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0), images.shape[1:])
+    # Bad options are errors of the run; only the solver's verdict on the problem (`prepare`) is n/a.
+    runner = experiment.build_runner(tcfg, prior, images.shape[1:])
+    first, _ = experiment.measure(tcfg, images[0], 0)
     try:
         runner.prepare(first)
     except ValueError as e:
@@ -160,7 +100,7 @@ def run_cell(cfg, task, method, tcfg, runner, images, progress):
     image_shape = images.shape[1:]
     rows, shown, seconds, picked = [], None, 0.0, []
     for i, x in enumerate(images):
-        problem, k_sample = measure(tcfg, x, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), i), image_shape)
+        problem, k_sample = experiment.measure(tcfg, x, i, image_shape)
         t0 = time.perf_counter()
         samples = runner(problem, k_sample)["samples"]
         seconds += time.perf_counter() - t0
@@ -177,7 +117,7 @@ def run_cell(cfg, task, method, tcfg, runner, images, progress):
         progress(i + 1)
     summary = {k: summarise([r[k] for r in rows]) for k in rows[0]}
     return {"task": task, "method": method, "num_images": len(images), "samples_per_image": tcfg.num_samples,
-            "nfe": network_evaluations(runner), "seconds_per_image": seconds / len(images),
+            "nfe": runner.evaluations, "seconds_per_image": seconds / len(images),
             "metrics": summary, "per_image": rows,
             "shown": None if shown is None else np.asarray(shown).tolist()}, np.stack(picked)
 
@@ -199,7 +139,7 @@ def feature_network(cfg, image_shape):
             return None, ("FID / KID: the shipped Fashion-MNIST classifier takes 32 x 32 grey images; set "
                           "metrics.fid_weights to a converted Inception (python -m checkpoints_convert.metrics fid).")
         return fid.load_features(""), ("FID-FMNIST / KID-FMNIST: on the penultimate features of the shipped "
-                                       "Fashion-MNIST classifier (dps_jax.train_classifier).")
+                                       "Fashion-MNIST classifier (dps_jax.train.classifier).")
     return fid.load_features(weights), f"FID / KID: pytorch-fid's Inception ({weights})."
 
 
@@ -321,12 +261,12 @@ def evaluate(cfg, stream=sys.stderr) -> str:
         solvers.get(m)
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
-    prior = pipeline.load_prior(task_config(cfg, tasks[0], "ps"))
+    prior = experiment.load_prior(task_config(cfg, tasks[0], "ps"))
     images = load_images(cfg, prior)
     if not 0 <= cfg.grid_image < len(images):
         raise ValueError(f"grid_image {cfg.grid_image} is not one of the {len(images)} images")
     net, metric, notes = metric_networks(cfg, images.shape[1:])
-    out = os.path.expanduser(cfg.output)
+    out = os.path.expanduser(cfg.output.root)
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
 
     cells, reasons, todo = {}, {}, []
@@ -341,7 +281,7 @@ def evaluate(cfg, stream=sys.stderr) -> str:
                     continue
                 except Unsupported as e:
                     cell = {"task": task, "method": method, "unsupported": str(e)}
-                    training.atomic_write(path, json.dumps(cell).encode())
+                    io.atomic_write(path, json.dumps(cell).encode())
             if "unsupported" in cell:
                 reasons.setdefault((method, cell["unsupported"]), []).append(task)
             else:
@@ -358,54 +298,37 @@ def evaluate(cfg, stream=sys.stderr) -> str:
         cell, picked = run_cell(cfg, task, method, tcfg, runner, images, report)
         buf = _io.BytesIO()
         np.savez_compressed(buf, samples=picked.astype(np.float16))
-        training.atomic_write(samples_path(path), buf.getvalue())      # before the JSON that marks it done
-        training.atomic_write(path, json.dumps(cell).encode())
+        io.atomic_write(samples_path(path), buf.getvalue())      # before the JSON that marks it done
+        io.atomic_write(path, json.dumps(cell).encode())
         cells[(task, method)] = cell
     stream.write("\n")
 
     truth, inputs = [], []
     for task in tasks:
         tcfg = task_config(cfg, task, "ps")
-        problem, _ = measure(tcfg, images[cfg.grid_image], jax.random.fold_in(jax.random.PRNGKey(cfg.seed),
-                                                                               cfg.grid_image), images.shape[1:])
+        problem, _ = experiment.measure(tcfg, images[cfg.grid_image], cfg.grid_image, images.shape[1:])
         truth.append(images[cfg.grid_image])
         picture = np.clip(np.asarray(problem.op.display(problem.y)), -1, 1)
         if picture.shape != images.shape[1:]:          # e.g. the padded Fourier amplitude: resized to fit
             picture = np.asarray(jax.image.resize(picture, images.shape[1:], "linear"))
         inputs.append(picture)
-    io.save_png(os.path.join(out, "grid.png"), grid_image(tasks, methods, cells, truth, inputs), cfg.png_scale)
+    io.save_png(os.path.join(out, "grid.png"), grid_image(tasks, methods, cells, truth, inputs), cfg.output.png_scale)
     scores = quality(out, cells, images, net, metric)
     markdown = table_markdown(cfg, tasks, methods, cells, reasons, len(images), scores, notes)
-    training.atomic_write(os.path.join(out, "table.md"), markdown.encode())
+    io.atomic_write(os.path.join(out, "table.md"), markdown.encode())
     summary = {"config": json.loads(cfg.to_json_best_effort()), "date": time.strftime("%Y-%m-%d"),
                "cells": [{**{k: v for k, v in c.items() if k not in ("shown", "per_image")},
                           "quality": scores.get(key, {})} for key, c in cells.items()],
                "unsupported": [{"method": m, "tasks": ts, "reason": why} for (m, why), ts in sorted(reasons.items())]}
-    training.atomic_write(os.path.join(out, "table.json"), json.dumps(summary, indent=2).encode())
+    io.atomic_write(os.path.join(out, "table.json"), json.dumps(summary, indent=2).encode())
     stream.write(markdown + f"wrote {out}/table.md, table.json, grid.png\n")
     return out
 
 
-def cli(argv, stream=sys.stderr) -> int:
-    from absl import flags
-    from ml_collections import config_flags
-
-    fv = flags.FlagValues()
-    config = config_flags.DEFINE_config_file("config", None, "evaluation config, e.g. configs/eval/paper_table.py",
-                                             flag_values=fv, lock_config=True, sys_argv=list(argv))
-    try:
-        rest = fv(list(argv))
-        if len(rest) > 1:
-            raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
-        if config.value is None:
-            raise ValueError("--config is required, e.g. --config=configs/eval/paper_table.py")
-        evaluate(config.value, stream)
-    except Exception as e:          # bad flags, configs, data, checkpoints: one line, status 1
-        if not isinstance(e, (ValueError, OSError, flags.Error)):
-            raise
-        stream.write(f"\nerror: {' '.join(str(e).split())}\n")
-        return 1
-    return 0
+def cli(argv, stream=sys.stderr, out=sys.stdout) -> int:
+    """Run the evaluation for command-line `argv` (argv[0] the program); returns the exit status."""
+    return cli_lib.main(argv, program="dps_jax.evaluate", doc=__doc__.split("\n\n")[0], subdir="eval",
+                        run=lambda cfg, overrides: evaluate(cfg, stream), stream=stream, out=out)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,40 @@
-"""Images out: PNG files and grids (pillow). Images are (H, W, C) in [-1, 1], C = 1 or 3."""
+"""Files out: atomic writes (the one writer every file of the project goes through when a half-written one
+would be read as whole), PNG files and grids (pillow). Images are (H, W, C) in [-1, 1], C = 1 or 3."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str):
+    """A binary file object whose contents appear at `path` only when the block ends without an error (a
+    temporary file in the same folder, then a rename); on an error the temporary file is removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)          # the mode a plain open() gives, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that no reader ever sees half of it (`atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def to_uint8(img) -> np.ndarray:

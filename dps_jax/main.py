@@ -1,59 +1,34 @@
 """The main job: python -m dps_jax.main --config=configs/<task>.py[:preset] [--config.<key>=<value> ...]
 
-Parses the config and dispatches it to `pipeline.run`. Any error in the inputs (a config file that does not
-load, an unknown override, a bad value, a missing image or checkpoint) is printed as one line
-`error: ...` and the process exits with status 1.
+Solves one task's inverse problem for the images of `data.root`: draws `num_samples` posterior samples per
+image with the config's solver and writes them, their mean and std, and their metrics to a new folder
+under `output.root` (`dps_jax.pipeline`). `--help` lists every field of a config, `--print_config` prints
+it resolved. Any error in the inputs is one line `error: ...` and exit status 1.
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import flags
-from ml_collections import config_flags
+from dps_jax import cli as cli_lib
 
 
-def one_line(e: BaseException) -> str:
-    text = str(e)
-    if "Traceback (most recent call last)" in text:
-        # ml_collections wraps an error raised inside a config file with its whole traceback; the last
-        # line ("ValueError: unknown config preset ...") is the message.
-        head = text.split("Error whilst parsing config file")[0].rstrip(": ")
-        last = [l for l in text.strip().splitlines() if l.strip()][-1]
-        text = f"{head}: {last}" if head else last
-    return "error: " + " ".join(text.split())
+def run_config(cfg, overrides=(), stream=sys.stderr) -> str:
+    """Run a resolved config; `overrides`, the keys the command line set, are checked for settings the run
+    would not use (another solver's options)."""
+    from dps_jax import experiment, pipeline
+
+    unused = experiment.unused_settings(cfg, overrides)
+    if unused:
+        raise experiment.RunError(f"--config.{unused[0]} is an option of another solver; the run's solver is "
+                                  f"{cfg.solver.name!r} (set --config.solver.name, or drop the option)")
+    return pipeline.run(cfg, stream=stream)
 
 
-def cli(argv, stream=sys.stderr) -> int:
+def cli(argv, stream=sys.stderr, out=sys.stdout) -> int:
     """Run the main job for command-line `argv` (argv[0] is the program); returns the exit status."""
-    fv = flags.FlagValues()
-    config = config_flags.DEFINE_config_file(
-        "config", None, "task config file, e.g. configs/phase_retrieval.py[:ffhq256]", flag_values=fv,
-        lock_config=True, sys_argv=list(argv))      # overrides are read from this argv, not sys.argv
-    try:
-        rest = fv(list(argv))
-    except flags.Error as e:
-        print(one_line(e), file=stream)
-        return 1
-    except Exception as e:    # a config file that does not exist, does not import, or rejects its argument
-        print(one_line(f"{type(e).__name__}: {e}"), file=stream)
-        return 1
-    if len(rest) > 1:
-        print(f"error: unexpected arguments: {' '.join(rest[1:])}", file=stream)
-        return 1
-    if config.value is None:
-        print("error: --config is required, e.g. --config=configs/phase_retrieval.py", file=stream)
-        return 1
-
-    from dps_jax import pipeline
-    from dps_jax.models.checkpoint import CheckpointFormatError
-
-    try:
-        pipeline.run(config.value, stream=stream)
-    except (pipeline.RunError, CheckpointFormatError, ValueError, OSError) as e:
-        print(one_line(e), file=stream)
-        return 1
-    return 0
+    return cli_lib.main(argv, program="dps_jax.main", doc=__doc__,
+                       run=lambda cfg, overrides: run_config(cfg, overrides, stream), stream=stream, out=out)
 
 
 def run():

@@ -1,10 +1,10 @@
-"""One run of the main job: config -> measurements -> N posterior samples each -> files.
+"""One run of the main job on disk: a config's experiment -> N posterior samples per image -> files.
 
-The config is turned into a prior, a problem per image and a `solvers.Runner` (the builder the API
-uses too); this module adds only what a run on disk needs: images in, PNGs and metrics out, a progress
-line. Outputs go to a new directory `<output.root>/<task>/<timestamp>`; while running it is called
-`<...>.partial`, and it gets its final name only when everything is written. A run that diverges (NaN or
-Inf) stops, names the step, and is renamed `<...>-incomplete` with an INCOMPLETE note.
+`experiment.setup` turns the config into a prior, a runner and a measurement per image; this module adds
+only what a run on disk needs: images in, PNGs and metrics out, a progress line. Outputs go to a new
+directory `<output.root>/<task>/<timestamp>`; while running it is called `<...>.partial`, and it gets its
+final name only when everything is written. A run that diverges (NaN or Inf) stops, names the step, and is
+renamed `<...>-incomplete` with an INCOMPLETE note.
 """
 
 from __future__ import annotations
@@ -19,64 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import config_base, data, io, likelihoods, metrics, operators, solvers
+from dps_jax import config_base, data, experiment, io, likelihoods, metrics, solvers
+from dps_jax.experiment import RunError
 from dps_jax.metrics import lpips
-from dps_jax import prior as prior_lib
 from dps_jax.models.checkpoint import SHIPPED_PRIOR
-from dps_jax.solvers.base import with_sampler
-
-MODEL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class RunError(ValueError):
-    """A problem with the run's configuration or inputs, reported as one line by the CLI."""
 
 
 class Diverged(RuntimeError):
     pass
-
-
-# ---- configuration -> the pieces of a run ------------------------------------------------------
-
-def load_prior(cfg) -> prior_lib.Prior:
-    if cfg.preset in config_base.PAPER_PRESETS and not cfg.model.checkpoint:
-        raise RunError(f"the {cfg.preset} preset needs a converted checkpoint: "
-                       f"--config.model.checkpoint=PATH (see `python -m checkpoints_convert --help`)")
-    dtype = MODEL_DTYPES.get(cfg.model.dtype)
-    if dtype is None:
-        raise RunError(f"model.dtype must be one of {sorted(MODEL_DTYPES)}, got {cfg.model.dtype!r}")
-    return prior_lib.load(cfg.model.checkpoint or SHIPPED_PRIOR, dtype=dtype, var_type=cfg.model.var_type,
-                          clip_denoised=cfg.model.clip_denoised)
-
-
-def solver_options(cfg) -> dict:
-    """The chosen solver's options: its config section, plus the shared sampler choice for diffusion solvers."""
-    spec = solvers.get(cfg.solver.name)
-    section = cfg.solver.get(solvers.config_key(spec.name))
-    return with_sampler(spec, dict(section) if section is not None else {}, cfg.sampler.name, cfg.sampler.eta)
-
-
-def build_runner(cfg, prior, image_shape) -> solvers.Runner:
-    """The config's Runner; an iterative solver gets no prior (the shipped one only sets the image shape)."""
-    if solvers.get(cfg.solver.name).kind == "iterative":
-        prior = None
-    return solvers.build(prior, image_shape, solver=cfg.solver.name, options=solver_options(cfg),
-                         steps=cfg.sampler.steps, respacing=cfg.sampler.respacing, schedule=cfg.diffusion.schedule,
-                         num_timesteps=cfg.diffusion.num_timesteps, num_samples=cfg.num_samples,
-                         chunk_size=cfg.chunk_size, record_every=cfg.sampler.record_every,
-                         snapshots=0 if cfg.sampler.record_every else 10,      # progress.png: x0_hat 10 times
-                         steps_per_call=cfg.sampler.steps_per_call)
-
-
-def build_operator(cfg, image_shape, key) -> operators.Operator:
-    options = dict(cfg.operator)
-    name = options.pop("name", None)
-    if name == "super_resolution":
-        f, size = options.get("scale_factor"), image_shape[0]
-        if isinstance(f, (int, float)) and float(f).is_integer() and f >= 1 and size % int(f):
-            raise RunError(f"operator.scale_factor {f} does not divide data.image_size {size}; "
-                           f"pick a factor that divides it (the operator API handles other sizes)")
-    return operators.build(name, image_shape, key=key, **options)
 
 
 def available_memory(device) -> Optional[int]:
@@ -117,11 +67,7 @@ def check_run_config(cfg) -> None:
         # jax keys take 32 bits here; a larger seed would silently give the same key as another
         raise RunError(f"seed must be an integer in [0, 2^32), got {seed!r:.40}")
     likelihoods.check_noise(cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
-    where = os.path.abspath(cfg.output.root)     # nothing is created before the run: find what exists
-    while not os.path.exists(where):
-        where = os.path.dirname(where)
-    if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
-        raise RunError(f"output.root {cfg.output.root}: {where} is not a writable folder")
+    experiment.check_output_root(cfg.output.root)     # nothing is created before the run
 
 
 def load_images(cfg, prior):
@@ -190,7 +136,7 @@ def run(cfg, stream=sys.stderr) -> str:
         except (ValueError, TypeError, RuntimeError) as e:
             raise RunError(f"distributed: {str(e).splitlines()[0]} (set coordinator_address, num_processes and "
                            "process_id outside a detected cluster)") from None
-    prior = load_prior(cfg)
+    prior = experiment.load_prior(cfg)
     files, images, indices = load_images(cfg, prior)
     names = data.output_names(files)
     image_shape = images.shape[1:]
@@ -199,19 +145,12 @@ def run(cfg, stream=sys.stderr) -> str:
     if host_free is not None and cfg.num_samples * images[0].nbytes * 2 > host_free:   # before compiling
         raise RunError(f"num_samples {cfg.num_samples}: the samples alone need "
                        f"{cfg.num_samples * images[0].nbytes * 2 / gib:.1f} GiB, {host_free / gib:.1f} GiB are free")
-    runner = build_runner(cfg, prior, image_shape)
+    exp = experiment.setup(cfg, prior, image_shape)
+    runner = exp.runner
+    stream.write(exp.describe() + "\n")
     # Before compiling: a missing weight file is an error of the config, not of a finished run.
     lpips_metric = lpips.load(cfg.metrics.lpips_weights) if cfg.metrics.lpips_weights else None
-
-    key = jax.random.PRNGKey(cfg.seed)
-    problems, sample_keys = [], []
-    for i, x in zip(indices, images):
-        k_op, k_noise, k_sample = jax.random.split(jax.random.fold_in(key, i), 3)
-        op = build_operator(cfg, image_shape, k_op)
-        y = likelihoods.add_noise(k_noise, op(jnp.asarray(x)), cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
-        sigma = cfg.noise.sigma if cfg.noise.name == "gaussian" else None
-        problems.append(solvers.make_problem(op, y, image_shape, cfg.noise.name, sigma))
-        sample_keys.append(k_sample)
+    problems, sample_keys = zip(*[exp.measure(x, i) for i, x in zip(indices, images)])
     compile_seconds = runner.compile(problems[0])
     check_memory(cfg, runner, problems[0], host_free)
 

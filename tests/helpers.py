@@ -11,12 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import api, gmm, operators
+from dps_jax import api, operators
+from dps_jax.analytic import gmm
 from dps_jax import prior as prior_lib
 from dps_jax import schedule
 from dps_jax.operators import spectral
 
 FIXTURES = os.environ.get("DPS_JAX_FIXTURES") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+# 1000 Fashion-MNIST test and 500 training images with their labels, in the Debian package's layout.
+FMNIST_SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "fashion_mnist")
 
 
 def fixture_path(name: str) -> str:

@@ -58,7 +58,7 @@ def test_api_sample_in_one_call():
     op = operators.build("inpainting", (32, 32, 1), key=jax.random.PRNGKey(0), mask_type="box",
                          box_len_range=(16, 17), margin=2)
     y = api.measure(op, jnp.zeros((32, 32, 1)), jax.random.PRNGKey(1))
-    out = api.sample(pr, op, y, num_samples=3, steps=2, scale=0.5, record_every=1, chunk_size=2)
+    out = api.sample(pr, op, y, options={"steps": 2, "scale": 0.5}, num_samples=3, record_every=1, chunk_size=2)
     assert out["samples"].shape == (3, 32, 32, 1) and out["distance"].shape == (3, 2)
     assert np.isfinite(out["samples"]).all() and (out["distance"] > 0).all()
     assert out["x0_hat_record"].shape == (3, 2, 32, 32, 1) and np.abs(out["x0_hat_record"]).max() <= 1.0
@@ -68,8 +68,10 @@ def test_api_rejects_bad_input():
     pr = api.load_prior()
     op = operators.build("identity", (32, 32, 1))
     with pytest.raises(ValueError, match=r"measurement contains 1 NaN/Inf values \(first at index \(3, 4, 0\)\)"):
-        api.sample(pr, op, jnp.zeros((32, 32, 1)).at[3, 4, 0].set(jnp.nan), steps=2)
+        api.sample(pr, op, jnp.zeros((32, 32, 1)).at[3, 4, 0].set(jnp.nan), options={"steps": 2})
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1, got 0"):
         api.sample(pr, op, jnp.zeros((32, 32, 1)), num_samples=0)
     with pytest.raises(ValueError, match="unknown option\\(s\\) \\['zeta'\\] for solver 'ps'"):
-        api.sample(pr, op, jnp.zeros((32, 32, 1)), zeta=0.5)
+        api.sample(pr, op, jnp.zeros((32, 32, 1)), options={"zeta": 0.5})
+    with pytest.raises(TypeError, match="options must be a mapping"):
+        api.sample(pr, op, jnp.zeros((32, 32, 1)), options=0.5)

@@ -1,13 +1,11 @@
 """The JAX side of the speed benchmark measures the step it claims to (no torch needed)."""
 
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import step_speed  # noqa: E402
+from benchmarks import step_speed
 
 
 def test_step_costs_one_forward_and_one_input_gradient():
@@ -29,15 +27,15 @@ def test_time_to_quality_step_counts_and_pick():
     the pick is the fastest point within the reference's PSNR standard error and FID slack."""
     import argparse
 
-    import time_to_quality as t2q
-    from configs.eval import paper_table
+    from benchmarks import time_to_quality as t2q
+    from dps_jax.cli import load_config
 
-    cfg = paper_table.get_config()
+    cfg = load_config("configs/eval/paper_table.py")
     ps = t2q.point_config(cfg, "super_resolution", "ps", 100, "total")
-    assert ps.sampler.steps == 100 and ps.solver.ps.scale == 10.0 * 50 / 100
+    assert ps.solver.ps.steps == 100 and ps.solver.ps.scale == 10.0 * 50 / 100
     assert t2q.point_config(cfg, "super_resolution", "ps", 100, "fixed").solver.ps.scale == 10.0
     assert t2q.point_config(cfg, "super_resolution", "ddrm", 25, "total").solver.ddrm.steps == 25
-    assert t2q.point_config(cfg, "super_resolution", "daps", 10, "total").solver.daps.annealing_steps == 10
+    assert t2q.point_config(cfg, "super_resolution", "daps", 10, "total").solver.daps.steps == 10
     # A step count whose time, extrapolated from fewer steps, exceeds the reference's is not run.
     assert t2q.slower_than_reference(44.0, (50, 40.0), 100) and not t2q.slower_than_reference(44.0, (25, 20.0), 50)
     assert not t2q.slower_than_reference(None, (50, 40.0), 100) and not t2q.slower_than_reference(44.0, None, 10)
@@ -98,3 +96,23 @@ def test_step_speed_rejects_flags_that_cannot_go_together(monkeypatch, capsys):
         with pytest.raises(SystemExit) as err:
             step_speed.main()
         assert err.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_reference_clone_imports_without_shadowing_anything(tmp_path):
+    """tools.reference: a clone's top-level modules import from it, but never in place of an installed or
+    project module of the same name (numpy here), and nothing is put on sys.path."""
+    from tools import reference
+
+    (tmp_path / "clone_only_module_xyz.py").write_text("VALUE = 7\n")
+    (tmp_path / "numpy.py").write_text("raise RuntimeError('the clone shadowed numpy')\n")
+    path = list(sys.path)
+    finder = reference.importable(str(tmp_path))
+    try:
+        import clone_only_module_xyz
+        import numpy
+
+        assert clone_only_module_xyz.VALUE == 7 and hasattr(numpy, "ndarray") and sys.path == path
+        assert reference.importable(str(tmp_path)) is finder                  # once per clone
+    finally:
+        sys.meta_path.remove(finder)
+        sys.modules.pop("clone_only_module_xyz", None)

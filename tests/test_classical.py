@@ -48,7 +48,7 @@ def test_the_true_image_is_a_fixed_point(name):
     x = smooth_image()
     problem = phase_problem(x)
     spec = solvers.get(name)
-    options = solvers.make_options(spec, iterations=5)
+    options = solvers.make_options(spec, steps=5)
     state = {"g": padded(x, problem), "x": jnp.asarray(x)}
     new, record = spec.update(state, jnp.int32(0), {}, problem, None, options)
     np.testing.assert_allclose(new["g"], state["g"], atol=2e-6)
@@ -58,7 +58,7 @@ def test_the_true_image_is_a_fixed_point(name):
 def test_er_fourier_error_never_increases():
     """Fienup (1982): with g in the object set C after each step, || |F g_k| - y || is non-increasing."""
     x = smooth_image(1)
-    out = run("er", phase_problem(x), SHAPE, iterations=200)
+    out = run("er", phase_problem(x), SHAPE, steps=200)
     r = out["residual"]                                              # (4 restarts, 200 iterations)
     assert r.shape == (4, 200)
     assert np.all(np.diff(r, axis=1) <= 1e-6 * r[:, :-1] + 1e-7), np.diff(r, axis=1).max()
@@ -70,7 +70,7 @@ def test_hio_recovers_a_small_image():
     ambiguities the data cannot resolve: the twin (the 180-degree rotation) and, since the object
     constraint [-1, 1] is symmetric, the sign."""
     x = smooth_image(2)
-    out = run("hio", phase_problem(x), SHAPE, iterations=600)
+    out = run("hio", phase_problem(x), SHAPE, steps=600)
     best = int(np.argmin(out["residual"][:, -1]))
     sample = out["samples"][best]
     error = min(np.linalg.norm(sample - s * v) / np.linalg.norm(x) for v in (x, x[::-1, ::-1]) for s in (1, -1))
@@ -82,7 +82,7 @@ def test_oss_returns_its_best_iterate():
     noiseless toy it fits the data to 0.3% but lands 14% from the image, where HIO recovers it.)"""
     x = smooth_image(2)
     problem = phase_problem(x)
-    out = run("oss", problem, SHAPE, iterations=600)
+    out = run("oss", problem, SHAPE, steps=600)
     r = out["residual"]
     assert np.all(np.diff(r, axis=1) <= 0) and np.all(r[:, -1] < 1e-2), r[:, -1]
     for sample, best in zip(out["samples"], r[:, -1]):
@@ -90,7 +90,7 @@ def test_oss_returns_its_best_iterate():
 
 
 def test_oss_filter_widths_step_from_n_to_one_over_n():
-    options = solvers.make_options(fienup.OSS, iterations=100, stages=10)
+    options = solvers.make_options(fienup.OSS, steps=100, stages=10)
     widths = [float(fienup.oss_filter_width(jnp.int32(k), options, 12)) for k in range(0, 100, 10)]
     np.testing.assert_allclose(widths, np.linspace(12, 1 / 12, 10), rtol=1e-5)
     assert float(fienup.oss_filter_width(jnp.int32(99), options, 12)) == pytest.approx(1 / 12, rel=1e-5)
@@ -106,11 +106,11 @@ def test_phase_retrieval_solvers_refuse_other_operators():
     op = operators.build("super_resolution", (8, 8, 1), scale_factor=2)
     problem = solvers.make_problem(op, op(jnp.zeros((8, 8, 1))), (8, 8, 1))
     with pytest.raises(ValueError, match="'hio' solves Fourier phase retrieval only; the operator is 'super_resolution'"):
-        run("hio", problem, (8, 8, 1), iterations=2)
+        run("hio", problem, (8, 8, 1), steps=2)
     op = operators.build("phase_retrieval", (8, 8, 1), unit_range=True)
     problem = solvers.make_problem(op, op(jnp.zeros((8, 8, 1))), (8, 8, 1))
     with pytest.raises(ValueError, match="'er' iterates on the \\[-1, 1\\] image; phase retrieval with unit_range"):
-        run("er", problem, (8, 8, 1), iterations=2)
+        run("er", problem, (8, 8, 1), steps=2)
 
 
 # ---- ADMM-TV --------------------------------------------------------------------------------------
@@ -140,10 +140,10 @@ def test_admm_tv_reaches_the_optimum_of_the_tv_problem():
     y = op(jnp.asarray(x_true)) + 0.05 * jax.random.normal(jax.random.PRNGKey(2), x_true.shape)
     problem = solvers.make_problem(op, y, x_true.shape)
     lam, rho = 0.05, 0.5
-    options = solvers.make_options(admm_tv.SOLVER, lam=lam, rho=rho, iterations=1500, cg_iterations=30)
+    options = solvers.make_options(admm_tv.SOLVER, lam=lam, rho=rho, steps=1500, cg_iterations=30)
     state = admm_tv.init(None, problem, None, options, x_true.shape)
     state, _ = jax.lax.scan(lambda s, k: admm_tv.update(s, k, {}, problem, None, options),
-                            state, jnp.arange(options.iterations))
+                            state, jnp.arange(options.steps))
     x, z, u = state["x"], state["z"], state["u"]
     at = lambda v: op.adjoint(v, x)
     stationarity = at(op(x) - y) + rho * admm_tv.grad_adjoint(u)
@@ -160,7 +160,7 @@ def test_admm_tv_reaches_the_optimum_of_the_tv_problem():
 def test_admm_tv_leaves_a_constant_image_alone():
     y = jnp.full((6, 6, 3), 0.3)
     op = operators.build("identity", y.shape)
-    out = run("admm_tv", solvers.make_problem(op, y, y.shape), y.shape, num_samples=1, iterations=20)
+    out = run("admm_tv", solvers.make_problem(op, y, y.shape), y.shape, num_samples=1, steps=20)
     np.testing.assert_allclose(out["samples"][0], y, atol=1e-6)
     np.testing.assert_allclose(out["objective"][0], 0.0, atol=1e-8)
 
@@ -168,4 +168,4 @@ def test_admm_tv_leaves_a_constant_image_alone():
 def test_admm_tv_refuses_a_nonlinear_operator():
     x = smooth_image()
     with pytest.raises(ValueError, match="'admm_tv' needs a linear operator; 'phase_retrieval' is nonlinear"):
-        run("admm_tv", phase_problem(x), SHAPE, iterations=2)
+        run("admm_tv", phase_problem(x), SHAPE, steps=2)

@@ -1,42 +1,47 @@
-"""The task configs: each runs the solver and step count that reached DPS-1000's quality fastest."""
+"""The task configs say what runs: each names its default solver and step count (the time-to-quality pick),
+every solver's options are its own, and nothing is rescaled out of sight."""
 
 import json
 import os
 
 import pytest
 
-from dps_jax import config_base, evaluate
+from dps_jax import config_base, evaluate, experiment, solvers
 from dps_jax.solvers import config_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_default_picks_are_the_time_to_quality_picks():
-    """DEFAULT_PICKS is what benchmarks/time_to_quality.json found for every task, not a hand-kept guess."""
+def picks():
+    """{task: (solver, steps)}: what benchmarks/time_to_quality.json found fastest to DPS-1000's quality."""
     with open(os.path.join(REPO, "benchmarks", "time_to_quality.json")) as f:
         tasks = json.load(f)["tasks"]
-    found = {task: (s["fastest_to_reference"]["method"], s["fastest_to_reference"]["steps"])
-             for task, s in tasks.items()}
-    assert found == config_base.DEFAULT_PICKS
+    return {task: (s["fastest_to_reference"]["method"], s["fastest_to_reference"]["steps"]) for task, s in tasks.items()}
 
 
 @pytest.mark.parametrize("task", config_base.TASKS)
-def test_config_runs_its_pick_with_the_guidance_of_its_settings(task):
-    settings = config_base.task_config(task, pick=False)
+def test_each_file_names_the_time_to_quality_pick(task):
+    """The default is written in the task's own file (not found elsewhere), and it is the benchmark's pick."""
+    name, steps = picks()[task]
     c = config_base.task_config(task)
-    name, steps = config_base.DEFAULT_PICKS[task]
-    assert settings.solver.name == "ps" and settings.sampler.steps == 50 and c.solver.name == name
-    if name in config_base.STEP_OPTIONS:
-        assert c.solver[config_key(name)][config_base.STEP_OPTIONS[name]] == steps
-        assert c.sampler.steps == 50 and c.solver.ps.scale == settings.solver.ps.scale
-    else:
-        assert c.sampler.steps == steps
-        for g in config_base.GRADIENT_SOLVERS:        # zeta x steps, the total guidance, is kept
-            key = config_key(g)
-            assert c.solver[key].scale * steps == pytest.approx(settings.solver[key].scale * 50)
-    # Nothing else moves.
-    for section in ("operator", "noise", "data", "model", "diffusion"):
+    assert c.solver.name == name and c.solver[config_key(name)].steps == steps and c.sampler.steps == 0
+    source = open(os.path.join(REPO, "configs", f"{task}.py")).read()
+    assert f'use_solver(c, "{name}", steps={steps}' in source
+
+
+@pytest.mark.parametrize("task", config_base.TASKS)
+def test_a_dps_pick_keeps_the_total_guidance_of_its_settings(task):
+    settings, c = config_base.task_config(task, pick=False), config_base.task_config(task)
+    assert settings.solver.name == "ps" and settings.solver.ps.steps == 50
+    if c.solver.name == "ps":               # zeta x steps, the total guidance, in one visible expression
+        source = open(os.path.join(REPO, "configs", f"{task}.py")).read()
+        assert f"scale=ZETA * 50 / {c.solver.ps.steps})" in source
+        assert c.solver.ps.scale * c.solver.ps.steps == pytest.approx(settings.solver.ps.scale * 50)
+    for section in ("operator", "noise", "data", "model", "diffusion", "sampler"):
         assert c[section].to_dict() == settings[section].to_dict()
+    for name in solvers.REGISTRY:           # only the picked solver's section moves
+        if name != c.solver.name:
+            assert c.solver[config_key(name)].to_dict() == settings.solver[config_key(name)].to_dict()
 
 
 @pytest.mark.parametrize("preset", config_base.PAPER_PRESETS)
@@ -44,26 +49,41 @@ def test_paper_presets_keep_the_papers_dps(preset):
     for task in ("super_resolution", "phase_retrieval"):
         c = config_base.task_config(task, preset)
         assert c.to_dict() == config_base.task_config(task, preset, pick=False).to_dict()
-        assert c.solver.name == "ps" and c.sampler.steps == 1000
+        assert c.solver.name == "ps" and c.solver.ps.steps == 1000 and c.solver.ps.sampler == "ddpm"
+
+
+def test_each_solver_keeps_its_own_sampler_and_step_count():
+    """PiGDM runs DDIM, its reference's default (a shared `sampler.name` once made it DDPM); DDRM runs its own
+    20 steps and DPS the config's 50 in the same config; `sampler.steps`, when set, is the running solver's."""
+    c = config_base.task_config("super_resolution", pick=False)
+    c.solver.name = "pigdm"
+    options = experiment.solver_options(c)
+    assert options["sampler"] == "ddim" and options["eta"] == 0.0 and options["steps"] == 50
+    assert solvers.make_options(solvers.get("pigdm"), **options).sampler == "ddim"
+    assert c.solver.ddrm.steps == 20 and c.solver.ps.steps == 50 and c.solver.ps.sampler == "ddpm"
+    c.solver.name, c.sampler.steps = "ddrm", 7
+    assert experiment.solver_options(c)["steps"] == 7
 
 
 def test_comparison_table_cells_use_the_settings_not_the_pick():
-    """The table's DDRM runs its own 20 steps and DPS its 50 with zeta_50, whatever the task's default is."""
+    """The table's DDRM runs its own 20 steps and DPS its 50 with zeta_50, whatever the task's default is;
+    `cells` overrides reach every cell."""
     from configs.eval import paper_table
 
     cfg = paper_table.get_config()
     ddrm = evaluate.task_config(cfg, "super_resolution", "ddrm")
     assert ddrm.solver.ddrm.steps == 20 and ddrm.solver.name == "ddrm"
     ps = evaluate.task_config(cfg, "inpainting_box", "ps")
-    assert ps.sampler.steps == 50 and ps.solver.ps.scale == config_base.task_config("inpainting_box", pick=False).solver.ps.scale
+    settings = config_base.task_config("inpainting_box", pick=False)
+    assert ps.solver.ps.steps == 50 and ps.solver.ps.scale == settings.solver.ps.scale
+    cfg.cells.solver.ddrm.eta, cfg.cells.model.dtype = 0.1, "bfloat16"
+    cell = evaluate.task_config(cfg, "gaussian_deblur", "ddrm")
+    assert cell.solver.ddrm.eta == 0.1 and cell.model.dtype == "bfloat16" and cell.solver.ddrm.eta_b == 1.0
 
 
-def test_set_steps_puts_the_count_where_the_solver_reads_it():
-    c = config_base.task_config("super_resolution", pick=False)
-    config_base.set_steps(c, "daps", 7)
-    assert c.solver.daps.annealing_steps == 7 and c.sampler.steps == 50
-    scale = c.solver.mcg.scale
-    config_base.set_steps(c, "ps", 200, rescale_zeta=False)
-    assert c.sampler.steps == 200 and c.solver.mcg.scale == scale
-    config_base.set_steps(c, "mcg", 100)
-    assert c.sampler.steps == 100 and c.solver.mcg.scale == pytest.approx(scale * 2)
+def test_the_run_says_what_runs():
+    c = config_base.task_config("super_resolution")
+    exp = experiment.setup(c)
+    line = exp.describe()
+    assert line.startswith("ddrm: 25 steps (solver.ddrm.steps)") and "eta 0.85" in line and "cutoff 0.03" in line
+    assert experiment.unused_settings(c, ["solver.ps.scale", "solver.ddrm.eta", "num_samples"]) == ["solver.ps.scale"]

@@ -175,7 +175,7 @@ def test_nonfinite_and_float16_overflow_are_refused_by_name():
 
 
 def test_cli_picks_a_wrapped_state_dict(tmp_path):
-    import torch_files as tf
+    from checkpoints_convert import torch_writer as tf
     state = load_state_dict(fixture_path("adm_variants.pt"))
     path = tf.write_arrays(tmp_path / "w.pt", state, wrap=lambda ops: tf.plain_dict({"model": ops, "ema": ops}))
     out = tmp_path / "o.msgpack"

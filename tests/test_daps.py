@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from helpers import load_npz, measurement_fit, mixture_sr_case, nhwc, random_mixture
-from dps_jax import api, gmm, operators, prior, solvers
+from dps_jax import api, operators
+from dps_jax import prior, solvers
+from dps_jax.analytic import gmm
 from dps_jax.solvers import daps
 
 SHAPE = (16, 16, 3)
@@ -29,7 +31,7 @@ def case(name, ffhq_like):
     mcmc, sampler = spec["mcmc"], spec["sampler"]
     annealing, ode = sampler["annealing_scheduler_config"], sampler["diffusion_scheduler_config"]
     options = solvers.make_options(
-        daps.SOLVER, annealing_steps=annealing["num_steps"], ode_steps=ode["num_steps"],
+        daps.SOLVER, steps=annealing["num_steps"], ode_steps=ode["num_steps"],
         langevin_steps=mcmc["num_steps"], lr=mcmc["lr"], tau=mcmc["tau"], lr_min_ratio=mcmc["lr_min_ratio"],
         sigma_max=annealing["sigma_max"], sigma_min=annealing["sigma_min"], ode_sigma_min=ode["sigma_min"],
         rho=float(annealing["timestep"].split("-")[1]))
@@ -89,8 +91,9 @@ def test_denoiser_at_any_sigma_is_the_mixtures_closed_form():
 
 def test_presets_and_counts():
     options = solvers.make_options(daps.SOLVER)
-    assert daps.counts(options) == (200, 5, 100) and daps.evaluations(options) == 1000
-    assert daps.evaluations(solvers.make_options(daps.SOLVER, preset="4k")) == 4000
+    assert daps.counts(options) == (200, 5, 100) and daps.SOLVER.step_grid(options).evaluations == 1000
+    assert daps.SOLVER.step_grid(solvers.make_options(daps.SOLVER, preset="4k")).evaluations == 4000
+    assert daps.counts(solvers.make_options(daps.SOLVER, steps=7)) == (7, 5, 100)
     assert daps.counts(solvers.make_options(daps.SOLVER, preset="cpu", ode_steps=3))[1] == 3
     levels = daps.annealing(options)
     assert levels["sigma"][0] == 100.0 and levels["sigma_next"][-1] == 0.0 and len(levels["sigma"]) == 200
@@ -106,10 +109,10 @@ def test_through_the_api():
     is below the noise, so they fit it closer than sigma) and differ; Poisson noise is refused in one line
     (phase retrieval, nonlinear, runs in the fixture test)."""
     pr, op, x, y, sigma = mixture_sr_case()
-    out = api.sample(pr, op, y, solver="daps", num_samples=3, preset="cpu", image_shape=x.shape)
+    out = api.sample(pr, op, y, solver="daps", options={"preset": "cpu"}, num_samples=3, image_shape=x.shape)
     assert out["samples"].shape == (3,) + x.shape and np.isfinite(out["samples"]).all()
     assert (measurement_fit(op, out["samples"], y) < sigma).all()
     assert not np.allclose(out["samples"][0], out["samples"][1])
     assert out["distance"].shape == (3, 25)
-    with pytest.raises(ValueError, match="'daps' samples a Gaussian likelihood"):
-        api.sample(pr, op, y, solver="daps", noise="poisson", preset="cpu", image_shape=x.shape)
+    with pytest.raises(ValueError, match="'daps' models Gaussian measurement noise; got 'poisson'"):
+        api.sample(pr, op, y, solver="daps", options={"preset": "cpu"}, noise="poisson", image_shape=x.shape)

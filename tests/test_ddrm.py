@@ -26,7 +26,7 @@ def case(name, ffhq_like):
     sp = spectral.Spectral(**{k: jnp.asarray(f[k]) for k in spectral.Spectral._fields})
     y = nhwc(f["y"])[0]
     problem = solvers.Problem(op=None, y=jnp.asarray(y), sigma=np.float32(spec["sigma_0"]), aux=sp)
-    tables = schedule.build_tables("linear", 1000, ddrm.fixed_schedule(solvers.make_options(ddrm.SOLVER)))
+    tables = schedule.build_tables("linear", 1000, ddrm.respacing(solvers.make_options(ddrm.SOLVER)))
     np.testing.assert_array_equal(tables.timestep_map, f["timesteps"])
     model, params, _ = ffhq_like
     options = solvers.make_options(ddrm.SOLVER, eta=spec["eta"], eta_b=spec["eta_b"])
@@ -80,9 +80,12 @@ def test_ddrm_through_the_api_fits_the_measurement():
     x = jnp.full((32, 32, 1), -0.9).at[8:24, 8:24].set(0.8).at[12:20, 4:28].set(-0.6)
     sigma = 0.05
     y = api.measure(op, x, jax.random.PRNGKey(1), sigma=sigma)
-    out = api.sample(pr, op, y, solver="ddrm", num_samples=2, sigma=sigma, steps=10)
-    assert out["samples"].shape == (2, 32, 32, 1) and out["distance"].shape == (2, 20)
+    out = api.sample(pr, op, y, solver="ddrm", options={"steps": 10}, num_samples=2, sigma=sigma)
+    # The solver's options reach the solver (an earlier API took `steps` itself and DDRM ran its own 20).
+    assert out["samples"].shape == (2, 32, 32, 1) and out["distance"].shape == (2, 10)
     rmse = np.sqrt(np.mean((np.asarray(jax.vmap(op)(jnp.asarray(out["samples"]))) - np.asarray(y)) ** 2, axis=(1, 2, 3)))
     assert (rmse < 2 * sigma).all(), rmse
+    with pytest.raises(ValueError, match=re.escape("ddrm eta must be in [0, 1], got 2.0")):   # DDRM's eta, not DDIM's
+        api.sample(pr, op, y, solver="ddrm", options={"steps": 10, "eta": 2.0}, sigma=sigma)
     with pytest.raises(ValueError, match=re.escape("'ddrm' needs the Gaussian noise std of y")):
         api.sample(pr, op, y, solver="ddrm")

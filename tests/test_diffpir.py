@@ -24,8 +24,8 @@ def case(ffhq_like):
     x = 2 * (f["img"].astype(np.float32) / 255) - 1
     op = operators.build("inpainting", (16, 16, 3), mask=mask)
     problem = solvers.make_problem(op, op(jnp.asarray(x)), (16, 16, 3), sigma=0.0)
-    problem = diffpir.SOLVER.prepare(problem, options, (16, 16, 3))
-    tables = schedule.build_tables("linear", 1000, diffpir.fixed_schedule(options))
+    problem = solvers.prepare(diffpir.SOLVER, problem, options, (16, 16, 3))
+    tables = schedule.build_tables("linear", 1000, diffpir.respacing(options))
     model, params, _ = ffhq_like
     return f, problem, prior.from_unet(model, params, "learned_range"), options, diffusion.step_coefficients(tables)
 
@@ -71,7 +71,7 @@ def test_data_step_is_the_regularised_least_squares(name):
     rng = np.random.default_rng(0)
     x, r = (rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(2))
     problem = solvers.make_problem(op, op(x), shape, sigma=0.05)
-    problem = diffpir.SOLVER.prepare(problem, solvers.make_options(diffpir.SOLVER), shape)
+    problem = solvers.prepare(diffpir.SOLVER, problem, solvers.make_options(diffpir.SOLVER), shape)
     a = np.asarray(jax.jacfwd(lambda v: op(v.reshape(shape)).reshape(-1))(jnp.zeros(64)), np.float64)
     for rho in (0.01, 1.0):
         want = np.linalg.solve(a.T @ a + rho * np.eye(64), a.T @ np.asarray(problem.y, np.float64).reshape(-1)
@@ -85,7 +85,7 @@ def test_diffpir_through_the_api():
     about the noise level; bad options and unsupported pairs are refused in one line."""
     pr, op, x, y, sigma = mixture_sr_case()
     shape = x.shape
-    out = api.sample(pr, op, y, solver="diffpir", num_samples=3, sigma=sigma, steps=20, image_shape=shape)
+    out = api.sample(pr, op, y, solver="diffpir", num_samples=3, sigma=sigma, image_shape=shape)
     assert out["samples"].shape == (3,) + shape and out["distance"].shape == (3, 100)
     fit = measurement_fit(op, out["samples"], y)
     assert (fit < 2 * sigma).all(), fit

@@ -27,9 +27,9 @@ def config(out, **over):
     spec.loader.exec_module(module)
     c = module.get_config()
     c.data.source, c.data.num_images = "folder", 2           # two of the shipped test images
-    c.tasks, c.methods, c.steps = "super_resolution,phase_retrieval", "ddrm,hio", 2
-    c.overrides = "solver.hio.iterations=20;solver.ddrm.steps=4"
-    c.output, c.compilation_cache, c.pr_samples = str(out), CACHE, 2
+    c.tasks, c.methods = "super_resolution,phase_retrieval", "ddrm,hio"
+    c.cells.solver.hio.steps, c.cells.solver.ddrm.steps = 20, 4          # every cell's overrides, typed fields
+    c.output.root, c.compilation_cache, c.pr_samples = str(out), CACHE, 2
     for k, v in over.items():
         setattr(c, k, v)
     return c
@@ -61,7 +61,7 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     reasons = {(u["method"], tuple(u["tasks"])) for u in summary["unsupported"]}
     assert reasons == {("ddrm", ("phase_retrieval",)), ("hio", ("super_resolution",))}
     md = open(tmp_path / "table.md").read()
-    assert "| `ddrm` |" in md and "n/a" in md and "has no SVD (it is not linear)" in md
+    assert "| `ddrm` |" in md and "n/a" in md and "needs a linear operator with an SVD; 'phase_retrieval' is nonlinear" in md
     assert "FID / KID x 10^3 / LPIPS of the reconstructions" in md and "FID-FMNIST / KID-FMNIST: on the" in md
     # grid: 2 tasks wide; truth, measurement and 2 methods high (32 px tiles, 1 px gaps, scale 3)
     h, w = np.asarray(Image.open(tmp_path / "grid.png")).shape[:2]
@@ -76,18 +76,20 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
 @pytest.mark.parametrize("over, match", [
     (dict(tasks="deblur_everything"), "unknown task 'deblur_everything'"),
     (dict(methods="ps,dpsx"), "unknown solver 'dpsx'"),
-    (dict(overrides="solver.ddrm.etta=0.5"), "override 'solver.ddrm.etta': the task config has no 'etta'"),
+    ({"cells.solver.ddrm.etta": 0.5}, "the config has no field 'cells.solver.ddrm.etta'; did you mean "
+                                      "--config.cells.solver.ddrm.eta"),
     (dict(grid_image=7), "grid_image 7 is not one of the 2 images"),
-    (dict(overrides="solver.ddrm.steps=0.5"), "override solver.ddrm.steps=0.5: expected a value of type int"),
-    (dict(overrides="solver.ddrm.eta"), "override 'solver.ddrm.eta' is not key=value"),
-    (dict(methods="ddrm", overrides="solver.ddrm.eta=2"), "ddrm eta must be in [0, 1], got 2.0"),   # not "n/a"
+    ({"cells.solver.ddrm.steps": 0.5}, "flag --config.cells.solver.ddrm.steps=0.5"),
+    ({"cells.solver.ddrm.eta": "abc"}, "flag --config.cells.solver.ddrm.eta=abc"),
+    ({"methods": "ddrm", "cells.solver.ddrm.eta": 2}, "ddrm eta must be in [0, 1], got 2.0"),   # not "n/a"
+    ({"overrides": "solver.ddrm.eta=2"}, "the config has no field 'overrides'"),
     ({"metrics.lpips_weights": "/nonexistent/lpips.msgpack"}, "LPIPS weights not found: /nonexistent/lpips.msgpack"),
     ({"metrics.fid_weights": "/nonexistent/fid.msgpack"}, "FID weights not found: /nonexistent/fid.msgpack"),
 ])
 def test_bad_input_is_one_line(tmp_path, over, match):
     argv = ["evaluate", f"--config={CONFIG}",
-            "--config.data.source=folder", "--config.data.num_images=2", "--config.steps=2",
-            f"--config.output={tmp_path / 'out'}", f"--config.compilation_cache={CACHE}",
+            "--config.data.source=folder", "--config.data.num_images=2", "--config.cells.sampler.steps=2",
+            f"--config.output.root={tmp_path / 'out'}", f"--config.compilation_cache={CACHE}",
             *(f"--config.{k}={v}" for k, v in over.items())]
     stream = io.StringIO()
     assert evaluate.cli(argv, stream) == 1

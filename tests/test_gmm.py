@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dps_jax import api, calibration, gmm, operators, schedule
+from dps_jax import api, operators, schedule
+from dps_jax.analytic import calibration, gmm
 
 
 def random_mixture(dim, k=3, seed=0, dtype=np.float32):
@@ -111,8 +112,8 @@ def test_calibration_figures():
 def _unconditional(mix, shape, sampler, steps, n=4000):
     pr = gmm.as_prior(mix, shape)
     op = operators.build("identity", shape)
-    out = api.sample(pr, op, np.zeros(shape, np.float32), solver="vanilla", num_samples=n, steps=steps,
-                     sampler=sampler, image_shape=shape, seed=3)
+    out = api.sample(pr, op, np.zeros(shape, np.float32), solver="vanilla",
+                     options={"steps": steps, "sampler": sampler}, num_samples=n, image_shape=shape, seed=3)
     return out["samples"].reshape(n, -1)
 
 

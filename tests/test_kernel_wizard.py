@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import torch_files
+from checkpoints_convert import torch_writer as torch_files
 from checkpoints_convert import CheckpointError
 from checkpoints_convert.__main__ import main as convert_main
 from checkpoints_convert.kernel_wizard import convert_state_dict, torch_shapes
@@ -178,10 +178,11 @@ def test_mcg_takes_the_data_consistency_step_and_projections_refuse():
     y = op(jax.random.uniform(jax.random.PRNGKey(2), (32, 32, 1), minval=-1, maxval=1))
     np.testing.assert_allclose(op.correct(x, y), x + y - op(x), atol=1e-6)
     problem = solvers.make_problem(op, y, (32, 32, 1))
-    solvers.get("mcg").check(problem, None)
+    prepare = lambda name, problem: solvers.prepare(solvers.get(name), problem, None, (32, 32, 1))
+    assert prepare("mcg", problem) is problem
     for name in ("projection", "sdedit"):
         with pytest.raises(ValueError, match=f"solver '{name}' needs a linear operator.*'nonlinear_blur' is nonlinear"):
-            solvers.get(name).check(problem, None)
+            prepare(name, problem)
     phase = operators.build("phase_retrieval", (32, 32, 1))
     with pytest.raises(ValueError, match="solver 'mcg' needs a linear operator"):
-        solvers.get("mcg").check(solvers.make_problem(phase, phase(x), (32, 32, 1)), None)
+        prepare("mcg", solvers.make_problem(phase, phase(x), (32, 32, 1)))

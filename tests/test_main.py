@@ -51,11 +51,11 @@ def short_flags(root, cache=CACHE):
 # Inpainting (box) and motion blur stand for their siblings here (random inpainting, Gaussian blur: the same
 # operator functions with other masks / kernels, tested in test_operators.py) to keep the suite under 8 min;
 # motion blur runs DAPS (its own grid of 3 noise levels), nonlinear deblurring (the shipped kernel model) MCG
-# with its data-consistency step, the others DPS.
-@pytest.mark.parametrize("task, solver", [("super_resolution", "ps"), ("inpainting_box", "ps"),
+# with its data-consistency step, box inpainting Score-SDE's projection, super-resolution DPS.
+@pytest.mark.parametrize("task, solver", [("super_resolution", "ps"), ("inpainting_box", "projection"),
                                           ("motion_deblur", "daps"), ("nonlinear_deblur", "mcg")])
 def test_task_runs_end_to_end(task, solver, tmp_path):
-    over = {"solver.name": solver, "solver.daps.annealing_steps": 3, "solver.daps.langevin_steps": 5}
+    over = {"solver.name": solver, "solver.daps.langevin_steps": 5}
     if task == "super_resolution":          # LPIPS in metrics.json (a random-trunk LPIPS file)
         over["metrics.lpips_weights"] = random_lpips_file(tmp_path / "lpips.msgpack")
     run_dir = pipeline.run(short_config(task, tmp_path, **over), stream=io.StringIO())
@@ -73,7 +73,7 @@ def test_task_runs_end_to_end(task, solver, tmp_path):
 
 @pytest.mark.parametrize("task, solver, iterations", [("phase_retrieval", "hio", 40), ("super_resolution", "admm_tv", 40)])
 def test_classical_solvers_run_end_to_end_without_a_prior(task, solver, iterations, tmp_path):
-    cfg = short_config(task, tmp_path, **{"solver.name": solver, f"solver.{solver}.iterations": iterations})
+    cfg = short_config(task, tmp_path, **{"solver.name": solver, "sampler.steps": iterations})
     run_dir = pipeline.run(cfg, stream=io.StringIO())
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert m["solver"] == solver and m["steps"] == iterations and m["steps_per_call"] == 10
@@ -86,9 +86,13 @@ def test_classical_solvers_run_end_to_end_without_a_prior(task, solver, iteratio
 
 
 def test_ddrm_runs_its_own_schedule_end_to_end(tmp_path):
-    cfg = short_config("super_resolution", tmp_path, **{"solver.name": "ddrm", "solver.ddrm.steps": 4})
-    m = json.load(open(os.path.join(pipeline.run(cfg, stream=io.StringIO()), "metrics.json")))
-    assert m["solver"] == "ddrm" and m["steps"] == 4             # solver.ddrm.steps, not sampler.steps (3)
+    cfg = short_config("super_resolution", tmp_path, **{"solver.name": "ddrm", "solver.ddrm.steps": 4,
+                                                       "sampler.steps": 0})
+    stream = io.StringIO()
+    m = json.load(open(os.path.join(pipeline.run(cfg, stream=stream), "metrics.json")))
+    assert m["solver"] == "ddrm" and m["steps"] == 4             # solver.ddrm.steps: sampler.steps is unset
+    assert stream.getvalue().startswith("ddrm: 4 steps (solver.ddrm.steps), 4 network evaluations per sample; "
+                                        "eta 0.85, eta_b 1, cutoff 0.03")
     (img,) = m["images"]
     assert len(img["samples"]) == 2 and img["mean"]["psnr"] > 15
 
@@ -108,27 +112,6 @@ def check_outputs(run_dir, task, solver="ps"):
               "progress.png", "samples.npz"]:
         assert os.path.getsize(os.path.join(d, f)) > 0, f
     assert np.load(os.path.join(d, "samples.npz"))["samples"].shape == (2, 32, 32, 1)
-
-
-def test_cli_end_to_end_with_a_fresh_compilation_cache(tmp_path):
-    """Phase retrieval from the command line (DAPS, 3 noise levels: no backpropagation through the network
-    to compile), twice: the first run writes the compilation cache, the second reads it and draws the same
-    samples."""
-    cache = tmp_path / "cache"
-    runs = []
-    daps = ["--config.solver.name=daps", "--config.solver.daps.annealing_steps=3",
-            "--config.solver.daps.langevin_steps=5"]
-    for i in range(2):
-        proc = subprocess_cli("--config=configs/phase_retrieval.py", *short_flags(tmp_path / str(i), cache), *daps)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert os.listdir(cache)
-        (run_dir,) = glob.glob(str(tmp_path / str(i) / "phase_retrieval" / "*"))
-        check_outputs(run_dir, "phase_retrieval", "daps")
-        assert "step 3/3 eta     0s distance" in proc.stderr and "nan" not in proc.stderr     # the progress line
-        (d,) = glob.glob(os.path.join(run_dir, "*", "samples.npz"))
-        runs.append((np.load(d)["samples"], json.load(open(os.path.join(run_dir, "metrics.json")))))
-    np.testing.assert_array_equal(runs[0][0], runs[1][0])
-    assert runs[1][1]["compile_seconds"] < runs[0][1]["compile_seconds"]
 
 
 TOY_CONFIG = '''
@@ -151,44 +134,28 @@ def get_config(preset=None):
 '''
 
 
-def test_plugged_in_solver_on_the_cli_and_two_devices(tmp_path):
-    """A solver from one module and one registry line runs through the CLI, with chunking, on two forced CPU
-    devices, and gives the samples of the one-device run in this process."""
-    config = tmp_path / "toy_config.py"
-    config.write_text(TOY_CONFIG.format(tests=TESTS))
-    flags = [f"--config={config}", "--config.solver.x0_only.noise_scale=0.5", "--config.compilation_cache="]
-    proc = subprocess_cli(*flags, f"--config.output.root={tmp_path / 'two'}",
-                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (two,) = glob.glob(str(tmp_path / "two" / "inpainting_box" / "*"))
-    m = json.load(open(os.path.join(two, "metrics.json")))
-    assert m["devices"] == 2 and m["solver"] == "x0_only" and m["chunk_size"] == 2
-
-    out = io.StringIO()
-    assert main.cli(["dps_jax.main", *flags, f"--config.output.root={tmp_path / 'one'}"], stream=out) == 0, out.getvalue()
-    (one,) = glob.glob(str(tmp_path / "one" / "inpainting_box" / "*"))
-    (name,) = [p for p in os.listdir(one) if os.path.isdir(os.path.join(one, p))]
-    a = np.load(os.path.join(one, name, "samples.npz"))["samples"]
-    b = np.load(os.path.join(two, name, "samples.npz"))["samples"]
-    assert a.shape == (3, 32, 32, 1)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    solvers.REGISTRY.pop("x0_only", None)
-
-
-def test_two_processes_share_the_images_and_match_one(tmp_path):
-    """Multi-host on one machine: two processes joined by jax.distributed (CPU) each take every other image
-    and write their own directory; together they give exactly the samples of the one-process run."""
+def test_plugged_in_solver_on_two_devices_and_two_processes(tmp_path):
+    """A solver from one module and one registry line runs through the CLI; its samples do not depend on how
+    the work is split: on two forced CPU devices (with chunking), and in two processes joined by
+    jax.distributed that each take every other image and write their own folder, they are those of the
+    one-device, one-process run in this process."""
     import socket
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
     config = tmp_path / "toy_config.py"
     config.write_text(TOY_CONFIG.format(tests=TESTS))
-    flags = [f"--config={config}", "--config.compilation_cache=", "--config.data.num_images=3"]
-    procs = [subprocess.Popen([sys.executable, "-m", "dps_jax.main", *flags, f"--config.output.root={tmp_path / 'multi'}",
-                               "--config.distributed=True", f"--config.coordinator_address=localhost:{port}",
-                               "--config.num_processes=2", f"--config.process_id={i}"],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    # one compilation cache for the four runs: the run in this process loads the program the others compiled
+    flags = [f"--config={config}", "--config.solver.x0_only.noise_scale=0.5", "--config.data.num_images=3",
+             f"--config.compilation_cache={tmp_path / 'cache'}"]
+    run = lambda out, *more: [sys.executable, "-m", "dps_jax.main", *flags, f"--config.output.root={tmp_path / out}",
+                              *more]
+    two_devices = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen(run("two", "--config.data.num_images=1"), cwd=REPO, env=two_devices,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    procs += [subprocess.Popen(run("multi", "--config.distributed=True", f"--config.coordinator_address=localhost:{port}",
+                                   "--config.num_processes=2", f"--config.process_id={i}"),
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
@@ -198,14 +165,21 @@ def test_two_processes_share_the_images_and_match_one(tmp_path):
     (one,) = glob.glob(str(tmp_path / "one" / "inpainting_box" / "*"))
     names = sorted(p for p in os.listdir(one) if os.path.isdir(os.path.join(one, p)))
     assert len(names) == 3
+    samples = lambda d, name: np.load(os.path.join(d, name, "samples.npz"))["samples"]
+
+    (two,) = glob.glob(str(tmp_path / "two" / "inpainting_box" / "*"))
+    m = json.load(open(os.path.join(two, "metrics.json")))
+    assert m["devices"] == 2 and m["solver"] == "x0_only" and m["chunk_size"] == 2
+    assert samples(one, names[0]).shape == (3, 32, 32, 1)
+    np.testing.assert_allclose(samples(two, names[0]), samples(one, names[0]), rtol=1e-5, atol=1e-5)
+
     shares = {}
     for i in range(2):
         (d,) = glob.glob(str(tmp_path / "multi" / "inpainting_box" / f"*-process{i}of2"))
         shares[i] = sorted(p for p in os.listdir(d) if os.path.isdir(os.path.join(d, p)))
         assert json.load(open(os.path.join(d, "metrics.json")))["num_images"] == len(shares[i])
         for name in shares[i]:
-            np.testing.assert_array_equal(np.load(os.path.join(d, name, "samples.npz"))["samples"],
-                                          np.load(os.path.join(one, name, "samples.npz"))["samples"])
+            np.testing.assert_array_equal(samples(d, name), samples(one, name))
     assert shares == {0: [names[0], names[2]], 1: [names[1]]}
 
 
@@ -235,7 +209,8 @@ def _files(tmp_path):
 
 
 BAD_INPUTS = [
-    ((), "configs/nope.py", "nope.py"),
+    ((), "configs/nope.py", "config file configs/nope.py not found; the configs are: configs/gaussian_deblur.py, "
+                            "configs/inpainting_box.py"),
     (("--config.task=denoise_everything",), None, "unknown task 'denoise_everything'"),
     (("--config.no_such_key=1",), None, "no_such_key"),
     (("--config.data.root={tmp}/empty",), None, "no images"),
@@ -247,7 +222,13 @@ BAD_INPUTS = [
     (("--config.chunk_size=-1",), None, "chunk_size must be an integer >= 0, got -1"),
     (("--config.solver.name=dps",), None, "unknown solver 'dps'; expected one of"),
     (("--config.solver.ps.scale=-1",), None, "scale (zeta) must be a finite number >= 0, got -1.0"),
-    (("--config.sampler.name=euler",), None, "unknown sampler 'euler'"),
+    (("--config.solver.ps.sampler=euler",), None, "unknown sampler 'euler'"),
+    (("--config.sampler.name=ddim",), None, "--config.sampler.name is now --config.solver.<solver>.sampler"),
+    (("--config.solver.ddrm.eta=0.5",), None, "--config.solver.ddrm.eta is an option of another solver; the run's "
+                                              "solver is 'ps'"),
+    (("--num_samples=2",), None, "unknown flag --num_samples; did you mean --config.num_samples?"),
+    (("--config.solver.ps.scal=2",), None, "the config has no field 'solver.ps.scal'; did you mean "
+                                           "--config.solver.ps.scale"),
     (("--config.sampler.steps=3", "--config.sampler.steps_per_call=2"), None, "steps_per_call 2 does not divide"),
     (("--config.model.checkpoint={tmp}/missing.msgpack",), None, "checkpoint file not found"),
     (("--config.metrics.lpips_weights={tmp}/missing.msgpack",), None, "LPIPS weights not found"),
@@ -262,9 +243,10 @@ BAD_INPUTS = [
     (("--config.solver.name=mcg",), "configs/phase_retrieval.py", "solver 'mcg' needs a linear operator"),
     (("--config.solver.name=hio",), None, "solver 'hio' solves Fourier phase retrieval only; the operator is 'inpainting'"),
     (("--config.solver.name=admm_tv",), "configs/phase_retrieval.py", "'admm_tv' needs a linear operator"),
-    (("--config.solver.name=oss", "--config.solver.oss.stages=0"), "configs/phase_retrieval.py", "stages must be an integer in [1, iterations], got 0"),
+    (("--config.solver.name=oss", "--config.solver.oss.stages=0"), "configs/phase_retrieval.py", "stages must be an integer in [1, steps], got 0"),
     (("--config.solver.name=ddrm",), "configs/motion_deblur.py", "operator 'motion_blur' has no efficient SVD"),
-    (("--config.solver.name=ddrm",), "configs/phase_retrieval.py", "operator 'phase_retrieval' has no SVD"),
+    (("--config.solver.name=ddrm",), "configs/phase_retrieval.py", "'ddrm' needs a linear operator with an SVD; "
+                                                                   "'phase_retrieval' is nonlinear"),
     (("--config.solver.name=ddrm", "--config.noise.name=poisson"), None, "'ddrm' models Gaussian measurement noise"),
     (("--config.solver.name=ddrm", "--config.solver.ddrm.eta=2"), None, "ddrm eta must be in [0, 1], got 2.0"),
     ((), "configs/phase_retrieval.py:ffhq256", "needs a converted checkpoint"),
@@ -302,3 +284,40 @@ def test_mismatched_checkpoint(tmp_path):
                      f"--config.model.checkpoint={path}"], stream=out) == 1
     line = out.getvalue().strip()
     assert line.startswith("error:") and "do not match the model config" in line and "shape" in line
+
+
+def test_help_lists_the_flags_and_the_configs_fields():
+    out = io.StringIO()
+    assert main.cli(["dps_jax.main", "--help"], out=out) == 0
+    text = out.getvalue()
+    assert "--print_config" in text and "configs/phase_retrieval.py" in text and "configs/eval" not in text
+    out = io.StringIO()
+    assert main.cli(["dps_jax.main", "--config=configs/super_resolution.py", "-h"], out=out) == 0
+    text = out.getvalue()
+    assert "solver.name = 'ddrm'" in text and "solver.ddrm.steps = 25" in text and "solver.pigdm.sampler = 'ddim'" in text
+
+
+def test_print_config_prints_the_resolved_config_and_runs_nothing(tmp_path):
+    out = io.StringIO()
+    argv = ["dps_jax.main", "--config=configs/phase_retrieval.py", "--config.solver.daps.lr=0.001",
+            f"--config.output.root={tmp_path / 'out'}", "--print_config"]
+    assert main.cli(argv, out=out) == 0
+    printed = json.loads(out.getvalue())
+    assert printed["solver"]["name"] == "daps" and printed["solver"]["daps"]["lr"] == 0.001
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_evaluate_and_the_trainers_share_the_command_line():
+    """One helper behind every config-file command: --help, the config listing, one-line errors."""
+    from dps_jax import evaluate
+    from dps_jax.train import prior as train_prior
+
+    out, err = io.StringIO(), io.StringIO()
+    assert evaluate.cli(["dps_jax.evaluate", "--help"], stream=err, out=out) == 0
+    assert "configs/eval/paper_table.py" in out.getvalue()
+    assert evaluate.cli(["dps_jax.evaluate", "--config=configs/eval/papertable.py"], stream=err) == 1
+    assert err.getvalue().strip() == ("error: config file configs/eval/papertable.py not found; the configs are: "
+                                      "configs/eval/paper_table.py")
+    err = io.StringIO()
+    assert train_prior.cli(["dps_jax.train.prior", "--config=configs/train/fashion_mnist.py"], stream=err) == 1
+    assert err.getvalue().strip() == "error: --workdir is required"

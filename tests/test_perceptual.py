@@ -7,14 +7,14 @@ import os
 import numpy as np
 import pytest
 
-import torch_files
+from checkpoints_convert import torch_writer as torch_files
 from checkpoints_convert import metrics as convert_metrics
 from checkpoints_convert.mapping import random_state_dict
 from dps_jax import data
 from dps_jax.metrics import fid, lpips
 from dps_jax.models import classifier, lpips_net
 from dps_jax.models.checkpoint import SHIPPED_PRIOR, CheckpointFormatError
-from helpers import fixture_path, load_npz
+from helpers import FMNIST_SAMPLE, fixture_path, load_npz
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +160,8 @@ def test_missing_or_wrong_weight_files_are_one_clear_error(tmp_path):
 def test_shipped_classifier_features_separate_real_images_from_noise():
     params, config = classifier.load()
     net = fid.load_features()                         # "" = the shipped classifier: FID-FMNIST
-    test = data.fashion_mnist("test")[:1000]
-    labels = data.fashion_mnist_labels("test")[:1000]
+    test = data.fashion_mnist("test", FMNIST_SAMPLE)[:1000]
+    labels = data.fashion_mnist_labels("test", FMNIST_SAMPLE)[:1000]
     logits = classifier.Classifier(config).apply({"params": params}, test)
     assert np.mean(np.argmax(logits, -1) == labels) > 0.9
     f = net(test)

@@ -98,7 +98,7 @@ def test_through_the_api(name):
     to about the noise level and differ from each other; the pairs they cannot take are refused in one line."""
     pr, op, x, y, sigma = mixture_sr_case()
     shape = x.shape
-    out = api.sample(pr, op, y, solver=name, num_samples=3, sigma=sigma, steps=50, image_shape=shape)
+    out = api.sample(pr, op, y, solver=name, options={"steps": 50}, num_samples=3, sigma=sigma, image_shape=shape)
     assert out["samples"].shape == (3,) + shape and np.isfinite(out["samples"]).all()
     fit = measurement_fit(op, out["samples"], y)
     assert (fit < 2 * sigma).all(), fit
@@ -106,14 +106,14 @@ def test_through_the_api(name):
     pr_op = operators.build("phase_retrieval", shape)
     if name == "pigdm":
         with pytest.raises(ValueError, match=re.escape("'pigdm' needs the Gaussian noise std of y")):
-            api.sample(pr, op, y, solver="pigdm", steps=2, image_shape=shape)
-        with pytest.raises(ValueError, match="operator 'phase_retrieval' has no SVD"):
-            api.sample(pr, pr_op, pr_op(x), solver="pigdm", steps=2, sigma=sigma, image_shape=shape)
+            api.sample(pr, op, y, solver="pigdm", options={"steps": 2}, image_shape=shape)
+        with pytest.raises(ValueError, match="'pigdm' needs a linear operator with an SVD; 'phase_retrieval' is nonlinear"):
+            api.sample(pr, pr_op, pr_op(x), solver="pigdm", options={"steps": 2}, sigma=sigma, image_shape=shape)
     else:
-        with pytest.raises(ValueError, match="'reddiff' starts from A\\^\\+ y and needs a linear operator"):
-            api.sample(pr, pr_op, pr_op(x), solver="reddiff", steps=2, image_shape=shape)
-        with pytest.raises(ValueError, match="'reddiff' fits a Gaussian likelihood"):
-            api.sample(pr, op, y, solver="reddiff", noise="poisson", steps=2, image_shape=shape)
+        with pytest.raises(ValueError, match="'reddiff' needs a linear operator; 'phase_retrieval' is nonlinear"):
+            api.sample(pr, pr_op, pr_op(x), solver="reddiff", options={"steps": 2}, image_shape=shape)
+        with pytest.raises(ValueError, match="'reddiff' models Gaussian measurement noise; got 'poisson'"):
+            api.sample(pr, op, y, solver="reddiff", options={"steps": 2}, noise="poisson", image_shape=shape)
 
 
 def test_reddiff_start_without_svd_is_the_least_norm_solution():
@@ -123,7 +123,7 @@ def test_reddiff_start_without_svd_is_the_least_norm_solution():
     op = operators.build("motion_blur", (16, 16, 1), kernel=streak / streak.sum())
     x = jax.random.uniform(jax.random.PRNGKey(2), (16, 16, 1), minval=-1, maxval=1)
     problem = solvers.make_problem(op, op(x), (16, 16, 1))
-    problem = reddiff.prepare(problem, solvers.make_options(reddiff.SOLVER), (16, 16, 1))
+    problem = solvers.prepare(reddiff.SOLVER, problem, solvers.make_options(reddiff.SOLVER), (16, 16, 1))
     assert problem.aux is None
     mu = proximal.pseudo_inverse(problem, (16, 16, 1))
     np.testing.assert_allclose(op(mu), op(x), atol=2e-3)

@@ -13,7 +13,6 @@ import pytest
 from helpers import fixture_path, load_npz
 from dps_jax import api, operators, solvers
 from dps_jax.models import dncnn
-from dps_jax.operators import spectral
 from dps_jax.solvers import loop, pnp_admm, proximal
 
 
@@ -52,11 +51,11 @@ def test_pnp_admm_matches_scico_admm(name, scico_small):
     y = 2 * f[f"{name}_y"][..., None] - mask                        # A (2 x - 1) + 2 n
     problem = solvers.make_problem(op, y, shape)
     options = solvers.make_options(pnp_admm.SOLVER)
-    assert (options.rho, options.iterations) == (0.2, 10)
-    problem = pnp_admm.prepare(problem, options, shape)
+    assert (options.rho, options.steps) == (0.2, 10)
+    problem = solvers.prepare(pnp_admm.SOLVER, problem, options, shape)
     x0 = 2 * (mask * f[f"{name}_y"][..., None]) - 1                 # 2 A^T y - 1 of SCICO's y
     state = {"x": jnp.asarray(x0), "z": jnp.asarray(x0), "u": jnp.zeros(shape)}
-    iters = jnp.arange(options.iterations)
+    iters = jnp.arange(options.steps)
     final, _, scalars = jax.jit(lambda s: loop.scan(pnp_admm.SOLVER, s, iters, jax.random.PRNGKey(0), problem, den,
                                                     options))(state)
     np.testing.assert_allclose((np.asarray(final["x"])[..., 0] + 1) / 2, f[f"{name}_x"], atol=1e-4)
@@ -79,7 +78,8 @@ def test_identity_operator_and_a_known_denoiser_converge_to_its_fixed_point():
     den = Shrink(a=rho / (rho + c), m=m)
     y = jax.random.uniform(jax.random.PRNGKey(0), shape, minval=-1, maxval=1)
     op = operators.build("identity", shape)
-    out = api.sample(den, op, y, solver="pnp_admm", num_samples=1, image_shape=shape, rho=rho, iterations=200)
+    out = api.sample(None, op, y, solver="pnp_admm", options={"rho": rho, "steps": 200}, num_samples=1,
+                     image_shape=shape, network=den)
     x = out["samples"][0]
     np.testing.assert_allclose(x, (np.asarray(y) + c * m) / (1 + c), atol=1e-5)
     u = (np.asarray(y) - x) / rho                                     # the dual at the fixed point
@@ -99,7 +99,7 @@ def test_exact_x_update_solves_the_normal_equations(name, options):
     y = op(jax.random.normal(jax.random.PRNGKey(1), shape))
     r = jax.random.normal(jax.random.PRNGKey(2), shape)
     problem = solvers.make_problem(op, y, shape)
-    x = proximal.solve_spectral(spectral.of(op, shape), problem.y, r, rho)
+    x = proximal.solve_spectral(op.svd(shape), problem.y, r, rho)
     gradient = op.adjoint(op(x) - y, x) + rho * (x - r)
     assert float(jnp.abs(gradient).max()) < 1e-4
     x_cg = proximal.solve_cg(problem, jnp.zeros(shape), r, rho, 300)
@@ -112,9 +112,9 @@ def test_pnp_admm_on_motion_blur_uses_conjugate_gradients():
     streak[3, 3] += 0.6                  # a streak on a strong centre: CG converges in a few iterations
     op = operators.build("motion_blur", shape, kernel=streak / streak.sum())
     problem = solvers.make_problem(op, op(jnp.full(shape, 0.3)), shape)
-    assert pnp_admm.prepare(problem, solvers.make_options(pnp_admm.SOLVER), shape).aux is None
-    out = api.sample(Shrink(a=1.0, m=0.0), op, problem.y, solver="pnp_admm", num_samples=1, image_shape=shape,
-                     iterations=30)
+    assert solvers.prepare(pnp_admm.SOLVER, problem, solvers.make_options(pnp_admm.SOLVER), shape).aux is None
+    out = api.sample(None, op, problem.y, solver="pnp_admm", options={"steps": 30}, num_samples=1,
+                     image_shape=shape, network=Shrink(a=1.0, m=0.0))
     # D = identity: proximal-point iterations on the least-squares problem; the residual keeps falling
     assert np.isfinite(out["residual"]).all() and out["residual"][0, -1] < 0.1 * out["residual"][0, 0]
 

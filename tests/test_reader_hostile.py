@@ -3,7 +3,6 @@ read correctly, within memory and time bounded by the file's size; seeded corrup
 
 import os
 import struct
-import sys
 import time
 import tracemalloc
 import zipfile
@@ -11,12 +10,10 @@ import zipfile
 import numpy as np
 import pytest
 
-import torch_files as tf
+from checkpoints_convert import torch_writer as tf
 from checkpoints_convert import CheckpointError, load_state_dict
 from helpers import fixture_path
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import fuzz_reader  # noqa: E402
+from benchmarks import fuzz_reader
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((4, 6)).astype(np.float32)

@@ -92,6 +92,6 @@ def test_sdedit_from_t_zero_returns_nearly_the_start_image():
                          margin=4)
     x = jnp.full((32, 32, 1), -0.9).at[6:26, 8:24].set(0.5)
     y = op(x)
-    out = api.sample(pr, op, y, solver="sdedit", num_samples=2, steps=10, t_star=0)
+    out = api.sample(pr, op, y, solver="sdedit", options={"steps": 10, "t_star": 0}, num_samples=2)
     x_y = np.asarray(sdedit.start_image(solvers.make_problem(op, y, (32, 32, 1)), jnp.zeros((32, 32, 1))))
     assert np.abs(out["samples"] - x_y).max() < 0.1                        # one step at t = 0 barely moves it

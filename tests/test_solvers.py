@@ -1,9 +1,5 @@
 """The solvers, the one loop and the runner, with small priors whose steps have closed forms."""
 
-import os
-import subprocess
-import sys
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -12,11 +8,10 @@ import pytest
 
 import toy_solver
 from helpers import gaussian_prior, linear_prior, row
-from dps_jax import api, operators, prior, schedule, solvers
+from dps_jax import api, operators, prior, solvers
 from dps_jax.solvers import base, loop
 
 SHAPE = (8, 8, 1)
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def _mask_op(seed=0):
@@ -29,8 +24,8 @@ def _problem(op=None, value=0.5):
 
 
 def _runner(prior=None, solver="ps", steps=10, **kw):
-    options = kw.pop("options", {"scale": 1.0} if solver in ("ps", "ps+", "mcg") else {})
-    return solvers.build(prior or linear_prior(), SHAPE, solver=solver, options=options, steps=steps, **kw)
+    options = {"steps": steps, **kw.pop("options", {"scale": 1.0} if solver in ("ps", "ps+", "mcg") else {})}
+    return solvers.build(prior or linear_prior(), SHAPE, solver=solver, options=options, **kw)
 
 
 def test_dps_step_closed_form(coefs):
@@ -82,7 +77,7 @@ def test_ddim_eta_zero_is_deterministic():
     x_T = jax.random.normal(jax.random.PRNGKey(7), SHAPE)
     for eta, same in ((0.0, True), (1.0, False)):
         runner = _runner(solver="vanilla", options={"sampler": "ddim", "eta": eta})
-        one = lambda k: loop.scan(runner.solver, x_T, runner.xs, k, problem, runner.prior, runner.options)[0]
+        one = lambda k: loop.scan(runner.solver, x_T, runner.xs, k, problem, runner.model, runner.options)[0]
         assert np.array_equal(one(jax.random.PRNGKey(1)), one(jax.random.PRNGKey(2))) == same
 
 
@@ -95,7 +90,7 @@ def test_runner_equals_separate_runs_and_is_deterministic():
     assert out["x_record"].shape == out["x0_hat_record"].shape == (4, 4) + SHAPE     # after steps 0, 3, 6, 9
     # Each sample equals a run of its own: its own noise and its own norm, nothing shared with the others.
     for i, k in enumerate(jax.random.split(key, 4)):
-        one = loop.run(runner.solver, k, runner.xs, problem, runner.prior, runner.options, SHAPE, record_every=3)
+        one = loop.run(runner.solver, k, runner.xs, problem, runner.model, runner.options, SHAPE, record_every=3)
         np.testing.assert_allclose(out["samples"][i], one["sample"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out["distance"][i], one["distance"], rtol=1e-5)
         np.testing.assert_allclose(out["x0_hat_record"][i], one["x0_hat_record"], rtol=1e-5, atol=1e-6)
@@ -153,13 +148,13 @@ def test_new_measurement_or_step_size_does_not_recompile():
     n = len(traces)
     assert n >= 1
     runner(_problem(_mask_op(2), -1.0), jax.random.PRNGKey(1))                 # new y, new mask
-    new_scale = solvers.make_options(runner.solver, scale=0.25)
+    new_scale = solvers.make_options(runner.solver, steps=10, scale=0.25)
     out = runner(_problem(_mask_op(1), 0.0), jax.random.PRNGKey(9), options=new_scale)
     assert len(traces) == n
     fresh = _runner(pr, num_samples=2, options={"scale": 0.25})(_problem(_mask_op(1), 0.0), jax.random.PRNGKey(9))
     np.testing.assert_allclose(out["samples"], fresh["samples"], rtol=1e-6)
     with pytest.raises(ValueError, match="differ from the runner's"):
-        runner(_problem(), jax.random.PRNGKey(0), options=solvers.make_options(runner.solver, sampler="ddim"))
+        runner(_problem(), jax.random.PRNGKey(0), options=solvers.make_options(runner.solver, steps=10, sampler="ddim"))
 
 
 @pytest.mark.parametrize("method", ["ps", "ps+", "mcg"])
@@ -194,9 +189,13 @@ def test_guidance_pulls_towards_measurement():
     ("ps", dict(eta=-1.0), "DDIM eta must be a finite number >= 0, got -1.0"),
     ("ps", dict(scale=float("nan")), "scale \\(zeta\\) must be a finite number >= 0, got nan"),
     ("ps", dict(scale="big"), "option scale must be a number, got 'big'"),
-    ("ps", dict(zeta=1.0), "unknown option\\(s\\) \\['zeta'\\] for solver 'ps'; it takes \\['eta', 'sampler', 'scale'\\]"),
+    ("ps", dict(zeta=1.0), "unknown option\\(s\\) \\['zeta'\\] for solver 'ps'; it takes \\['eta', 'respacing', 'sampler', 'scale', "
+            "'steps'\\]"),
     ("ps+", dict(num_perturb=0), "num_perturb must be an integer >= 1, got 0"),
     ("dps", {}, "unknown solver 'dps'; expected one of"),
+    ("ps", dict(steps=0), "steps must be an integer >= 1, got 0"),
+    ("ps", dict(steps=2000), "steps 2000 exceeds num_timesteps 1000"),
+    ("ps", dict(respacing="ddim7x"), "bad respacing 'ddim7x'"),
 ])
 def test_bad_options(solver, options, match):
     with pytest.raises(ValueError, match=match):
@@ -206,11 +205,8 @@ def test_bad_options(solver, options, match):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_samples=0), "num_samples must be an integer >= 1, got 0"),
     (dict(chunk_size=-1), "chunk_size must be an integer >= 0, got -1"),
-    (dict(steps=0), "steps must be an integer >= 1, got 0"),
-    (dict(steps=2000), "steps 2000 exceeds num_timesteps 1000"),
-    (dict(steps=10, steps_per_call=3), "steps_per_call 3 does not divide the 10 steps"),
+    (dict(options={"steps": 10}, steps_per_call=3), "steps_per_call 3 does not divide the 10 steps"),
     (dict(record_every=-2), "record_every must be an integer >= 0, got -2"),
-    (dict(respacing="ddim7x"), "bad respacing 'ddim7x'"),
 ])
 def test_bad_run_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -242,12 +238,13 @@ def test_toy_solver_plugs_in_through_the_api():
     pr = gaussian_prior(0.5).replace(image_size=8, channels=1)
     op = _mask_op()
     y = op(jnp.full(SHAPE, 0.5))
-    out = api.sample(pr, op, y, solver="x0_only", num_samples=3, chunk_size=2, steps=10, seed=4, noise_scale=0.0)
+    out = api.sample(pr, op, y, solver="x0_only", options={"steps": 10, "noise_scale": 0.0}, num_samples=3,
+                     chunk_size=2, seed=4)
     assert out["samples"].shape == (3,) + SHAPE and out["distance"].shape == (3, 10)
     # noise_scale 0: x_{t-1} = sqrt(ab_prev) x0_hat is deterministic given x_T, and the last x0_hat is the sample.
     for i, k in enumerate(jax.random.split(jax.random.PRNGKey(4), 3)):
         one = loop.run(toy_solver.SOLVER, k, _runner().xs, solvers.make_problem(op, y, SHAPE), pr,
-                       toy_solver.Options(noise_scale=0.0), SHAPE, record_every=9)
+                       toy_solver.Options(steps=10, noise_scale=0.0), SHAPE, record_every=9)
         np.testing.assert_allclose(out["samples"][i], one["sample"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(one["sample"], one["x0_hat_record"][-1], rtol=1e-6)
     with pytest.raises(ValueError, match="already registered"):
@@ -258,7 +255,7 @@ def test_toy_solver_plugs_in_through_the_api():
 
 @flax.struct.dataclass
 class LandweberOptions:
-    iterations: int = base.static_field(6)
+    steps: int = base.static_field(6)
     step: float = 0.5
 
 
@@ -270,7 +267,7 @@ def _landweber_update(x, k, noise, problem, prior, options):
 
 
 LANDWEBER = base.Solver("landweber", LandweberOptions, init=lambda key, problem, prior, options, shape: jnp.zeros(shape),
-                        draw=lambda key, x, problem, options: {}, update=_landweber_update, kind="iterative")
+                        update=_landweber_update, draw=base.draw_nothing, kind="iterative")
 
 
 def test_an_iterative_solver_runs_through_the_same_loop_without_a_prior():

@@ -23,7 +23,7 @@ CASES = [
 @pytest.mark.parametrize("name, shape, options", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_svd_reproduces_the_operator(name, shape, options):
     op = operators.build(name, shape, jax.random.PRNGKey(0), **options)
-    sp = spectral.of(op, shape)
+    sp = op.svd(shape)
     x = jax.random.normal(jax.random.PRNGKey(1), shape)
     y = op(x)
     np.testing.assert_allclose(spectral.apply(sp, x), y, atol=2e-5)
@@ -39,13 +39,13 @@ def test_svd_reproduces_the_operator(name, shape, options):
 
 def test_super_resolution_x4_sees_one_coordinate_in_sixteen():
     op = operators.build("super_resolution", (32, 32, 1), scale_factor=4)
-    s = np.asarray(spectral.of(op, (32, 32, 1)).singulars)
+    s = np.asarray(op.svd((32, 32, 1)).singulars)
     assert (s[:8, :8] > 0).all() and (s[8:] == 0).all() and (s[:, 8:] == 0).all()
 
 
 def test_inpainting_singulars_are_the_mask():
     op = operators.build("inpainting", (8, 8, 1), jax.random.PRNGKey(2), mask_type="random", drop_fraction=(0.5, 0.5))
-    np.testing.assert_array_equal(spectral.of(op, (8, 8, 1)).singulars, op.data["mask"])
+    np.testing.assert_array_equal(op.svd((8, 8, 1)).singulars, op.data["mask"])
 
 
 def test_reflect_matrix_matches_numpy_reflect_padding():
@@ -62,12 +62,12 @@ def test_reflect_matrix_matches_numpy_reflect_padding():
 def test_operators_without_an_svd_are_refused(name, options, match):
     op = operators.build(name, (16, 16, 1), jax.random.PRNGKey(0), **options)
     with pytest.raises(ValueError, match=re.escape(match)):
-        spectral.of(op, (16, 16, 1))
+        op.svd((16, 16, 1))
 
 
 def test_cutoff_zeroes_small_singulars_but_keeps_them_observed():
     op = operators.build("gaussian_blur", (16, 16, 1), kernel_size=9, intensity=2.0)
-    full, cut = spectral.of(op, (16, 16, 1)), spectral.of(op, (16, 16, 1), cutoff=0.03)
+    full, cut = op.svd((16, 16, 1)), op.svd((16, 16, 1), cutoff=0.03)
     s_full, s_cut = np.asarray(full.singulars), np.asarray(cut.singulars)
     one_d = np.sqrt(np.diag(s_full[..., 0]))                      # s_L = s_R here: the diagonal is s_i^2
     small = one_d < 0.03
@@ -75,6 +75,6 @@ def test_cutoff_zeroes_small_singulars_but_keeps_them_observed():
     assert (s_cut[small, :] == 0).all() and (s_cut[:, small] == 0).all()
     np.testing.assert_array_equal(s_cut[~small][:, ~small], s_full[~small][:, ~small])
     np.testing.assert_array_equal(np.asarray(cut.observed), 1.0)  # a square blur observes every coordinate
-    sr = spectral.of(operators.build("super_resolution", (32, 32, 1), scale_factor=4), (32, 32, 1))
+    sr = operators.build("super_resolution", (32, 32, 1), scale_factor=4).svd((32, 32, 1))
     obs = np.asarray(sr.observed)[..., 0]
     assert obs[:8, :8].all() and obs.sum() == 64

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from dps_jax import train
+from dps_jax.train import prior as train
 from dps_jax.models.checkpoint import load_checkpoint
-from helpers import random_image_folder
+from helpers import FMNIST_SAMPLE, random_image_folder
 
 
 def tiny_config(root, num_steps):
@@ -50,11 +50,11 @@ def test_train_checkpoint_resume_and_export(tmp_path, capsys):
 def test_classifier_trainer_resumes_and_reports_its_figures(tmp_path, capsys):
     import json
 
-    from dps_jax import train_classifier
+    from dps_jax.train import classifier as train_classifier
     from dps_jax.metrics import fid
 
     cfg = lambda n: ConfigDict(dict(
-        seed=0, data=dict(name="fashion_mnist", root="/usr/share/datasets/fashion-mnist", image_size=32, channels=1),
+        seed=0, data=dict(name="fashion_mnist", root=FMNIST_SAMPLE, image_size=32, channels=1),
         model=dict(in_channels=1, image_size=32, widths=(4,), features=8, classes=10),
         optim=dict(lr=1e-2, weight_decay=0.0), batch_size=16, num_steps=n, log_every=1, checkpoint_minutes=0.0,
         floor_images=2000))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from dps_jax import train_kernel
+from dps_jax.train import kernel as train_kernel
 from dps_jax.models import kernel_wizard as kw
 from helpers import random_image_folder
 

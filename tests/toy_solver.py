@@ -14,7 +14,7 @@ from dps_jax.solvers import base, dps
 
 
 @flax.struct.dataclass
-class Options:
+class Options(base.TableOptions):                # `steps` (and `respacing`): its grid of the diffusion table
     noise_scale: float = 1.0                     # 0: deterministic
 
 
@@ -24,4 +24,4 @@ def update(x_t, c, noise, problem, prior, options):
     return x, {"distance": dps.distance(problem, den.x0_hat), "x0_hat": den.x0_hat}
 
 
-SOLVER = base.Solver("x0_only", Options, init=base.start, draw=base.draw_x, update=update)
+SOLVER = base.Solver("x0_only", Options, init=base.start, update=update)

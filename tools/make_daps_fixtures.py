@@ -4,7 +4,7 @@
 
     # a clone of zhangbingliang2019/DAPS and torch (CPU) with the reference's small dependencies
     pip install torch==2.13.0 numpy scipy pyyaml tqdm torchdiffeq pillow
-    python tools/make_daps_fixtures.py --daps DAPS_PATH --out /tmp/regen [--reuse tests/fixtures]
+    python -m tools.make_daps_fixtures --daps DAPS_PATH --out /tmp/regen [--reuse tests/fixtures]
     DPS_JAX_FIXTURES=/tmp/regen python -m pytest tests/test_daps.py
 
 The sampler is built by the reference's `get_sampler` from its own `configs/sampler/edm_daps.yaml` and the
@@ -27,8 +27,8 @@ import types
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_fixtures as mf  # noqa: E402
+from tools import make_fixtures as mf
+from tools.reference import importable
 
 SIZE = 16
 CASES = {"sr4": ("down_sampling", dict(resolution=SIZE, scale_factor=4, device="cpu")),
@@ -40,7 +40,7 @@ SIGMA_Y = 0.05
 def import_daps(path: str):
     import yaml
 
-    sys.path.insert(0, os.path.abspath(path))
+    importable(path)
     diffusers = types.ModuleType("diffusers")
     diffusers.StableDiffusionPipeline = None
     sys.modules.setdefault("diffusers", diffusers)

@@ -4,7 +4,7 @@ random-weight adm_ffhq_like network and one random 16 x 16 image.
 
     # a clone of yuanzhi-zhu/DiffPIR, torch (CPU), opencv
     pip install torch==2.13.0 numpy opencv-python-headless matplotlib
-    python tools/make_diffpir_fixtures.py --diffpir DIFFPIR_PATH --out /tmp/regen [--reuse tests/fixtures]
+    python -m tools.make_diffpir_fixtures --diffpir DIFFPIR_PATH --out /tmp/regen [--reuse tests/fixtures]
     DPS_JAX_FIXTURES=/tmp/regen python -m pytest tests/test_diffpir.py
 
 How it runs unchanged: in a temporary directory it lays out what the script reads (the network as
@@ -31,8 +31,8 @@ import types
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_fixtures as mf  # noqa: E402
+from tools import make_fixtures as mf
+from tools.reference import importable
 
 SIZE = 16
 
@@ -72,7 +72,7 @@ def run(diffpir_path, fixtures, img, replay=None):
     """Run the reference inpainting script on `img` (uint8 (16, 16, 3)); returns what was recorded."""
     import cv2
 
-    sys.path.insert(0, os.path.abspath(diffpir_path))
+    importable(diffpir_path)
     stub_modules()
     import main_ddpir_inpainting as script
     from guided_diffusion import script_util, unet

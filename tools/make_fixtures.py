@@ -3,7 +3,7 @@ imported from clones).
 
     # clones of DPS2022/diffusion-posterior-sampling and bahjat-kawar/ddrm, and torch (CPU is enough)
     pip install torch==2.13.0 numpy scipy matplotlib tqdm pyyaml scikit-image
-    python tools/make_fixtures.py --official PATH --ddrm DDRM_PATH --reuse tests/fixtures --out /tmp/regen \
+    python -m tools.make_fixtures --official PATH --ddrm DDRM_PATH --reuse tests/fixtures --out /tmp/regen \
         --compare tests/fixtures
     DPS_JAX_FIXTURES=/tmp/regen python -m pytest tests          # the suite against the regenerated files
 
@@ -33,6 +33,8 @@ import sys
 import types
 
 import numpy as np
+
+from tools.reference import importable
 
 ADM_CONFIGS = {
     # The published FFHQ 256 layout scaled down: one res block per level, attention at one level and in the
@@ -82,7 +84,7 @@ def import_official(path: str):
     `torch` from it); both are stood in for by empty modules."""
     import torch
 
-    sys.path.insert(0, os.path.abspath(path))
+    importable(path)
     motionblur = types.ModuleType("motionblur")
     motionblur.motionblur = types.ModuleType("motionblur.motionblur")
     motionblur.motionblur.Kernel = None

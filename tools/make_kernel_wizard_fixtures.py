@@ -3,7 +3,7 @@ the DPS paper's nonlinear deblurring) with deterministic random weights, for tes
 The reference module is imported from a clone, never copied.
 
     git clone https://github.com/VinAIResearch/blur-kernel-space-exploring /tmp/bkse   # needs torch
-    python tools/make_kernel_wizard_fixtures.py --bkse /tmp/bkse --out tests/fixtures
+    python -m tools.make_kernel_wizard_fixtures --bkse /tmp/bkse --out tests/fixtures
 
 A small model of the published layout (its code fixes 2 feature downsamplings, 5 adapter levels and the
 64-channel tail): 8 features, 2 + 3 residual blocks, 2 extractor blocks, z 64 x 2 x 2, 3 x 256 x 256 images.
@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
+
+from tools.reference import importable
 
 CONFIG = dict(in_channels=3, features=8, front_blocks=2, back_blocks=3, extractor_blocks=2, kernel_dim=64)
 IMAGE = 256
@@ -41,7 +42,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    sys.path.insert(0, os.path.abspath(args.bkse))
+    importable(args.bkse)
     import torch
     from models.kernel_encoding.kernel_wizard import KernelWizard
 

@@ -4,7 +4,7 @@ never copied; torch and torchvision are needed here only.
 
     pip install torch torchvision lpips==0.1.4 pytorch-fid==0.3.0 scipy
     pip install -e .        # the weight rule and key tables come from checkpoints_convert
-    python tools/make_metric_fixtures.py --out tests/fixtures
+    python -m tools.make_metric_fixtures --out tests/fixtures
 
 Weights: `checkpoints_convert.mapping.random_state_dict` over the reference model's own keys and shapes
 (torchvision's AlexNet / VGG16 `features.*`; the FID Inception's keys without `fc.*` and the batch-norm

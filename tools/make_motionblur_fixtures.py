@@ -3,7 +3,7 @@ paper used at size 61, intensity 0.5; it is not on PyPI), for the distribution t
 `dps_jax.operators.blur.motion_kernel`. The package's `Kernel` class is imported from a clone, never copied.
 
     git clone https://github.com/LeviBorodenko/motionblur /tmp/motionblur     # needs numpy, scipy, pillow
-    python tools/make_motionblur_fixtures.py --motionblur /tmp/motionblur --out tests/fixtures
+    python -m tools.make_motionblur_fixtures --motionblur /tmp/motionblur --out tests/fixtures
 
 Writes motionblur_kernels.npz: `kernels` (N, 61, 61) float16 (each sums to 1 before rounding), drawn
 with numpy's global generator seeded with --seed, and the settings.
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
+
+from tools.reference import importable
 
 
 def main():
@@ -27,7 +28,7 @@ def main():
     ap.add_argument("--intensity", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    sys.path.insert(0, os.path.abspath(args.motionblur))
+    importable(args.motionblur)
     from motionblur import Kernel          # the package draws from numpy's global generator
 
     np.random.seed(args.seed)

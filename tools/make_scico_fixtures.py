@@ -2,7 +2,7 @@
 copied). SCICO pins its own jax, so it runs in an environment of its own:
 
     python3.11 -m venv /tmp/scicoenv && /tmp/scicoenv/bin/pip install scico==0.0.7
-    /tmp/scicoenv/bin/python tools/make_scico_fixtures.py --out tests/fixtures
+    /tmp/scicoenv/bin/python -m tools.make_scico_fixtures --out tests/fixtures
 
 Writes
   dncnn_scico_small.mpk   a 6-layer, 8-feature `scico.flax.DnCNNNet` with random variables (every weight,

@@ -4,7 +4,7 @@ a clone and run on the random-weight adm_ffhq_like network of tests/fixtures.
     # a clone of DPS2022/diffusion-posterior-sampling (its guided-diffusion UNet) and of NVlabs/RED-diff,
     # torch (CPU), and the reference's config library
     pip install torch==2.13.0 numpy omegaconf pyyaml matplotlib
-    python tools/make_solver_fixtures.py --official DPS_PATH --reddiff REDDIFF_PATH --out /tmp/regen \\
+    python -m tools.make_solver_fixtures --official DPS_PATH --reddiff REDDIFF_PATH --out /tmp/regen \\
         [--reuse tests/fixtures]
     DPS_JAX_FIXTURES=/tmp/regen python -m pytest tests/test_pigdm_reddiff.py
 
@@ -27,8 +27,7 @@ import types
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_fixtures as mf  # noqa: E402
+from tools import make_fixtures as mf
 
 CASES = {"sr2": "block_average", "blur": "gaussian_blur", "inpaint": "inpainting"}
 NUM_STEPS = 10

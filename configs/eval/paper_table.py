@@ -3,7 +3,10 @@
     python -m dps_jax.evaluate --config=configs/eval/paper_table.py
 
 64 Fashion-MNIST test images never trained on (t10k 100-163; `apt-get install dataset-fashion-mnist`).
-The paper's setting is one override away, for example:
+Each cell runs its task config's `settings()` with that method (every solver at its tuned options and step
+count); `cells` overrides a field in every cell, typed like the task configs' fields, for example
+`--config.cells.solver.ddrm.eta=0.5` or `--config.cells.model.dtype=bfloat16`. The paper's setting is one
+override away, for example:
 
     python -m dps_jax.evaluate --config=configs/eval/paper_table.py --config.preset=ffhq256 \
         --config.model.checkpoint=ffhq256.msgpack --config.data.source=folder --config.data.root=ffhq_val \
@@ -23,22 +26,20 @@ def get_config():
     # others are n/a with a reason). The paper's alone take about 80 of the ~4 hours on 2 CPU cores.
     c.methods = ("ps,ddrm,mcg,projection,admm_tv,er,hio,oss,pnp_admm,"
                  "pigdm,reddiff,diffpir,daps,ps_unit,scoreald,sdedit")
-    c.steps = 0                           # diffusion steps; 0 keeps each task config's own (50 shipped, 1000 paper)
     c.pr_samples = 4                      # samples / restarts per image for phase retrieval (the paper: 4)
     c.seed = 0
-    # Task-config values for every cell, "key=value;key=value", e.g. "solver.pnp_admm.denoiser=dncnn17M.mpk"
-    c.overrides = ""
+    # Task-config fields set in every cell (None: each task config's own), e.g. cells.solver.ps.steps.
+    c.cells = config_base.cell_overrides()
     c.model = ml_collections.ConfigDict(dict(checkpoint=""))     # "" = the shipped prior
     c.data = ml_collections.ConfigDict(dict(
         source="fashion_mnist",           # or "folder": every image in data.root ("" = the shipped test images)
-        fashion_mnist_root="",            # "" = /usr/share/datasets/fashion-mnist
+        fashion_mnist_root="",            # "" = $DPS_JAX_FASHION_MNIST or /usr/share/datasets/fashion-mnist
         first=100, num_images=64, root="", image_size=32))
     # The paper's metrics, from the reconstructions each cell keeps: FID / KID on "" = the shipped
     # Fashion-MNIST classifier (FID-FMNIST), a converted Inception file, or "none"; LPIPS with a converted
     # file ("" = off). See `python -m checkpoints_convert.metrics --help`.
     c.metrics = ml_collections.ConfigDict(dict(fid_weights="", lpips_weights=""))
     c.grid_image = 0                      # which image grid.png shows
-    c.png_scale = 3
-    c.output = "outputs/paper_table"
+    c.output = ml_collections.ConfigDict(dict(root="outputs/paper_table", png_scale=3))
     c.compilation_cache = "~/.cache/dps_jax/xla"
     return c

@@ -1,7 +1,7 @@
 """Training the Fashion-MNIST classifier that ships with dps_jax (the feature network of FID-FMNIST):
 `dps_jax/assets/fmnist_classifier.msgpack`.
 
-    python -m dps_jax.train_classifier --config=configs/train/classifier_fmnist.py --workdir=runs/classifier
+    python -m dps_jax.train.classifier --config=configs/train/classifier_fmnist.py --workdir=runs/classifier
 """
 
 import ml_collections
@@ -10,7 +10,7 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="/usr/share/datasets/fashion-mnist",
+    c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="",
                                             image_size=32, channels=1))
     # ClassifierConfig fields: 32 x 32 -> 16 -> 8 -> 4 stages, 256 penultimate features.
     c.model = ml_collections.ConfigDict(dict(in_channels=1, image_size=32, widths=(32, 64, 128), features=256,

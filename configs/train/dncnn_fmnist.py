@@ -1,6 +1,6 @@
 """Training the DnCNN that ships with dps_jax (PnP-ADMM's denoiser for the 32 x 32 prior).
 
-    python -m dps_jax.train_denoiser --config=configs/train/dncnn_fmnist.py --workdir=runs/dncnn
+    python -m dps_jax.train.denoiser --config=configs/train/dncnn_fmnist.py --workdir=runs/dncnn
 """
 
 import ml_collections
@@ -9,7 +9,7 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="/usr/share/datasets/fashion-mnist",
+    c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="",
                                             image_size=32, channels=1))
     # Smaller than the published 17 x 64 DnCNN: the images are 32 x 32 and one channel.
     c.model = ml_collections.ConfigDict(dict(depth=8, features=32))

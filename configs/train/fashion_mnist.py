@@ -1,6 +1,6 @@
 """Training the small prior that ships with dps_jax: a 32 x 32 Fashion-MNIST DDPM.
 
-    python -m dps_jax.train --config=configs/train/fashion_mnist.py --workdir=runs/fmnist
+    python -m dps_jax.train.prior --config=configs/train/fashion_mnist.py --workdir=runs/fmnist
 """
 
 import dataclasses
@@ -13,7 +13,7 @@ from dps_jax.models.unet import preset
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="/usr/share/datasets/fashion-mnist",
+    c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="",
                                             image_size=32, channels=1))
     # The model preset `fmnist32`, a small ADM UNet: 32 -> 16 -> 8 levels, attention at 8 x 8 and in the
     # middle, dropout 0.1 (UNetConfig fields; any can be overridden, e.g. --config.model.model_channels=64).

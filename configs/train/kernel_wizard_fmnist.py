@@ -1,7 +1,7 @@
 """Training the KernelWizard that ships with dps_jax (the blur model of nonlinear deblurring on the 32 x 32
 prior): `dps_jax/assets/kernel_wizard_fmnist32.msgpack`.
 
-    python -m dps_jax.train_kernel --config=configs/train/kernel_wizard_fmnist.py --workdir=runs/kernel
+    python -m dps_jax.train.kernel --config=configs/train/kernel_wizard_fmnist.py --workdir=runs/kernel
 """
 
 import ml_collections
@@ -10,7 +10,7 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="/usr/share/datasets/fashion-mnist",
+    c.data = ml_collections.ConfigDict(dict(name="fashion_mnist", root="",
                                             image_size=32, channels=1))
     # The published layout at a quarter of its width and fewer blocks, with no feature downsampling and four
     # adapter levels (instead of 2 and 5) so that 32 x 32 images give z of 2 x 2 as 256 x 256 ones do. (With

@@ -111,7 +111,7 @@ class FeatureNet:
 
 def load_features(path: str = "", batch: int = 50) -> FeatureNet:
     """The feature network of a weight file: a converted FID Inception (FID), or "" / a classifier file
-    made by `dps_jax.train_classifier` (FID-FMNIST: the shipped one for ""). Missing files are one clear error."""
+    made by `dps_jax.train.classifier` (FID-FMNIST: the shipped one for ""). Missing files are one clear error."""
     from dps_jax.models import checkpoint, classifier, inception
 
     path = os.path.expanduser(path or classifier.SHIPPED_CLASSIFIER)

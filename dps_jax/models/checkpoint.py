@@ -11,7 +11,6 @@ under its own format name.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, NamedTuple
 
 import flax.serialization
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dps_jax.io import atomic_writer
 from dps_jax.models.unet import UNet, UNetConfig, param_shapes
 
 FORMAT = "dps_jax.adm_unet"
@@ -62,20 +62,8 @@ def save_checkpoint(path: str, params, config, extra: dict | None = None, dtype=
         if dtype is not None else (lambda a: np.asarray(a) if isinstance(a, jax.Array) else a)
     payload = {"format": fmt, "version": VERSION, "config": config.to_json(),
                "extra": dict(extra or {}), "params": flax.core.unfreeze(params)}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".msgpack", dir=directory)
-    try:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            _write_tree(f, payload, cast)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_writer(path) as f:
+        _write_tree(f, payload, cast)
 
 
 def check_params(params, config: UNetConfig, where: str = "params", shapes_fn=param_shapes) -> None:

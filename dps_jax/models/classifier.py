@@ -3,7 +3,7 @@ MNIST-scale papers measure sample quality: ImageNet's Inception knows nothing of
 
 Three stages of 3 x 3 convolution, ReLU and 2 x 2 max pooling, a dense ReLU layer (the penultimate
 `features`, what FID is computed on) and the logits. Images (N, S, S, C) in [-1, 1]. The shipped weights
-(`dps_jax/assets/fmnist_classifier.msgpack`) are trained by `dps_jax.train_classifier`.
+(`dps_jax/assets/fmnist_classifier.msgpack`) are trained by `dps_jax.train.classifier`.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ PRESETS = {
     "imagenet256": dict(image_size=256, num_channels=256, num_res_blocks=2, learn_sigma=True,
                         attention_resolutions="32,16,8", num_heads=4, num_head_channels=64,
                         use_scale_shift_norm=True, resblock_updown=True),
-    # dps_jax/assets/fmnist32.msgpack, the 32 x 32 Fashion-MNIST prior trained by dps_jax.train.
+    # dps_jax/assets/fmnist32.msgpack, the 32 x 32 Fashion-MNIST prior trained by dps_jax.train.prior.
     "fmnist32": dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2", in_channels=1,
                      attention_resolutions="8", num_heads=4, use_scale_shift_norm=True, resblock_updown=True,
                      dropout=0.1),

@@ -7,6 +7,7 @@ every measurement of the same shapes. Images are one (H, W, C) array in [-1, 1];
     op = operators.build("super_resolution", (256, 256, 3), scale_factor=4)
     y = op(x)                      # A(x), (64, 64, 3)
     x_p = op.project(x, y_noisy)   # replace the measured part of x by y_noisy (linear operators)
+    sp = op.svd((256, 256, 3))     # A = U Sigma V^T (`spectral.Spectral`), for the operators that have one
     picture = op.display(y)        # an image-shaped picture of y, for figures (not A^T)
 """
 
@@ -30,20 +31,25 @@ class OperatorSpec(NamedTuple):
     # A nonlinear A whose y is an image like x: (x, y, data) -> x + y - A(x), the data-consistency step
     # the official code uses as the "projection" of such operators (MCG on nonlinear deblurring).
     correct: Optional[Callable] = None
+    # (data, image_shape, cutoff) -> spectral.Spectral: A = U Sigma V^T, for spectral solvers (DDRM, PiGDM)
+    svd: Optional[Callable] = None
 
 
 REGISTRY: Dict[str, OperatorSpec] = {
     "super_resolution": OperatorSpec(super_resolution.make, super_resolution.forward,
-                                     super_resolution.project, super_resolution.display),
+                                     super_resolution.project, super_resolution.display,
+                                     svd=super_resolution.svd),
     "inpainting": OperatorSpec(inpainting.make, inpainting.forward, inpainting.project,
-                               inpainting.display, random=True),
-    "gaussian_blur": OperatorSpec(blur.make_gaussian, blur.forward, blur.project, blur.display),
+                               inpainting.display, random=True, svd=inpainting.svd),
+    "gaussian_blur": OperatorSpec(blur.make_gaussian, blur.forward, blur.project, blur.display,
+                                  svd=blur.gaussian_svd),
     "motion_blur": OperatorSpec(blur.make_motion, blur.forward, blur.project, blur.display, random=True),
     "phase_retrieval": OperatorSpec(phase_retrieval.make, phase_retrieval.forward,
                                     phase_retrieval.project, phase_retrieval.display, linear=False),
     "nonlinear_blur": OperatorSpec(nonlinear_blur.make, nonlinear_blur.forward, display=nonlinear_blur.display,
                                    linear=False, random=True, correct=nonlinear_blur.correct),
-    "identity": OperatorSpec(identity.make, identity.forward, identity.project, identity.display),
+    "identity": OperatorSpec(identity.make, identity.forward, identity.project, identity.display,
+                             svd=identity.svd),
 }
 
 
@@ -90,6 +96,28 @@ class Operator:
         if fn is None:
             raise ValueError(f"operator {self.name!r} has no data-consistency step; use the solver 'ps'")
         return fn(x, y, self.data)
+
+    def svd(self, image_shape, cutoff: float = 0.0):
+        """A = U Sigma V^T for images of shape (H, W, C) (`spectral.Spectral`), 1-D singular values below
+        `cutoff` set to 0; a ValueError naming the operator if it has none."""
+        s = spec(self.name)
+        if s.svd is None:
+            what = "no SVD (it is not linear)" if not s.linear else "no efficient SVD"
+            raise ValueError(f"operator {self.name!r} has {what}, so spectral solvers such as DDRM cannot "
+                             f"take it; use 'ps'")
+        return s.svd(self.data, tuple(image_shape), cutoff)
+
+    @property
+    def has_svd(self) -> bool:
+        return spec(self.name).svd is not None
+
+    @property
+    def has_projection(self) -> bool:
+        return self.linear and spec(self.name).project is not None
+
+    @property
+    def has_correction(self) -> bool:
+        return not self.linear and spec(self.name).correct is not None
 
     def display(self, y):
         """An image-shaped picture of a measurement y, for figures: the low-resolution image upsampled,

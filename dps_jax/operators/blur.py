@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dps_jax.operators import spectral
+
 
 def _check_kernel_size(kernel_size, image_shape):
     if isinstance(kernel_size, bool) or not float(kernel_size).is_integer() or kernel_size < 1 \
@@ -160,3 +162,16 @@ def project(x, y, data, iterations: int = 50):
     at = lambda r: adjoint(r)[0]
     z, _ = jax.scipy.sparse.linalg.cg(lambda r: fwd(at(r)), y - fwd(x), maxiter=iterations)
     return x + at(z)
+
+
+def gaussian_svd(data, image_shape, cutoff: float = 0.0):
+    """A = U Sigma V^T of the Gaussian blur: its kernel is rank one, g_h g_w^T, so A acts on each channel as
+    L X R^T with the 1-D reflection-padded correlation matrices of g_h and g_w (`spectral.separable`)."""
+    h, w, _ = image_shape
+    kernel = np.asarray(data["kernel"], np.float64)
+    u, s, vt = np.linalg.svd(kernel)
+    if s[1:].max(initial=0.0) > 1e-6 * s[0]:
+        raise ValueError("gaussian_blur kernel is not separable (rank one); no efficient SVD")
+    g_h, g_w = np.sqrt(s[0]) * u[:, 0], np.sqrt(s[0]) * vt[0]
+    return spectral.separable(spectral.reflect_correlation_matrix(g_h, h),
+                              spectral.reflect_correlation_matrix(g_w, w), cutoff)

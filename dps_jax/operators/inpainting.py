@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dps_jax.operators import spectral
+
 MASK_TYPES = ("box", "random", "extreme", "both")
 
 
@@ -115,3 +117,8 @@ def project(x, y, data):
 
 def display(y, data):
     return y * data["mask"]
+
+
+def svd(data, image_shape, cutoff: float = 0.0):
+    """A = diag(mask): U = V = I, the mask as the singular values (`spectral.diagonal`)."""
+    return spectral.diagonal(data["mask"], image_shape)

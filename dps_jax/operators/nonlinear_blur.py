@@ -7,7 +7,7 @@ operator's arrays with the model's weights, so A is one fixed function for the m
 every posterior sample. (The official code draws a new z inside every call of A, so its measurement and
 each guidance step use different blurs.)
 
-The default model is the small one dps_jax ships for the 32 x 32 prior (trained by `dps_jax.train_kernel`);
+The default model is the small one dps_jax ships for the 32 x 32 prior (trained by `dps_jax.train.kernel`);
 `checkpoint=` takes another, such as the published GOPRO_wVAE.pth after `python -m checkpoints_convert
 GOPRO_wVAE.pth kernel.msgpack --model gopro_wvae`.
 """

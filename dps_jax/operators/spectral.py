@@ -13,8 +13,10 @@ so A x = U_L (singulars * V^T x)[:m, :n] U_R^T, and every spectral update is ele
 the coordinates that have a row of U^T y (the (m, n) block); a singular value there may still be zero
 (`cutoff` zeroes the 1-D singular values below it, as DDRM's own operators do, so that a nearly invisible
 direction is not divided by). For inpainting the singular values and `observed` are the mask itself
-(V = U = I). Motion blur (a kernel of full rank) and phase
-retrieval (nonlinear) have no such decomposition: `of` says so.
+(V = U = I, `diagonal`).
+
+Each operator that has an SVD supplies it from these helpers (`OperatorSpec.svd`, `Operator.svd`); motion
+blur (a kernel of full rank) and phase retrieval (nonlinear) have none.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-
-from dps_jax.operators import Operator
 
 
 class Spectral(NamedTuple):
@@ -74,7 +74,7 @@ def regularised_pinv(sp: Spectral, y, lam=0.0):
     return from_spectral(sp, gain * measurement_to_spectral(sp, y))
 
 
-def _separable(left: np.ndarray, right: np.ndarray, cutoff: float = 0.0) -> Spectral:
+def separable(left: np.ndarray, right: np.ndarray, cutoff: float = 0.0) -> Spectral:
     """The Spectral of X -> L X R^T from L (m, H) and R (n, W), in float64 then stored as float32; 1-D
     singular values below `cutoff` become 0."""
     u_l, s_l, vt_l = np.linalg.svd(np.asarray(left, np.float64), full_matrices=True)
@@ -104,27 +104,9 @@ def reflect_correlation_matrix(taps: np.ndarray, length: int) -> np.ndarray:
     return mat
 
 
-def of(op: Operator, image_shape, cutoff: float = 0.0) -> Spectral:
-    """The SVD of `op` for images of shape (H, W, C), 1-D singular values below `cutoff` set to 0; a
-    ValueError naming the operator if it has none."""
-    h, w, c = image_shape
-    if op.name == "super_resolution":
-        return _separable(np.asarray(op.data["down_h"]), np.asarray(op.data["down_w"]), cutoff)
-    if op.name == "inpainting":
-        mask = jnp.broadcast_to(jnp.asarray(op.data["mask"], jnp.float32), (h, w, op.data["mask"].shape[-1]))
-        eye = lambda n: jnp.eye(n, dtype=jnp.float32)
-        return Spectral(v_h=eye(h), v_w=eye(w), u_h=eye(h), u_w=eye(w), singulars=mask, observed=mask)
-    if op.name == "identity":
-        return _separable(np.eye(h), np.eye(w), cutoff)
-    if op.name == "gaussian_blur":
-        kernel = np.asarray(op.data["kernel"], np.float64)
-        u, s, vt = np.linalg.svd(kernel)
-        if s[1:].max(initial=0.0) > 1e-6 * s[0]:
-            raise ValueError("gaussian_blur kernel is not separable (rank one); no efficient SVD")
-        g_h, g_w = np.sqrt(s[0]) * u[:, 0], np.sqrt(s[0]) * vt[0]
-        return _separable(reflect_correlation_matrix(g_h, h), reflect_correlation_matrix(g_w, w), cutoff)
-    if op.name == "motion_blur":
-        raise ValueError("operator 'motion_blur' has no efficient SVD (its kernel is not separable), so "
-                         "spectral solvers such as DDRM cannot take it; use 'ps'")
-    raise ValueError(f"operator {op.name!r} has no SVD (it is not linear), so spectral solvers such as DDRM "
-                     f"cannot take it; use 'ps'")
+def diagonal(mask, image_shape) -> Spectral:
+    """The Spectral of A x = mask * x (inpainting): U = V = I, the mask as singular values and `observed`."""
+    h, w, _ = image_shape
+    mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (h, w, jnp.shape(mask)[-1]))
+    eye = lambda n: jnp.eye(n, dtype=jnp.float32)
+    return Spectral(v_h=eye(h), v_w=eye(w), u_h=eye(h), u_w=eye(w), singulars=mask, observed=mask)

@@ -13,6 +13,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from dps_jax.operators import spectral
+
 
 def cubic(x):
     """Keys' cubic convolution kernel with a = -0.5."""
@@ -78,3 +80,8 @@ def display(y, data):
     h, w = data["down_h"].shape[1], data["down_w"].shape[1]
     f = int(math.ceil(h / data["down_h"].shape[0]))
     return jnp.repeat(jnp.repeat(y, f, axis=0), f, axis=1)[:h, :w]
+
+
+def svd(data, image_shape, cutoff: float = 0.0):
+    """A = U Sigma V^T from the separable resize matrices (`spectral.separable`)."""
+    return spectral.separable(np.asarray(data["down_h"]), np.asarray(data["down_w"]), cutoff)

@@ -28,11 +28,11 @@ from dps_jax.solvers import base
 class Options:
     lam: float = 0.02                                 # TV weight lambda (set per task by the configs)
     rho: float = 0.2                                  # ADMM penalty
-    iterations: int = base.static_field(500)
+    steps: int = base.static_field(500)               # ADMM iterations
     cg_iterations: int = base.static_field(30)      # per x-update
 
     def check(self) -> None:
-        base.check_int("iterations", self.iterations, 1)
+        base.check_int("steps", self.steps, 1)
         base.check_int("cg_iterations", self.cg_iterations, 1)
         base.check_finite_number("lam", self.lam)
         if not (self.rho > 0):
@@ -77,10 +77,6 @@ def init(key, problem, prior, options, image_shape):
     return {"x": x0, "z": grad(x0), "u": jnp.zeros((2,) + tuple(image_shape), jnp.float32)}
 
 
-def draw(key, state, problem, options):
-    return {}
-
-
 def update(state, k, noise, problem, prior, options):
     x, z, u = state["x"], state["z"], state["u"]
     at = lambda v: problem.op.adjoint(v, x)                       # A^T
@@ -94,14 +90,5 @@ def update(state, k, noise, problem, prior, options):
                                        "primal_residual": jnp.sqrt(jnp.sum((dx - z) ** 2))}
 
 
-def result(state):
-    return state["x"]
-
-
-def check(problem, options) -> None:
-    if not problem.op.linear:
-        raise ValueError(f"solver 'admm_tv' needs a linear operator; {problem.op.name!r} is nonlinear")
-
-
-SOLVER = base.Solver("admm_tv", Options, init=init, draw=draw, update=update, result=result, kind="iterative",
-                     check=check)
+SOLVER = base.Solver("admm_tv", Options, init=init, update=update, draw=base.draw_nothing, kind="iterative",
+                     needs=frozenset({"linear"}))

@@ -44,7 +44,7 @@ PRESETS = {"1k": (200, 5, 100), "4k": (400, 10, 100), "cpu": (25, 2, 50)}
 @flax.struct.dataclass
 class Options:
     preset: str = base.static_field("1k")
-    annealing_steps: int = base.static_field(0)        # 0: the preset's
+    steps: int = base.static_field(0)                  # annealing levels; 0: the preset's
     ode_steps: int = base.static_field(0)              # 0: the preset's
     langevin_steps: int = base.static_field(0)         # 0: the preset's
     lr: float = 1e-4                                   # Langevin step size at the first level
@@ -58,7 +58,7 @@ class Options:
     def check(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown daps preset {self.preset!r}; expected one of {sorted(PRESETS)}")
-        for name in ("annealing_steps", "ode_steps", "langevin_steps"):
+        for name in ("steps", "ode_steps", "langevin_steps"):
             base.check_int(f"daps {name}", getattr(self, name), 0)
         for name in ("lr", "lr_min_ratio"):
             base.check_finite_number(f"daps {name}", getattr(self, name))
@@ -72,7 +72,7 @@ class Options:
 def counts(options: Options):
     """(annealing levels, ODE steps, Langevin steps): the preset's, each overridden where set."""
     preset = PRESETS[options.preset]
-    return tuple(v or p for v, p in zip((options.annealing_steps, options.ode_steps, options.langevin_steps),
+    return tuple(v or p for v, p in zip((options.steps, options.ode_steps, options.langevin_steps),
                                          preset))
 
 
@@ -92,9 +92,10 @@ def annealing(options: Options):
             "ratio": jnp.asarray(np.arange(n) / (n + 1), jnp.float32)}
 
 
-def evaluations(options: Options) -> int:
+def grid(options: Options, schedule) -> base.Grid:
+    """The annealing levels; each costs `ode_steps` network evaluations."""
     levels, ode, _ = counts(options)
-    return levels * ode
+    return base.Grid(annealing(options), levels * ode)
 
 
 def ode_x0(prior, x_t, sigma, options: Options):
@@ -149,10 +150,5 @@ def result(state):
     return state["x0"]
 
 
-def check(problem: base.Problem, options: Options) -> None:
-    if problem.noise != "gaussian":
-        raise ValueError(f"solver 'daps' samples a Gaussian likelihood; got {problem.noise!r} noise: use 'ps'")
-
-
-SOLVER = base.Solver("daps", Options, init=init, draw=draw, update=update, result=result, check=check,
-                     own_steps=annealing, evaluations=evaluations)
+SOLVER = base.Solver("daps", Options, init=init, update=update, draw=draw, result=result, grid=grid,
+                     needs=frozenset({"gaussian"}))

@@ -91,10 +91,6 @@ def init(key, problem, prior, options, image_shape):
     return {"x": jax.random.normal(key, tuple(image_shape), jnp.float32), "started": jnp.asarray(False)}
 
 
-def draw(key, state, problem, options):
-    return {"x": jax.random.normal(key, state["x"].shape, state["x"].dtype)}
-
-
 def update(state, c, noise, problem, prior, options: Options):
     sp = problem.aux
     y_bar = spectral.measurement_to_spectral(sp, problem.y)
@@ -108,21 +104,10 @@ def update(state, c, noise, problem, prior, options: Options):
     return {"x": x_next, "started": jnp.asarray(True)}, {"distance": d, "x0_hat": den.x0_hat}
 
 
-def result(state):
-    return state["x"]
-
-
-check = base.needs_gaussian_sigma("ddrm")
-
-
-def prepare(problem: base.Problem, options: Options, image_shape) -> base.Problem:
-    """The problem with the SVD of its operator as `aux` (a ValueError naming an operator without one)."""
-    return problem.replace(aux=spectral.of(problem.op, image_shape, cutoff=options.cutoff))
-
-
-def fixed_schedule(options: Options) -> str:
+def respacing(options: Options) -> str:
+    """DDRM's strided grid: range(0, num_timesteps, num_timesteps // steps)."""
     return f"ddim{options.steps}"
 
 
-SOLVER = base.Solver("ddrm", Options, init=init, draw=draw, update=update, result=result, check=check,
-                     prepare=prepare, fixed_schedule=fixed_schedule)
+SOLVER = base.Solver("ddrm", Options, init=init, update=update, grid=base.table_grid(respacing),
+                     needs=frozenset({"svd", "sigma"}))

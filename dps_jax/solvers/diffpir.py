@@ -60,10 +60,6 @@ def init(key, problem, prior, options, image_shape):
             "started": jnp.asarray(False)}
 
 
-def draw(key, state, problem, options):
-    return {"x": jax.random.normal(key, state["x"].shape, state["x"].dtype)}
-
-
 def update(state, c, noise, problem, prior, options: Options):
     x_t = jnp.where(state["started"], state["x"],
                     c.sqrt_alphas_cumprod * state["start"] + c.sqrt_one_minus_alphas_cumprod * state["x"])
@@ -78,19 +74,10 @@ def update(state, c, noise, problem, prior, options: Options):
                                                          "x0_hat": den.x0_hat}
 
 
-def result(state):
-    return state["x"]
-
-
-def check(problem: base.Problem, options: Options) -> None:
-    base.needs_gaussian_sigma("diffpir")(problem, options)
-    if not problem.op.linear:
-        raise ValueError(f"solver 'diffpir' needs a linear operator; {problem.op.name!r} is nonlinear: use 'ps'")
-
-
-def fixed_schedule(options: Options) -> str:
+def respacing(options: Options) -> str:
+    """The reference's quadratic spacing from t = 999 to 0."""
     return f"quad{options.steps}"
 
 
-SOLVER = base.Solver("diffpir", Options, init=init, draw=draw, update=update, result=result, check=check,
-                     prepare=proximal.prepare, fixed_schedule=fixed_schedule)
+SOLVER = base.Solver("diffpir", Options, init=init, update=update, grid=base.table_grid(respacing),
+                     needs=frozenset({"svd_or_cg", "sigma"}))

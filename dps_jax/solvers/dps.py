@@ -97,6 +97,6 @@ def update_plus(x_t, c, noise, problem, prior, options: PlusOptions):
     return guided_step(x_t, c, noise, prior, options, mean_distance)
 
 
-SOLVER = base.Solver("ps", Options, init=base.start, draw=base.draw_x, update=update)
-SOLVER_PLUS = base.Solver("ps+", PlusOptions, init=base.start, draw=draw_plus, update=update_plus)
-SOLVER_UNIT = base.Solver("ps_unit", UnitOptions, init=base.start, draw=base.draw_x, update=update_unit)
+SOLVER = base.Solver("ps", Options, init=base.start, update=update)
+SOLVER_PLUS = base.Solver("ps+", PlusOptions, init=base.start, update=update_plus, draw=draw_plus)
+SOLVER_UNIT = base.Solver("ps_unit", UnitOptions, init=base.start, update=update_unit)

@@ -33,12 +33,12 @@ from dps_jax.solvers import base
 
 @flax.struct.dataclass
 class EROptions:
-    iterations: int = base.static_field(10000)      # the paper's count
+    steps: int = base.static_field(10000)           # iterations: the paper's count
     lower: float = -1.0                               # the image range, the object constraint inside S
     upper: float = 1.0
 
     def check(self) -> None:
-        base.check_int("iterations", self.iterations, 1)
+        base.check_int("steps", self.steps, 1)
         if not self.lower < self.upper:
             raise ValueError(f"the image range needs lower < upper, got [{self.lower}, {self.upper}]")
 
@@ -58,8 +58,8 @@ class OSSOptions(HIOOptions):
 
     def check(self) -> None:
         HIOOptions.check(self)
-        if isinstance(self.stages, bool) or not isinstance(self.stages, int) or not 1 <= self.stages <= self.iterations:
-            raise ValueError(f"stages must be an integer in [1, iterations], got {self.stages!r}")
+        if isinstance(self.stages, bool) or not isinstance(self.stages, int) or not 1 <= self.stages <= self.steps:
+            raise ValueError(f"stages must be an integer in [1, steps], got {self.stages!r}")
 
 
 def _grid(problem):
@@ -117,10 +117,6 @@ def init(key, problem, prior, options, image_shape):
     return _state(jnp.where(support, jax.random.normal(key, support.shape, jnp.float32), 0.0), problem, options)
 
 
-def draw(key, state, problem, options):
-    return {}
-
-
 def result(state):
     return state["x"]
 
@@ -153,7 +149,7 @@ def oss_filter_width(k, options, side):
     """alpha of iteration k: `stages` values evenly spaced from side down to 1 / side."""
     if options.stages == 1:
         return jnp.asarray(float(side))
-    stage = jnp.minimum(k * options.stages // options.iterations, options.stages - 1)
+    stage = jnp.minimum(k * options.stages // options.steps, options.stages - 1)
     return side + stage * (1.0 / side - side) / (options.stages - 1)
 
 
@@ -190,8 +186,8 @@ def oss_result(state):
 
 
 def _solver(name, options, update, init=init, result=result):
-    return base.Solver(name, options, init=init, draw=draw, update=update, result=result, kind="iterative",
-                       check=check(name))
+    return base.Solver(name, options, init=init, update=update, draw=base.draw_nothing, result=result,
+                       kind="iterative", check=check(name))
 
 
 ER = _solver("er", EROptions, er_update)

@@ -19,5 +19,5 @@ def update(x_t, c, noise, problem, prior, options: dps.Options):
     return problem.op.correct(x, y_t), record
 
 
-SOLVER = base.Solver("mcg", dps.Options, init=base.start, draw=base.draw_x_and_y, update=update,
-                     check=base.needs_projection("mcg", or_correction=True))
+SOLVER = base.Solver("mcg", dps.Options, init=base.start, update=update, draw=base.draw_x_and_y,
+                     needs=frozenset({"projection_or_correction"}))

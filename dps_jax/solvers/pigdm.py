@@ -14,8 +14,9 @@ g is taken as in the reference code (NVlabs/RED-diff, `algos/pgdm.py`, `awd: Tru
 1 / r_t^2 factor, so that with sigma_y = 0 it is the pseudo-inverse residual A^+ y - A^+ A x0_hat the
 reference uses; with sigma_y > 0 the paper's noisy form (scaled by the same r_t^2). x0_hat is not clipped.
 The start is A^+ y noised to the first step: x_T = sqrt(ab_T) A^+ y + sqrt(1 - ab_T) z. Defaults are the
-reference's: DDIM with eta 0, weight 1; the reference strides its steps as the respacing "ddimN" (pass e.g.
-respacing "ddim100" to match it; the run's own steps are used otherwise).
+reference's: DDIM with eta 0, weight 1 (options of PiGDM's own: a run's other solvers do not set them); the
+reference strides its steps as the respacing "ddimN" (pass e.g. respacing "ddim100" to match it; `steps`
+evenly spaced otherwise).
 
 A^+ and the regularised inverse come from the operator's SVD (`operators.spectral`, 1-D singular values
 below `cutoff` treated as zero as in DDRM): super-resolution, Gaussian blur, inpainting. The Gaussian noise
@@ -50,10 +51,6 @@ def init(key, problem, prior, options, image_shape):
     return {"x": jax.random.normal(key, tuple(image_shape), jnp.float32), "started": jnp.asarray(False)}
 
 
-def draw(key, state, problem, options):
-    return {"x": jax.random.normal(key, state["x"].shape, state["x"].dtype)}
-
-
 def guidance_vector(sp: spectral.Spectral, y, ax0, sigma_y, alphas_cumprod):
     """A^T (A A^T + (sigma_y^2 / r_t^2) I)^{-1} (y - A x0_hat), r_t^2 = 1 - ab_t: (H, W, C)."""
     return spectral.regularised_pinv(sp, y - ax0, sigma_y ** 2 / (1.0 - alphas_cumprod))
@@ -79,13 +76,4 @@ def update(state, c, noise, problem, prior, options: Options):
                                                          "x0_hat": x0_hat}
 
 
-def result(state):
-    return state["x"]
-
-
-def prepare(problem: base.Problem, options: Options, image_shape) -> base.Problem:
-    return problem.replace(aux=spectral.of(problem.op, image_shape, cutoff=options.cutoff))
-
-
-SOLVER = base.Solver("pigdm", Options, init=init, draw=draw, update=update, result=result,
-                     check=base.needs_gaussian_sigma("pigdm"), prepare=prepare)
+SOLVER = base.Solver("pigdm", Options, init=init, update=update, needs=frozenset({"svd", "sigma"}))

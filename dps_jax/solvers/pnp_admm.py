@@ -25,12 +25,12 @@ from dps_jax.solvers import base, proximal
 @flax.struct.dataclass
 class Options:
     rho: float = 0.2                                  # ADMM penalty
-    iterations: int = base.static_field(10)
+    steps: int = base.static_field(10)                # ADMM iterations
     denoiser: str = base.static_field("")             # a DnCNN weight file; "" = the shipped one
     cg_iterations: int = base.static_field(50)        # x-update without an SVD (motion blur)
 
     def check(self) -> None:
-        base.check_int("iterations", self.iterations, 1)
+        base.check_int("steps", self.steps, 1)
         base.check_int("cg_iterations", self.cg_iterations, 1)
         if not (self.rho > 0):
             raise ValueError(f"rho must be > 0, got {self.rho!r}")
@@ -41,12 +41,9 @@ def init(key, problem, prior, options, image_shape):
     return {"x": x0, "z": x0, "u": jnp.zeros_like(x0)}
 
 
-def draw(key, state, problem, options):
-    return {}
-
-
 def update(state, k, noise, problem, denoiser, options: Options):
-    """One ADMM iteration; `denoiser` (in the prior's place) maps an (H, W, C) image to its denoised one."""
+    """One ADMM iteration; `denoiser`, the solver's own network (`model`), maps an (H, W, C) image to its
+    denoised one."""
     x, z, u = state["x"], state["z"], state["u"]
     x = proximal.solve(problem, z - u, options.rho, x_start=x, cg_iterations=options.cg_iterations)
     z = denoiser(x + u)
@@ -60,17 +57,14 @@ def result(state):
     return state["x"]
 
 
-def check(problem, options) -> None:
-    if not problem.op.linear:
-        raise ValueError(f"solver 'pnp_admm' needs a linear operator; {problem.op.name!r} is nonlinear")
-
-
-prepare = proximal.prepare
-
-
 def load_denoiser(options: Options):
     return dncnn.load(options.denoiser)
 
 
-SOLVER = base.Solver("pnp_admm", Options, init=init, draw=draw, update=update, result=result, kind="iterative",
-                     check=check, prepare=prepare, own_model=load_denoiser)
+def grid(options: Options, schedule) -> base.Grid:
+    """One denoiser evaluation per iteration."""
+    return base.iteration_grid(options, schedule)._replace(evaluations=options.steps)
+
+
+SOLVER = base.Solver("pnp_admm", Options, init=init, update=update, draw=base.draw_nothing, kind="iterative",
+                     grid=grid, needs=frozenset({"svd_or_cg"}), network=load_denoiser)

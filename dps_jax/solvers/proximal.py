@@ -39,15 +39,6 @@ def solve(problem, r, rho, x_start=None, cg_iterations: int = 50):
     return solve_cg(problem, r if x_start is None else x_start, r, rho, cg_iterations)
 
 
-def prepare(problem, options, image_shape, cutoff: float = 0.0):
-    """The problem with the SVD of A as `aux` where A has one (1-D singular values below `cutoff` set to 0),
-    else unchanged (conjugate gradients, the operator's projection)."""
-    try:
-        return problem.replace(aux=spectral.of(problem.op, image_shape, cutoff=cutoff))
-    except ValueError:
-        return problem
-
-
 def pseudo_inverse(problem, image_shape):
     """A^+ y (H, W, C): through the SVD when `prepare` found one, else the least-norm projection of 0."""
     if problem.aux is not None:

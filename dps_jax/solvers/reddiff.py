@@ -13,7 +13,7 @@ the pixels of one image (and of y): each posterior sample is its own optimisatio
 The sample is mu as the last step's loss saw it (the reference returns that, not mu after its last update).
 
 Defaults are the reference's `_configs/algo/reddiff.yaml` (NVlabs/RED-diff): lr 0.1, lambda 0.25; the
-reference strides its steps as the respacing "ddimN" (the run's own steps are used unless it is given).
+reference strides its steps as the respacing "ddimN" (`steps` evenly spaced unless it is given).
 The measurement term needs only A, so any differentiable operator works; the start A^+ y comes from the SVD where the operator has one (DDRM's 0.03 singular cutoff), from
 the least-norm projection (`Operator.project`) for other linear operators; nonlinear ones are refused.
 """
@@ -29,16 +29,15 @@ from dps_jax import diffusion
 from dps_jax.prior import denoise
 from dps_jax.solvers import base, dps, proximal
 
-CUTOFF = 0.03
-
-
 @flax.struct.dataclass
-class Options:
+class Options(base.TableOptions):
     lr: float = 0.1                                   # Adam's step size
     lam: float = 0.25                                 # lambda, the regulariser's weight (grad_term_weight)
     obs_weight: float = 1.0                           # the measurement term's weight
+    cutoff: float = base.static_field(0.03)           # the start's SVD: 1-D singular values below it count as 0
 
     def check(self) -> None:
+        base.TableOptions.check(self)
         for name in ("lr", "lam", "obs_weight"):
             base.check_finite_number(f"reddiff {name}", getattr(self, name))
 
@@ -76,18 +75,6 @@ def result(state):
     return state["x0"]
 
 
-def check(problem: base.Problem, options: Options) -> None:
-    if problem.noise != "gaussian":
-        raise ValueError(f"solver 'reddiff' fits a Gaussian likelihood; got {problem.noise!r} noise: use 'ps'")
-    if not problem.op.linear:
-        raise ValueError(f"solver 'reddiff' starts from A^+ y and needs a linear operator; {problem.op.name!r} is "
-                         f"nonlinear: use 'ps'")
-
-
-def prepare(problem: base.Problem, options: Options, image_shape) -> base.Problem:
-    """The operator's SVD for the start A^+ y where it has one (else the start uses its projection)."""
-    return proximal.prepare(problem, options, image_shape, cutoff=CUTOFF)
-
-
-SOLVER = base.Solver("reddiff", Options, init=init, draw=draw, update=update, result=result, check=check,
-                     prepare=prepare)
+# Linear A: the start A^+ y through the SVD where the operator has one, its projection otherwise.
+SOLVER = base.Solver("reddiff", Options, init=init, update=update, draw=draw, result=result,
+                     needs=frozenset({"gaussian", "svd_or_cg"}))

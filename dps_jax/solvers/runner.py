@@ -1,7 +1,7 @@
 """The builder behind both the CLI and the API: a solver, a prior and a schedule become a Runner that
 draws N posterior samples of one measurement per call.
 
-    runner = build(prior, (256, 256, 3), solver="ps", options={"scale": 0.3}, steps=1000,
+    runner = build(prior, (256, 256, 3), solver="ps", options={"scale": 0.3, "steps": 1000},
                    num_samples=16, chunk_size=4)
     runner.compile(problem)                       # optional, ahead of time; returns the seconds it took
     out = runner(problem, key, progress=fn)       # {"samples": (N, H, W, C), "distance": (N, T), ...}
@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dps_jax import diffusion, schedule as schedule_lib
 from dps_jax.solvers import loop
-from dps_jax.solvers.base import KINDS, Problem, Solver, check_int, make_options
+from dps_jax.solvers.base import KINDS, Grid, Problem, Schedule, Solver, check_int, make_options, prepare
 from dps_jax.solvers.registry import get
 
 PROGRESS_UPDATES = 20
@@ -43,16 +42,6 @@ MIN_STEPS_PER_CALL = 10
 # against N = 1: 0.73x at 32 x 32, 0.86x at 64, 1.04x at 128, 1.09x at 256 (benchmarks/cost_scaling.py;
 # 1.22x in benchmarks/step_speed.py, whose single step has no per-call cost for four samples to share).
 CPU_VMAP_MAX_PIXELS = 64 * 64
-
-
-def step_inputs(solver: Solver, options, tables: Optional[schedule_lib.DiffusionTables]):
-    """What the loop scans over: the coefficient rows in reverse time order (diffusion solvers), a solver's
-    own steps (DAPS's noise levels), or the iteration indices 0 .. iterations - 1 (iterative solvers)."""
-    if solver.own_steps is not None:
-        return solver.own_steps(options)
-    if solver.kind == "diffusion":
-        return diffusion.step_coefficients(tables)
-    return jnp.arange(options.iterations, dtype=jnp.int32)
 
 
 def auto_steps_per_call(num_steps: int, updates: int = PROGRESS_UPDATES, least: int = MIN_STEPS_PER_CALL) -> int:
@@ -71,42 +60,38 @@ def auto_chunk_size(num_samples: int, image_shape: Sequence[int], platform: str)
     return num_samples
 
 
-def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[dict] = None, steps: int = 50,
-          respacing="", schedule: str = "linear", num_timesteps: int = 1000, num_samples: int = 1,
-          chunk_size: int = 0, record_every: int = 0, snapshots: int = 0, steps_per_call: int = 0,
-          devices=None) -> "Runner":
+def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[dict] = None,
+          schedule: str = "linear", num_timesteps: int = 1000, num_samples: int = 1, chunk_size: int = 0,
+          record_every: int = 0, snapshots: int = 0, steps_per_call: int = 0, devices=None,
+          network=None) -> "Runner":
     """Check everything about a run and return its Runner (see the module docstring).
 
-    solver: a registered name or a `base.Solver`; options: its options by name (defaults: the paper's);
-    steps / respacing / schedule / num_timesteps: the diffusion schedule (`schedule.build_tables`; a
-    respacing such as "ddim50" or "10,20,30" overrides `steps`), unused by iterative solvers.
+    solver: a registered name or a `base.Solver`; options: its options by name (defaults: the reference's;
+    `steps` is the step count of every solver); schedule / num_timesteps: the prior's diffusion process
+    the solver's grid is cut from (`schedule.build_tables`), unused by iterative solvers.
     record_every: keep snapshots (x, x0_hat) every k steps; or snapshots: about this many, evenly spaced.
+    network: the own network of a solver that brings one (PnP-ADMM's denoiser: an (H, W, C) -> (H, W, C)
+    pytree callable), in place of the one its options name.
     """
     spec = get(solver) if isinstance(solver, str) else solver
     if spec.kind not in KINDS:
         raise ValueError(f"solver {spec.name!r} has kind {spec.kind!r}; expected one of {KINDS}")
     opts = make_options(spec, **dict(options or {}))
     image_shape = tuple(int(s) for s in image_shape)
-    tables = None
     if spec.kind == "diffusion":
         if prior is None:
             raise ValueError(f"solver {spec.name!r} needs a diffusion prior")
         prior.check()
         prior.check_image_shape(image_shape)
-        if spec.own_steps is None:          # else the solver's own grid (DAPS) replaces the table
-            if spec.fixed_schedule is not None:
-                respacing = spec.fixed_schedule(opts)
-            steps = check_int("steps", steps, 1)
-            num_timesteps = check_int("num_timesteps", num_timesteps, 1)
-            if not respacing and steps > num_timesteps:
-                raise ValueError(f"steps {steps} exceeds num_timesteps {num_timesteps}")
-            tables = schedule_lib.build_tables(schedule, num_timesteps, respacing or steps)
-    elif spec.own_model is not None and prior is None:
-        prior = spec.own_model(opts)
-    xs = step_inputs(spec, opts, tables)
+        model = prior
+    elif spec.network is not None:      # an iterative solver gets its own network in the model's place
+        model = network if network is not None else spec.network(opts)
+    else:
+        model = None
+    grid = spec.step_grid(opts, Schedule(schedule, num_timesteps))
     if check_int("snapshots", snapshots, 0) and not record_every:
-        record_every = max(1, int(jax.tree_util.tree_leaves(xs)[0].shape[0]) // snapshots)
-    return Runner(spec, opts, prior, image_shape, xs, num_samples=num_samples, chunk_size=chunk_size,
+        record_every = max(1, int(jax.tree_util.tree_leaves(grid.xs)[0].shape[0]) // snapshots)
+    return Runner(spec, opts, model, image_shape, grid, num_samples=num_samples, chunk_size=chunk_size,
                   record_every=record_every, steps_per_call=steps_per_call, devices=devices)
 
 
@@ -117,13 +102,14 @@ class Runner:
     with record_every > 0 each snapshot as <name>_record (N, ceil(T / record_every), ...).
     """
 
-    def __init__(self, solver: Solver, options, prior, image_shape, xs, *, num_samples: int = 1,
+    def __init__(self, solver: Solver, options, model, image_shape, grid: Grid, *, num_samples: int = 1,
                  chunk_size: int = 0, record_every: int = 0, steps_per_call: int = 0, devices=None):
         self.solver, self.options, self.image_shape = solver, options, tuple(image_shape)
+        self.evaluations = int(grid.evaluations)        # network evaluations per sample
         self.num_samples = check_int("num_samples", num_samples, 1)
         chunk_size = check_int("chunk_size", chunk_size, 0)
         self.record_every = check_int("record_every", record_every, 0)
-        self.xs = jax.tree_util.tree_map(np.asarray, xs)
+        self.xs = jax.tree_util.tree_map(np.asarray, grid.xs)
         self.num_steps = int(jax.tree_util.tree_leaves(self.xs)[0].shape[0])
         steps_per_call = check_int("steps_per_call", steps_per_call, 0) or auto_steps_per_call(self.num_steps)
         if self.num_steps % steps_per_call:
@@ -137,7 +123,7 @@ class Runner:
         mesh = Mesh(np.array(self.devices), ("samples",))
         self.batched = NamedSharding(mesh, PartitionSpec("samples"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.prior = None if prior is None else jax.device_put(prior, self.replicated)
+        self.model = None if model is None else jax.device_put(model, self.replicated)
 
         b, r = self.batched, self.replicated
         self._init = jax.jit(self._init_chunk, in_shardings=(b, r, r, r), out_shardings=b)
@@ -165,9 +151,9 @@ class Runner:
             return {}
 
         def one(key):
-            state, step_key = loop.init_one(self.solver, key, problem, self.prior, self.options, self.image_shape)
+            state, step_key = loop.init_one(self.solver, key, problem, self.model, self.options, self.image_shape)
             c0 = jax.tree_util.tree_map(lambda a: a[0], self.xs)
-            return loop.empty_records(self.solver, state, c0, step_key, problem, self.prior, self.options, count)
+            return loop.empty_records(self.solver, state, c0, step_key, problem, self.model, self.options, count)
         return jax.eval_shape(one, jax.random.PRNGKey(0))
 
     def _advance_chunk(self, carry, xs, first_step, problem, prior, options):
@@ -186,12 +172,9 @@ class Runner:
         return tree, tuple((np.shape(l), str(getattr(l, "dtype", type(l).__name__))) for l in leaves)
 
     def prepare(self, problem: Problem) -> Problem:
-        """The problem checked for this solver, with what the solver computes on the host (`aux`)."""
-        if self.solver.check is not None:
-            self.solver.check(problem, self.options)
-        if self.solver.prepare is not None and problem.aux is None:
-            problem = self.solver.prepare(problem, self.options, self.image_shape)
-        return problem
+        """The problem checked against what the solver needs, with the operator's SVD attached where the
+        solver uses one (`base.prepare`)."""
+        return prepare(self.solver, problem, self.options, self.image_shape)
 
     def compile(self, problem: Problem) -> float:
         """Compile both programs for this problem's shapes ahead of time; returns the seconds it took."""
@@ -203,11 +186,11 @@ class Runner:
         self._record_shapes = self._snapshot_shapes(problem)
         key = jax.random.PRNGKey(0)
         keys = jax.ShapeDtypeStruct((self.chunk,) + key.shape, key.dtype)
-        init = self._init.lower(keys, problem, self.prior, self.options).compile()
-        carry = jax.eval_shape(self._init_chunk, keys, problem, self.prior, self.options)
+        init = self._init.lower(keys, problem, self.model, self.options).compile()
+        carry = jax.eval_shape(self._init_chunk, keys, problem, self.model, self.options)
         k = self.steps_per_call
         xs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((k,) + a.shape[1:], a.dtype), self.xs)
-        advance = self._advance.lower(carry, xs, np.int32(0), problem, self.prior, self.options).compile()
+        advance = self._advance.lower(carry, xs, np.int32(0), problem, self.model, self.options).compile()
         self._compiled[sig] = (init, advance)
         return time.perf_counter() - t0
 
@@ -247,11 +230,11 @@ class Runner:
             if len(ks) < self.chunk:      # pad to the compiled size; the extra samples are dropped
                 extra = np.asarray(jax.random.split(jax.random.fold_in(key, self.num_samples), self.chunk - len(ks)))
                 ks = np.concatenate([ks, extra])
-            carry = init(ks, problem, self.prior, self.options)
+            carry = init(ks, problem, self.model, self.options)
             scalars, pending = [], None
             for s in range(0, self.num_steps, k):
                 xs = jax.tree_util.tree_map(lambda a: a[s:s + k], self.xs)
-                carry, sc = advance(carry, xs, np.int32(s), problem, self.prior, self.options)
+                carry, sc = advance(carry, xs, np.int32(s), problem, self.model, self.options)
                 if progress is not None and pending is not None:
                     progress(*pending)
                 pending = (ci * self.num_steps + s + k, total, {n: v[:, -1] for n, v in sc.items()})

@@ -18,5 +18,5 @@ def update(x_t, c, noise, problem, prior, options: base.DiffusionOptions):
     return problem.op.project(x_prime, y_t), {"distance": dps.distance(problem, den.x0_hat), "x0_hat": den.x0_hat}
 
 
-SOLVER = base.Solver("projection", base.DiffusionOptions, init=base.start, draw=base.draw_x_and_y, update=update,
-                     check=base.needs_projection("projection"))
+SOLVER = base.Solver("projection", base.DiffusionOptions, init=base.start, update=update, draw=base.draw_x_and_y,
+                     needs=frozenset({"projection"}))

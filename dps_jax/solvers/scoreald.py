@@ -37,4 +37,4 @@ def update(x_t, c, noise, problem, prior, options: Options):
     return x_prime - step_size(c, options) * grad, {"distance": d, "x0_hat": den.x0_hat}
 
 
-SOLVER = base.Solver("scoreald", Options, init=base.start, draw=base.draw_x, update=update)
+SOLVER = base.Solver("scoreald", Options, init=base.start, update=update)

@@ -60,9 +60,4 @@ def update(state, c, noise, problem, prior, options: Options):
     return jax.lax.cond(c.t_model > options.t_star, wait, step, state)
 
 
-def result(state):
-    return state["x"]
-
-
-SOLVER = base.Solver("sdedit", Options, init=init, draw=draw, update=update, result=result,
-                     check=base.needs_projection("sdedit"))
+SOLVER = base.Solver("sdedit", Options, init=init, update=update, draw=draw, needs=frozenset({"projection"}))

@@ -15,4 +15,4 @@ def update(x_t, c, noise, problem, prior, options: base.DiffusionOptions):
     return x_prime, {"distance": dps.distance(problem, den.x0_hat), "x0_hat": den.x0_hat}
 
 
-SOLVER = base.Solver("vanilla", base.DiffusionOptions, init=base.start, draw=base.draw_x, update=update)
+SOLVER = base.Solver("vanilla", base.DiffusionOptions, init=base.start, update=update)

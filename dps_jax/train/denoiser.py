@@ -1,6 +1,6 @@
 """Train a DnCNN denoiser (the prior of PnP-ADMM) on the same data as the diffusion prior.
 
-    python -m dps_jax.train_denoiser --config=configs/train/dncnn_fmnist.py --workdir=runs/dncnn
+    python -m dps_jax.train.denoiser --config=configs/train/dncnn_fmnist.py --workdir=runs/dncnn
 
 Blind Gaussian denoising as in Zhang et al. 2017 (DnCNN-B): each training image in [0, 1] gets noise of a
 std drawn uniformly from [0, sigma_max], the loss is the mean squared error of the denoised image. Batch
@@ -11,6 +11,7 @@ it; writes the denoiser as `workdir/dncnn.msgpack` (float16, the layout `models/
 from __future__ import annotations
 
 import os
+import sys
 
 import flax.serialization
 import jax
@@ -19,7 +20,8 @@ import numpy as np
 import optax
 
 from dps_jax.models import dncnn
-from dps_jax import training
+from dps_jax import io
+from dps_jax.train import common as training
 
 def make_train_step(model: dncnn.DnCNN, tx, sigma_max: float):
     def loss_fn(params, batch_stats, x, key):
@@ -63,9 +65,9 @@ def train(cfg, workdir: str) -> None:
           f"{cfg.model.features} features", flush=True)
 
     def save(state):
-        training.atomic_write(state_path, flax.serialization.to_bytes(state))
+        io.atomic_write(state_path, flax.serialization.to_bytes(state))
         variables = {"params": jax.device_get(state[0]), "batch_stats": jax.device_get(state[1])}
-        training.atomic_write(os.path.join(workdir, "dncnn.msgpack"), dncnn.to_bytes(variables, np.float16))
+        io.atomic_write(os.path.join(workdir, "dncnn.msgpack"), dncnn.to_bytes(variables, np.float16))
 
     def step(state):
         return step_fn(state, training.random_batch(rng, data, cfg.batch_size),
@@ -76,5 +78,7 @@ def train(cfg, workdir: str) -> None:
           f"{np.mean(losses[-cfg.log_every:]) if losses else float('nan'):.5f}", flush=True)
 
 
+cli = training.command(train, __doc__, "dps_jax.train.denoiser")
+
 if __name__ == "__main__":
-    training.cli(train, "directory for checkpoints and the trained denoiser")
+    sys.exit(cli(sys.argv))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import gmm as gmm_lib
+from dps_jax.analytic import gmm as gmm_lib
 
 
 def moments(mix: gmm_lib.GaussianMixture):

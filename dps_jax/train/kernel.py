@@ -1,6 +1,6 @@
 """Train a KernelWizard (the blur model of nonlinear deblurring) on synthetic camera-shake blur.
 
-    python -m dps_jax.train_kernel --config=configs/train/kernel_wizard_fmnist.py --workdir=runs/kernel
+    python -m dps_jax.train.kernel --config=configs/train/kernel_wizard_fmnist.py --workdir=runs/kernel
 
 The published model (GOPRO_wVAE.pth) learnt GOPRO's pairs: sharp frames and the average of the frames a
 moving camera saw around them. Here each training pair is made the same way from one sharp image: the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import flax.serialization
 import jax
@@ -30,7 +31,8 @@ import optax
 from jax.scipy.ndimage import map_coordinates
 
 from dps_jax import data as data_lib
-from dps_jax import training
+from dps_jax import io
+from dps_jax.train import common as training
 from dps_jax.models import checkpoint
 from dps_jax.models import kernel_wizard as kw
 
@@ -140,7 +142,7 @@ def train(cfg, workdir: str) -> None:
           f"params, z {config.latent_shape(data.shape[1:])}", flush=True)
 
     def save(state):
-        training.atomic_write(state_path, flax.serialization.to_bytes(state))
+        io.atomic_write(state_path, flax.serialization.to_bytes(state))
         checkpoint.save_checkpoint(os.path.join(workdir, "kernel_wizard.msgpack"), jax.device_get(state[0]),
                                    config, extra={"step": int(state[2]), "trained_by": "dps_jax.train_kernel"},
                                    dtype=np.float16, fmt=kw.FORMAT)
@@ -154,9 +156,11 @@ def train(cfg, workdir: str) -> None:
     held_out = (data_lib.fashion_mnist("test", cfg.data.root, cfg.data.image_size)[:cfg.eval_images] + 1.0) / 2.0 \
         if cfg.data.name == "fashion_mnist" else data[-cfg.eval_images:]
     figures = evaluate(model, state[0], cfg, held_out)
-    training.atomic_write(os.path.join(workdir, "eval.json"), json.dumps(figures, indent=1).encode())
+    io.atomic_write(os.path.join(workdir, "eval.json"), json.dumps(figures, indent=1).encode())
     print("held-out: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
 
 
+cli = training.command(train, __doc__, "dps_jax.train.kernel")
+
 if __name__ == "__main__":
-    training.cli(train, "directory for checkpoints and the trained kernel model")
+    sys.exit(cli(sys.argv))

@@ -1,6 +1,6 @@
 """Train the Fashion-MNIST classifier whose penultimate features give FID-FMNIST and KID-FMNIST.
 
-    python -m dps_jax.train_classifier --config=configs/train/classifier_fmnist.py --workdir=runs/classifier
+    python -m dps_jax.train.classifier --config=configs/train/classifier_fmnist.py --workdir=runs/classifier
 
 Cross-entropy with Adam on the training split (random horizontal flips and one-pixel shifts), a cosine
 learning rate. Checkpoints `workdir/state.msgpack` (atomic) and resumes from it; writes
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import flax.serialization
 import jax
@@ -22,7 +23,8 @@ import numpy as np
 import optax
 
 from dps_jax import data as data_lib
-from dps_jax import training
+from dps_jax import io
+from dps_jax.train import common as training
 from dps_jax.metrics import fid
 from dps_jax.metrics.batched import map_batches
 from dps_jax.models import checkpoint
@@ -64,10 +66,11 @@ def evaluate(params, config, cfg) -> dict:
     logits = map_batches(lambda x: classify(params, x), test, batch=500)
     train_x = data_lib.fashion_mnist("train", cfg.data.root, cfg.data.image_size)[:cfg.get("floor_images") or None]
     f_test, f_train = net(test), net(train_x)
+    half = len(test) // 2
     return {"test_accuracy": float(np.mean(np.argmax(logits, -1) == labels)),
             "fid_test_vs_train": fid.fid(f_test, f_train),
-            "fid_test_half_vs_half": fid.fid(f_test[:5000], f_test[5000:]),
-            "kid_test_half_vs_half": fid.kid(f_test[:5000], f_test[5000:])[0]}
+            "fid_test_half_vs_half": fid.fid(f_test[:half], f_test[half:]),
+            "kid_test_half_vs_half": fid.kid(f_test[:half], f_test[half:])[0]}
 
 
 def train(cfg, workdir: str) -> None:
@@ -88,9 +91,9 @@ def train(cfg, workdir: str) -> None:
     print(f"{len(images)} training images; classifier {config}", flush=True)
 
     def save(state):
-        training.atomic_write(state_path, flax.serialization.to_bytes(state))
+        io.atomic_write(state_path, flax.serialization.to_bytes(state))
         checkpoint.save_checkpoint(os.path.join(workdir, "classifier.msgpack"), jax.device_get(state[0]), config,
-                                   extra={"step": int(state[2]), "trained_by": "dps_jax.train_classifier"},
+                                   extra={"step": int(state[2]), "trained_by": "dps_jax.train.classifier"},
                                    dtype=np.float16, fmt=clf.FORMAT)
 
     def step(state):
@@ -101,9 +104,11 @@ def train(cfg, workdir: str) -> None:
     # The figures of the file users get: its float16 weights, read back.
     params, _ = clf.load(os.path.join(workdir, "classifier.msgpack"))
     figures = evaluate(params, config, cfg)
-    training.atomic_write(os.path.join(workdir, "eval.json"), json.dumps(figures, indent=1).encode())
+    io.atomic_write(os.path.join(workdir, "eval.json"), json.dumps(figures, indent=1).encode())
     print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()), flush=True)
 
 
+cli = training.command(train, __doc__, "dps_jax.train.classifier")
+
 if __name__ == "__main__":
-    training.cli(train, "directory for checkpoints and the trained classifier")
+    sys.exit(cli(sys.argv))

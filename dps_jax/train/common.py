@@ -5,8 +5,6 @@ file writes, resuming a saved training state, the step loop and the command line
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
 import time
 from typing import Callable
 
@@ -23,17 +21,6 @@ def training_images(cfg) -> np.ndarray:
     if cfg.data.name == "fashion_mnist":
         return data_lib.fashion_mnist("train", cfg.data.root, cfg.data.image_size)
     return data_lib.image_folder(cfg.data.root, cfg.data.image_size, cfg.data.channels)
-
-
-def atomic_write(path: str, data: bytes):
-    """Write `data` to `path` through a temporary file and a rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)          # the mode a plain open() gives, not mkstemp's 0600
-    os.replace(tmp, path)
 
 
 def restore_state(path: str, template):
@@ -90,21 +77,13 @@ def loop(state, cfg, step: Callable, save: Callable, describe: Callable):
     return state, logs
 
 
-def cli(train: Callable, workdir_help: str) -> None:
-    """Run `train(config, workdir)` as a program with --config and --workdir. The flags are defined here, when
-    a trainer runs as a program, not when it is imported: the trainers share the flag names, and tests import
-    them all."""
-    from absl import app, flags
-    from ml_collections import config_flags
+def command(train: Callable, doc: str, program: str) -> Callable:
+    """The command line of a trainer, `cli(argv) -> exit status`: `--config` and `--workdir` through the
+    helper every config-file command shares (`dps_jax.cli`); calls `train(config, workdir)`."""
+    from dps_jax import cli as cli_lib
 
-    config = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
-    workdir = flags.DEFINE_string("workdir", None, workdir_help)
-
-    def main(argv):
-        del argv
-        if workdir.value is None:
-            print("error: --workdir is required", file=sys.stderr)
-            sys.exit(2)
-        train(config.value, workdir.value)
-
-    app.run(main)
+    def cli(argv, stream=None, out=None) -> int:
+        return cli_lib.main(argv, program=program, doc=doc, subdir="train", stream=stream, out=out,
+                            extra={"workdir": "directory for the training state and the trained model"},
+                            run=lambda cfg, overrides, workdir: train(cfg, workdir))
+    return cli

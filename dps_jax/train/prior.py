@@ -1,6 +1,6 @@
 """Train an ADM UNet as a DDPM prior (epsilon prediction, L_simple) with optax and an EMA of the weights.
 
-    python -m dps_jax.train --config=configs/train/fashion_mnist.py --workdir=runs/fmnist
+    python -m dps_jax.train.prior --config=configs/train/fashion_mnist.py --workdir=runs/fmnist
 
 Checkpoints `workdir/state.msgpack` every few minutes (atomic) and resumes from it; exports the EMA
 weights as a dps_jax checkpoint `workdir/ema.msgpack` (the format `checkpoints_convert` writes).
@@ -9,6 +9,7 @@ weights as a dps_jax checkpoint `workdir/ema.msgpack` (the format `checkpoints_c
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import flax.serialization
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dps_jax import schedule, training
+from dps_jax import io, schedule
+from dps_jax.train import common as training
 from dps_jax.models.checkpoint import save_checkpoint
 from dps_jax.models.unet import UNet, UNetConfig, init_params
 
@@ -77,7 +79,7 @@ def train(cfg, workdir: str) -> None:
     print(f"{len(data)} training images of shape {data.shape[1:]}; model {model_config.to_json()}", flush=True)
 
     def save(state):
-        training.atomic_write(state_path, flax.serialization.to_bytes(state))
+        io.atomic_write(state_path, flax.serialization.to_bytes(state))
         # The EMA weights in float16 storage: what ships with the package (a few MB).
         save_checkpoint(os.path.join(workdir, "ema.msgpack"), jax.device_get(state[1]), model_config,
                         extra={"step": int(state[3]), "var_type": "fixed_large",
@@ -95,5 +97,7 @@ def train(cfg, workdir: str) -> None:
           f"{(time.time() - t_start) / 60:.1f} min this run", flush=True)
 
 
+cli = training.command(train, __doc__, "dps_jax.train.prior")
+
 if __name__ == "__main__":
-    training.cli(train, "directory for checkpoints and the trained model")
+    sys.exit(cli(sys.argv))

@@ -1,0 +1,1 @@
+"""Configs of the evaluation command (`python -m dps_jax.evaluate`)."""

@@ -1,0 +1,1 @@
+"""Configs of the trainers (`python -m dps_jax.train.<what>`)."""

@@ -1,0 +1,38 @@
+"""Importing the modules of a reference repository's clone (the fixture scripts and the speed benchmark).
+
+A clone is not a package: its code imports its own top-level modules (`guided_diffusion`, `util`,
+`sampler`, ...). `importable(root)` lets those names import from the clone without putting it on
+`sys.path`: a finder at the end of `sys.meta_path` resolves a top-level name from `root` only when nothing
+installed (nor the project) has it, so a clone can never shadow a real package.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+
+
+class CloneFinder(importlib.abc.MetaPathFinder):
+    """Top-level modules and packages of one folder, as a last resort."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+
+    def find_spec(self, name, path=None, target=None):
+        if path is not None:                 # a submodule: its package's own __path__ finds it
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, [self.root])
+
+
+def importable(root: str) -> CloneFinder:
+    """Make the top-level modules of the clone at `root` importable (once per root); returns its finder."""
+    if not os.path.isdir(root):
+        raise SystemExit(f"reference clone not found: {root}")
+    for finder in sys.meta_path:
+        if isinstance(finder, CloneFinder) and finder.root == os.path.abspath(root):
+            return finder
+    finder = CloneFinder(root)
+    sys.meta_path.append(finder)
+    return finder

@@ -266,11 +266,13 @@ def main():
     # Every stored point of these tasks, also those an earlier run with other step lists made.
     stored = [json.load(open(f)) for task in args.tasks.split(",")
               for f in sorted(glob.glob(store_path(args.out, task, "*", "*", ".json")))]
-    points = [p for p in stored if "unsupported" not in p and (p["task"], p["method"], p["steps"]) not in kept]
+    rerun = args.methods.split(",")            # with --merge: the methods run anew; the others are kept
+    points = [p for p in stored if "unsupported" not in p
+              and not ((p["task"], p["method"], p["steps"]) in kept and p["method"] not in rerun)]
     fids = fid_of(args.out, points, images)
     fresh = {(p["task"], p["method"], p["steps"]) for p in points}
     for key, p in kept.items():
-        if key not in fresh and p["method"] not in args.methods.split(","):
+        if key not in fresh and p["method"] not in rerun:
             points.append(p)
             fids[key] = p["fid"]
     summary = summarise(args, points, fids)

@@ -64,6 +64,10 @@ MODELS = {
     "tiny": dict(image_size=32, num_channels=32, num_res_blocks=1, learn_sigma=True, attention_resolutions="8",
                  channel_mult="1,2", num_heads=4, num_head_channels=16, use_scale_shift_norm=True,
                  resblock_updown=True),
+    # the least UNet with every kind of layer, for checks that only need the programs to run (gpu_suite's dry run)
+    "micro": dict(image_size=32, num_channels=32, num_res_blocks=1, learn_sigma=True, attention_resolutions="16",
+                  channel_mult="1,1", num_heads=1, num_head_channels=-1, use_scale_shift_norm=True,
+                  resblock_updown=False),
 }
 SCALE, SIGMA, FACTOR, STEP_INDEX = 0.3, 0.05, 4, 500
 

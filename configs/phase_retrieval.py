@@ -16,6 +16,7 @@ def settings(preset=None):
     c = base("phase_retrieval", preset)
     c.operator = ConfigDict(dict(name="phase_retrieval", oversample=2.0))
     c.num_samples = 4
+    c.metrics.multimodal = True       # report the sample picked by residual and the oracle best, not the mean
     set_scale(c, 10.0)
     c.solver.daps.lr = 5e-5           # DAPS's step size for this task (its task config)
     if is_paper(c):

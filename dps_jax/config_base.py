@@ -80,11 +80,14 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         root="",                         # "" = the test images shipped with dps_jax
         image_size=256 if paper else 32,
-        num_images=0 if paper else 1))   # 0 = every image in the folder
+        num_images=0 if paper else 1,    # 0 = every image in the folder
+        other_size=False))               # True: run at an image_size other than the prior's training size
     c.output = ml_collections.ConfigDict(dict(root="outputs", png_scale=1 if paper else 4))
     # LPIPS of each sample against the truth in metrics.json: a file made by
     # `python -m checkpoints_convert.metrics lpips ...` ("" = not computed).
-    c.metrics = ml_collections.ConfigDict(dict(lpips_weights=""))
+    # multimodal: the run's headline is the sample with the smallest measurement residual (and the oracle best),
+    # not the posterior mean, which averages modes (phase retrieval's sign flips and twins).
+    c.metrics = ml_collections.ConfigDict(dict(lpips_weights="", multimodal=False))
     c.distributed = False                # multi-host: call jax.distributed.initialize() first
     c.coordinator_address = ""           # with distributed: "host:port" of process 0 ("": from the cluster)
     c.num_processes = 0                  # with distributed: how many processes (0: from the cluster)

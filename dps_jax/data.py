@@ -67,13 +67,16 @@ def fashion_mnist(split: str = "train", root: str = "", image_size: int = 32) ->
 _WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
 
 
-def load_image(path: str, image_size: int | None = None, channels: int = 3) -> np.ndarray:
+def load_image(path: str, image_size: int | None = None, channels: int = 3, conversions: list | None = None
+               ) -> np.ndarray:
     """One image file as (H, W, C) in [-1, 1]; centre-cropped to a square and resized if image_size.
 
     8-bit images of any mode (grey, RGB, RGBA, palette, ...) are converted with PIL: alpha is dropped,
     a palette is expanded, grey is repeated for an RGB model and RGB is made grey (ITU-R 601 luma) for a
-    one-channel one. 16-bit grey images are scaled by 65535, not clipped to 8 bits.
+    one-channel one. 16-bit grey images are scaled by 65535, not clipped to 8 bits. Each such change is
+    appended to `conversions` in words, when a list is given (the main job reports them).
     """
+    said = conversions if conversions is not None else []
     from PIL import Image
 
     try:
@@ -89,14 +92,22 @@ def load_image(path: str, image_size: int | None = None, channels: int = 3) -> n
         if a.min() < 0 or a.max() > _WIDE_MODES[img.mode]:
             raise ValueError(f"image {path}: {img.mode} values in [{a.min():.0f}, {a.max():.0f}], "
                              f"expected 16-bit values in [0, 65535]")
+        said.append(f"16-bit {img.mode} scaled by 1/65535" + (f", repeated to {channels} channels" if channels > 1 else ""))
         img = Image.fromarray((a / _WIDE_MODES[img.mode]).astype(np.float32), "F")
     else:
-        img = img.convert("L" if channels == 1 else "RGB")
+        target = "L" if channels == 1 else "RGB"
+        if img.mode != target:
+            how = {"L": "grey (ITU-R 601 luma)", "RGB": "RGB"}[target]
+            said.append(f"{img.mode} -> {how}" + (", alpha dropped" if "A" in img.mode else ""))
+        img = img.convert(target)
     if image_size is not None:
         w, h = img.size
         s = min(w, h)
+        if (w, h) != (s, s):
+            said.append(f"centre-cropped {w} x {h} -> {s} x {s}")
         img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
         if s != image_size:
+            said.append(f"resized {s} x {s} -> {image_size} x {image_size} (bicubic)")
             img = img.resize((image_size, image_size), Image.BICUBIC)
     if wide:        # in [0, 1]; bicubic overshoot clipped as it is in 8 bits
         x = np.clip(np.asarray(img, np.float32), 0.0, 1.0)[..., None].repeat(channels, axis=-1) * 2.0 - 1.0

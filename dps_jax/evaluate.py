@@ -8,8 +8,12 @@ measured with the same key for every method (`dps_jax.experiment`). `cells` sets
 cell (`--config.cells.solver.ddrm.eta=0.5`). A finished cell is saved under `<output.root>/cells/` and never
 computed again; an interrupted run resumes at the first unfinished cell. The results are written as
 `table.md`, `table.json` (per cell: PSNR and SSIM, mean and standard error over images, network evaluations
-per sample, seconds per image) and `grid.png` (one image: the truth and the measurement, then one row per
-method; one column per task). A method that cannot take a task (DDRM on motion blur, a Fienup method on anything but phase
+per sample, seconds per image of sampling and seconds of compiling, the identity it was computed with and
+where), `table.csv` (every figure, a row per cell), `table.tex` (a LaTeX tabular, the best of each column in
+bold) and `grid.png` (labelled: the truth and the measurement, then one row per method; a column per task).
+A stored cell is reused only when its identity (its resolved task config, the images, the content of the
+weight files) is the one requested and its digest matches; otherwise it is recomputed, with a line naming
+what differs. A method that cannot take a task (DDRM on motion blur, a Fienup method on anything but phase
 retrieval) is a cell "n/a" with its reason, once, under the table.
 
 Phase retrieval draws `pr_samples` (4) samples or restarts per image and reports the one with the smallest
@@ -25,6 +29,7 @@ the feature network of `metrics.fid_weights` ("" = the shipped Fashion-MNIST cla
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import json
 import math
@@ -38,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dps_jax import cli as cli_lib
-from dps_jax import config_base, data, experiment, io, metrics, solvers
+from dps_jax import config_base, data, experiment, io, metrics, report, solvers
 from dps_jax.metrics import fid, lpips
 
 
@@ -96,9 +101,11 @@ def cell_runner(cfg, task, method, prior, images):
 
 def run_cell(cfg, task, method, tcfg, runner, images, progress):
     """One cell: (per-image metrics, the shown sample of image `cfg.grid_image`, cost; the reconstruction
-    of every image (N, H, W, C), the sample picked by residual)."""
+    of every image (N, H, W, C), the sample picked by residual). The programs are compiled before the clock
+    starts: `seconds_per_image` is sampling alone, `compile_seconds` the compiling."""
     image_shape = images.shape[1:]
     rows, shown, seconds, picked = [], None, 0.0, []
+    compile_seconds = runner.compile(experiment.measure(tcfg, images[0], 0, image_shape)[0])
     for i, x in enumerate(images):
         problem, k_sample = experiment.measure(tcfg, x, i, image_shape)
         t0 = time.perf_counter()
@@ -117,13 +124,89 @@ def run_cell(cfg, task, method, tcfg, runner, images, progress):
         progress(i + 1)
     summary = {k: summarise([r[k] for r in rows]) for k in rows[0]}
     return {"task": task, "method": method, "num_images": len(images), "samples_per_image": tcfg.num_samples,
-            "nfe": runner.evaluations, "seconds_per_image": seconds / len(images),
+            "nfe": runner.evaluations, "seconds_per_image": seconds / len(images), "compile_seconds": compile_seconds,
             "metrics": summary, "per_image": rows,
             "shown": None if shown is None else np.asarray(shown).tolist()}, np.stack(picked)
 
 
 def samples_path(cell_path: str) -> str:
     return cell_path[:-len(".json")] + ".npz"
+
+
+# ---- what a cell is: its identity and its digest ----------------------------------------------------
+
+# Task-config fields that do not change a cell's numbers: where files go, the compilation cache, progress
+# and snapshots, chunking (sample i depends on its key only), metrics computed afterwards, multi-host setup.
+NOT_IDENTITY = ("output.", "compilation_cache", "sampler.record_every", "sampler.steps_per_call", "chunk_size",
+                "metrics.", "distributed", "coordinator_address", "num_processes", "process_id", "data.root",
+                "data.num_images")
+_FILE_HASHES: Dict[tuple, str] = {}
+
+
+def file_hash(path: str) -> str:
+    """sha256 of a file's content (first 16 hex digits), cached by path, size and modification time."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()[:16]
+    return _FILE_HASHES[key]
+
+
+def cell_identity(tcfg, images) -> Dict[str, object]:
+    """Everything that determines a cell, flat by dotted key: its resolved task config (solver, its options
+    and steps, seed, preset, operator, noise, model, every override applied), the images (count and a hash
+    of their pixels) and the content hash of every weight file it reads (the prior, the kernel model)."""
+    from dps_jax.cli import flatten
+    from dps_jax.models.checkpoint import SHIPPED_PRIOR
+    from dps_jax.models.kernel_wizard import SHIPPED_KERNEL_MODEL
+
+    ident = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flatten(tcfg).items()
+             if not k.startswith(NOT_IDENTITY)}
+    ident["images.count"] = int(len(images))
+    ident["images.sha256"] = hashlib.sha256(np.ascontiguousarray(images, np.float32).tobytes()).hexdigest()[:16]
+    ident["files.prior"] = file_hash(tcfg.model.checkpoint or SHIPPED_PRIOR)
+    if tcfg.operator.get("name") == "nonlinear_blur":
+        ident["files.kernel_model"] = file_hash(os.path.expanduser(tcfg.operator.get("checkpoint") or "")
+                                                or SHIPPED_KERNEL_MODEL)
+    return ident
+
+
+def identity_changes(old: Dict, new: Dict, most: int = 4) -> str:
+    """The fields in which two identities differ, in words ("" when none)."""
+    keys = sorted(set(old) | set(new), key=lambda k: (k not in new, k))
+    diffs = [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs[:most]) + (f"; and {len(diffs) - most} more" if len(diffs) > most else "")
+
+
+def cell_digest(cell: Dict, samples_bytes: bytes = b"") -> str:
+    """sha256 of a cell's JSON (without its digest) and its reconstructions' file: a cell changed after it was
+    written no longer matches."""
+    body = json.dumps({k: v for k, v in cell.items() if k != "digest"}, sort_keys=True).encode()
+    return hashlib.sha256(body + samples_bytes).hexdigest()
+
+
+def stored_cell(path: str, identity: Dict):
+    """(the cell stored at `path`, "") when it is intact and was computed with `identity`; else (None, why it
+    is recomputed)."""
+    try:
+        with open(path) as f:
+            cell = json.load(f)
+        samples = b""
+        if "unsupported" not in cell:
+            with open(samples_path(path), "rb") as f:
+                samples = f.read()
+    except (OSError, ValueError) as e:
+        return None, f"unreadable ({type(e).__name__})"
+    if not isinstance(cell, dict) or cell.get("digest") != cell_digest(cell, samples):
+        return None, "changed after it was written (its digest does not match)"
+    if "identity" not in cell:
+        return None, "written by an earlier version, with no identity"
+    changes = identity_changes(cell["identity"], identity)
+    return (cell, "") if not changes else (None, f"computed with other settings: {changes}")
 
 
 def feature_network(cfg, image_shape):
@@ -186,12 +269,14 @@ def summarise(values) -> Dict[str, float]:
 
 # ---- outputs -----------------------------------------------------------------------------------
 
-def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None, notes=()) -> str:
-    columns = []
-    for task in tasks:
-        columns.append((task, "psnr", "ssim", task))
-        if task == "phase_retrieval":
-            columns.append((task, "psnr_oracle", "ssim_oracle", "phase_retrieval (oracle)"))
+# Below this many images FID and KID are not shown: their bias (FID's grows as 1 / N) and spread at a few
+# dozen images exceed the differences between methods (FID-FMNIST of two halves of the test set: 2.3 at 5,000
+# images each, tens at 32); the table's 64 images are the least it reports them for.
+MIN_FID_IMAGES = 50
+
+
+def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None, notes=(), device="") -> str:
+    columns = table_columns(tasks)
     head = "| method | " + " | ".join(c[3] for c in columns) + " |"
     lines = [f"PSNR [dB] / SSIM, mean ± standard error over {num_images} images "
              f"(preset {cfg.preset}; phase retrieval: best of {cfg.pr_samples} by measurement residual, "
@@ -207,15 +292,22 @@ def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None,
                 m = c["metrics"]
                 row.append(f"{m[p]['mean']:.2f} ± {m[p]['se']:.2f} / {m[s]['mean']:.3f} ± {m[s]['se']:.3f}")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Network evaluations per sample / seconds per image (this machine):", "",
+    lines += ["", f"Network evaluations per sample / seconds per image, sampling only / seconds of compiling, once "
+                  f"per cell ({device or 'this machine'}, {num_images} images):", "",
               "| method | " + " | ".join(tasks) + " |", "|" + " --- |" * (len(tasks) + 1)]
     for method in methods:
         row = [f"`{method}`"]
         for task in tasks:
             c = cells.get((task, method))
-            row.append("n/a" if c is None else f"{c['nfe']} / {c['seconds_per_image']:.2f}")
+            compile_s = c.get("compile_seconds") if c else None
+            row.append("n/a" if c is None else f"{c['nfe']} / {c['seconds_per_image']:.2f} / "
+                       + ("-" if compile_s is None else f"{compile_s:.1f}"))
         lines.append("| " + " | ".join(row) + " |")
-    scores = scores or {}
+    scores = dict(scores or {})
+    if num_images < MIN_FID_IMAGES:            # FID / KID of a few images mean little: not shown
+        scores = {k: {n: v for n, v in q.items() if n not in ("fid", "kid")} for k, q in scores.items()}
+        notes = [f"FID / KID: not shown for {num_images} images (fewer than {MIN_FID_IMAGES}: too biased and noisy "
+                 "to compare methods)."] + [n for n in notes if not n.startswith(("FID", "KID"))]
     if any(scores.values()):
         names = [n for n in ("fid", "kid", "lpips") if any(n in q for q in scores.values())]
         head = {"fid": "FID", "kid": "KID x 10^3", "lpips": "LPIPS"}
@@ -241,15 +333,75 @@ def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None,
     return "\n".join(lines) + "\n"
 
 
-def grid_image(tasks, methods, cells, truth, inputs) -> np.ndarray:
-    """Rows: truth, measurement, then each method; columns: tasks. Empty cells are mid-grey."""
-    blank = np.zeros_like(truth[0])
-    tiles = list(truth) + list(inputs)
+def grid_image(tasks, methods, cells, truth, inputs, path: str, scale: int) -> None:
+    """grid.png: a row for the truth, one for the measurement, then one per method (labelled on the left);
+    a column per task (labelled on top). An n/a cell is mid grey."""
+    rows = [list(truth), list(inputs)]
+    for method in methods:
+        row = []
+        for task in tasks:
+            c = cells.get((task, method))
+            row.append(None if c is None or c["shown"] is None else np.asarray(c["shown"], np.float32))
+        rows.append(row)
+    report.labelled_grid(rows, ["truth", "measurement", *methods], list(tasks), path, scale=scale,
+                         title="the comparison's image (grey: n/a); phase retrieval: the sample picked by residual")
+
+
+def table_columns(tasks):
+    """(task, PSNR key, SSIM key, heading) of every column: phase retrieval also as its oracle best."""
+    columns = []
+    for task in tasks:
+        columns.append((task, "psnr", "ssim", task))
+        if task == "phase_retrieval":
+            columns.append((task, "psnr_oracle", "ssim_oracle", "phase_retrieval (oracle)"))
+    return columns
+
+
+def table_csv(tasks, methods, cells, scores) -> str:
+    """One row per (method, task) cell with every figure: for spreadsheets and plotting."""
+    head = ["method", "task", "psnr", "psnr_se", "ssim", "ssim_se", "psnr_oracle", "psnr_oracle_se", "fid", "kid",
+            "lpips", "lpips_se", "nfe", "seconds_per_image", "compile_seconds", "num_images"]
+    lines = [",".join(head)]
     for method in methods:
         for task in tasks:
             c = cells.get((task, method))
-            tiles.append(blank if c is None or c["shown"] is None else np.asarray(c["shown"], np.float32))
-    return io.grid(np.stack(tiles), columns=len(tasks))
+            if c is None:
+                continue
+            m, q = c["metrics"], scores.get((task, method), {})
+            get = lambda k, part: m[k][part] if k in m else ""
+            row = [method, task, get("psnr", "mean"), get("psnr", "se"), get("ssim", "mean"), get("ssim", "se"),
+                   get("psnr_oracle", "mean"), get("psnr_oracle", "se"), q.get("fid", ""), q.get("kid", ""),
+                   q["lpips"]["mean"] if "lpips" in q else "", q["lpips"]["se"] if "lpips" in q else "",
+                   c["nfe"], c["seconds_per_image"], c.get("compile_seconds", ""), c["num_images"]]
+            lines.append(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def table_latex(tasks, methods, cells, num_images) -> str:
+    """A LaTeX tabular of PSNR and SSIM (mean $\\pm$ standard error), the best of each column in bold."""
+    columns = table_columns(tasks)
+    best = {}
+    for task, p, s_, _ in columns:
+        for key in (p, s_):
+            values = [cells[(task, m)]["metrics"][key]["mean"] for m in methods if (task, m) in cells]
+            best[(task, key)] = max(values) if values else None
+
+    def fig(task, key, digits):
+        v = cells[(task, m)]["metrics"][key]
+        text = f"{v['mean']:.{digits}f} $\\pm$ {v['se']:.{digits}f}"
+        return f"\\textbf{{{text}}}" if v["mean"] == best[(task, key)] else text
+
+    esc = lambda t: t.replace("_", "\\_")
+    lines = ["% PSNR [dB] / SSIM, mean $\\pm$ standard error over " f"{num_images} images; best per column in bold",
+             "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\hline",
+             "method & " + " & ".join(esc(h) for *_, h in columns) + " \\\\", "\\hline"]
+    for m in methods:
+        row = [esc(m)]
+        for task, p, s_, _ in columns:
+            row.append("n/a" if (task, m) not in cells else f"{fig(task, p, 2)} / {fig(task, s_, 3)}")
+        lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\hline", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 def evaluate(cfg, stream=sys.stderr) -> str:
@@ -261,6 +413,8 @@ def evaluate(cfg, stream=sys.stderr) -> str:
         solvers.get(m)
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
+    devs = experiment.devices()
+    stream.write(f"devices: {experiment.describe_devices(devs)}\n")
     prior = experiment.load_prior(task_config(cfg, tasks[0], "ps"))
     images = load_images(cfg, prior)
     if not 0 <= cfg.grid_image < len(images):
@@ -273,35 +427,43 @@ def evaluate(cfg, stream=sys.stderr) -> str:
     for method in methods:          # what is on disk, what cannot run (said at once), what is left
         for task in tasks:
             path = os.path.join(out, "cells", f"{task}__{method}.json")
-            if os.path.exists(path):
-                cell = json.load(open(path))
-            else:
+            identity = cell_identity(task_config(cfg, task, method), images)
+            cell, why = stored_cell(path, identity) if os.path.exists(path) else (None, "")
+            if why:
+                stream.write(f"cell {task} / {method}: {why}: recomputed\n")
+            if cell is None:
                 try:
-                    todo.append((task, method, path) + cell_runner(cfg, task, method, prior, images))
+                    todo.append((task, method, path, identity) + cell_runner(cfg, task, method, prior, images))
                     continue
                 except Unsupported as e:
-                    cell = {"task": task, "method": method, "unsupported": str(e)}
+                    cell = {"task": task, "method": method, "unsupported": str(e), "identity": identity}
+                    cell["digest"] = cell_digest(cell)
                     io.atomic_write(path, json.dumps(cell).encode())
             if "unsupported" in cell:
                 reasons.setdefault((method, cell["unsupported"]), []).append(task)
             else:
                 cells[(task, method)] = cell
     total, t_start = len(todo) * len(images), time.perf_counter()
+    tty = bool(getattr(stream, "isatty", lambda: False)())
     stream.write(f"{len(cells)} cells done before, {len(todo)} to run, {sum(map(len, reasons.values()))} n/a\n")
-    for k, (task, method, path, tcfg, runner) in enumerate(todo):
-        def report(i, k=k, task=task, method=method):
+    for k, (task, method, path, identity, tcfg, runner) in enumerate(todo):
+        def progress(i, k=k, task=task, method=method):
             n = k * len(images) + i
             eta = (time.perf_counter() - t_start) / n * (total - n)
-            stream.write(f"\r[{'#' * int(30 * n / total):<30}] {n}/{total} {method} on {task}, image "
-                         f"{i}/{len(images)}, eta {eta / 60:5.1f} min ")
+            line = (f"[{'#' * int(30 * n / total):<30}] {n}/{total} {method} on {task}, image {i}/{len(images)}, "
+                    f"eta {eta / 60:5.1f} min")
+            stream.write(f"\r{line} " if tty else line + "\n")      # a log file gets one line per image
             stream.flush()
-        cell, picked = run_cell(cfg, task, method, tcfg, runner, images, report)
+        cell, picked = run_cell(cfg, task, method, tcfg, runner, images, progress)
         buf = _io.BytesIO()
         np.savez_compressed(buf, samples=picked.astype(np.float16))
+        cell["identity"], cell["provenance"] = identity, experiment.provenance()
+        cell["digest"] = cell_digest(cell, buf.getvalue())
         io.atomic_write(samples_path(path), buf.getvalue())      # before the JSON that marks it done
         io.atomic_write(path, json.dumps(cell).encode())
         cells[(task, method)] = cell
-    stream.write("\n")
+    if tty:
+        stream.write("\n")
 
     truth, inputs = [], []
     for task in tasks:
@@ -312,16 +474,21 @@ def evaluate(cfg, stream=sys.stderr) -> str:
         if picture.shape != images.shape[1:]:          # e.g. the padded Fourier amplitude: resized to fit
             picture = np.asarray(jax.image.resize(picture, images.shape[1:], "linear"))
         inputs.append(picture)
-    io.save_png(os.path.join(out, "grid.png"), grid_image(tasks, methods, cells, truth, inputs), cfg.output.png_scale)
+    grid_image(tasks, methods, cells, truth, inputs, os.path.join(out, "grid.png"), cfg.output.png_scale)
     scores = quality(out, cells, images, net, metric)
-    markdown = table_markdown(cfg, tasks, methods, cells, reasons, len(images), scores, notes)
+    markdown = table_markdown(cfg, tasks, methods, cells, reasons, len(images), scores, notes,
+                              device=experiment.describe_devices(devs))
     io.atomic_write(os.path.join(out, "table.md"), markdown.encode())
     summary = {"config": json.loads(cfg.to_json_best_effort()), "date": time.strftime("%Y-%m-%d"),
-               "cells": [{**{k: v for k, v in c.items() if k not in ("shown", "per_image")},
+               "provenance": experiment.provenance(devs), "num_images": len(images),
+               "fid_shown": len(images) >= MIN_FID_IMAGES,
+               "cells": [{**{k: v for k, v in c.items() if k not in ("shown", "per_image", "digest")},
                           "quality": scores.get(key, {})} for key, c in cells.items()],
                "unsupported": [{"method": m, "tasks": ts, "reason": why} for (m, why), ts in sorted(reasons.items())]}
     io.atomic_write(os.path.join(out, "table.json"), json.dumps(summary, indent=2).encode())
-    stream.write(markdown + f"wrote {out}/table.md, table.json, grid.png\n")
+    io.atomic_write(os.path.join(out, "table.csv"), table_csv(tasks, methods, cells, scores).encode())
+    io.atomic_write(os.path.join(out, "table.tex"), table_latex(tasks, methods, cells, len(images)).encode())
+    stream.write(markdown + f"wrote {out}/table.md, table.json, table.csv, table.tex, grid.png\n")
     return out
 
 

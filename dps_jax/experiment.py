@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import time
 from typing import Optional, Sequence, Tuple
 
 import jax
@@ -164,3 +166,56 @@ def check_output_root(root: str) -> None:
         where = os.path.dirname(where)
     if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
         raise RunError(f"output.root {root}: {where} is not a writable folder")
+
+
+# ---- where and with what it ran ------------------------------------------------------------------
+
+def devices() -> list:
+    """The local devices a run uses; a backend that cannot start (JAX_PLATFORMS=cuda on a machine without a
+    GPU or without the CUDA build) is a RunError of one line that says what to install or set."""
+    try:
+        return jax.local_devices()
+    except (RuntimeError, AssertionError, ValueError) as e:    # jax's own, by version: a platform it lacks
+        wanted = os.environ.get("JAX_PLATFORMS", "")
+        why = (str(e).splitlines() or [""])[0][:160] or "no such platform is installed"
+        raise RunError(f"JAX could not start its backend{f' {wanted!r} (JAX_PLATFORMS)' if wanted else ''}: "
+                       f"{why}; for a GPU install the CUDA build (pip install -e '.[cuda]'), or unset "
+                       f"JAX_PLATFORMS to run on the CPU") from None
+
+
+def describe_devices(devs) -> str:
+    kinds = sorted({d.device_kind for d in devs})
+    return f"{len(devs)} x {', '.join(kinds)} ({devs[0].platform})"
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the checkout this package runs from (with "+dirty" for uncommitted changes), or None
+    for an installed copy or without git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(devs=None) -> dict:
+    """What produced a result: the devices, the library versions, the project's commit (or version when
+    installed) and the time; metrics.json and the comparison table's table.json carry it."""
+    from importlib import metadata
+
+    def version(package):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    devs = devs if devs is not None else devices()
+    return {"devices": {"platform": devs[0].platform, "kind": sorted({d.device_kind for d in devs}),
+                        "count": len(devs), "processes": jax.process_count()},
+            "versions": {p: version(p) for p in ("dps_jax", "jax", "jaxlib", "flax", "numpy")},
+            "git_commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -5,6 +5,7 @@ import io
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -50,6 +51,10 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     for c in cells.values():
         assert np.isfinite(c["metrics"]["psnr"]["mean"]) and c["metrics"]["psnr"]["se"] >= 0
         assert c["num_images"] == 2 and c["seconds_per_image"] > 0
+        # Sampling time excludes compiling: DDRM's 4 steps and HIO's 20 iterations on 32 x 32 images take
+        # milliseconds, their programs seconds to compile.
+        assert 0 < c["seconds_per_image"] < c["compile_seconds"]
+        assert c["identity"]["seed"] == 0 and c["identity"]["images.count"] == 2 and c["provenance"]["versions"]["jax"]
         # The paper's metrics from the kept reconstructions: FID-FMNIST / KID-FMNIST and LPIPS.
         recon = np.load(tmp_path / "cells" / f"{c['task']}__{c['method']}.npz")["samples"].astype(np.float32)
         truth = np.stack([data.load_image(p, 32, 1) for p in data.list_images(data.SHIPPED_IMAGES)[:2]])
@@ -62,10 +67,20 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     assert reasons == {("ddrm", ("phase_retrieval",)), ("hio", ("super_resolution",))}
     md = open(tmp_path / "table.md").read()
     assert "| `ddrm` |" in md and "n/a" in md and "needs a linear operator with an SVD; 'phase_retrieval' is nonlinear" in md
-    assert "FID / KID x 10^3 / LPIPS of the reconstructions" in md and "FID-FMNIST / KID-FMNIST: on the" in md
-    # grid: 2 tasks wide; truth, measurement and 2 methods high (32 px tiles, 1 px gaps, scale 3)
-    h, w = np.asarray(Image.open(tmp_path / "grid.png")).shape[:2]
-    assert (h, w) == (3 * (4 * 33 - 1), 3 * (2 * 33 - 1))
+    # 2 images: FID and KID are computed (table.json) but not shown
+    assert "LPIPS of the reconstructions" in md and "FID / KID: not shown for 2 images" in md and "KID x" not in md
+    assert not summary["fid_shown"] and summary["provenance"]["devices"]["count"] >= 1
+    assert "seconds per image, sampling only / seconds of compiling" in md
+    # grid: 2 tasks wide; truth, measurement and 2 methods high (32 px tiles at scale 3, 4 px apart, under a
+    # title and column labels, after row labels); the two n/a cells are mid-grey tiles
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape[0] == 30 + 4 * (96 + 4) + 2 and grid.shape[1] > 2 * (96 + 4)
+    assert (grid == 128).all(axis=-1).sum() >= 2 * 96 * 96
+    csv = (tmp_path / "table.csv").read_text().splitlines()
+    assert csv[0].startswith("method,task,psnr,psnr_se,ssim") and len(csv) == 3
+    assert csv[1].startswith("ddrm,super_resolution,") and csv[2].startswith("hio,phase_retrieval,")
+    tex = (tmp_path / "table.tex").read_text()
+    assert "\\begin{tabular}" in tex and tex.count("\\textbf{") == 6 and "phase\\_retrieval (oracle)" in tex
 
     # A second run computes nothing: every cell is read back.
     monkeypatch.setattr(evaluate, "run_cell", lambda *a, **k: pytest.fail("a finished cell was recomputed"))
@@ -95,3 +110,58 @@ def test_bad_input_is_one_line(tmp_path, over, match):
     assert evaluate.cli(argv, stream) == 1
     lines = [l for l in stream.getvalue().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and match in lines[0], stream.getvalue()
+
+
+def test_a_stored_cell_is_reused_only_with_the_identity_it_was_computed_with(tmp_path, monkeypatch):
+    """A cell is recomputed, with a line naming what differs, when its settings, seed, images or weights
+    change or its file was edited; an unchanged rerun computes nothing. (Cells computed by a stand-in.)"""
+    import shutil
+
+    from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint, save_checkpoint
+
+    computed = []
+
+    def fake_run_cell(cfg, task, method, tcfg, runner, images, progress):
+        computed.append((task, method))
+        row = {"psnr": 20.0, "ssim": 0.5, "residual": 1.0}
+        return ({"task": task, "method": method, "num_images": len(images), "samples_per_image": 1, "nfe": 4,
+                 "seconds_per_image": 0.1, "compile_seconds": 1.0, "metrics": {k: {"mean": v, "se": 0.0}
+                                                                              for k, v in row.items()},
+                 "per_image": [row] * len(images), "shown": None}, np.zeros_like(images))
+
+    monkeypatch.setattr(evaluate, "run_cell", fake_run_cell)
+    prior = tmp_path / "prior.msgpack"
+    shutil.copy(SHIPPED_PRIOR, prior)
+    def rerun(**change):
+        stream = io.StringIO()
+        computed.clear()
+        c = config(tmp_path / "out", methods="ddrm", tasks="super_resolution")
+        c.model.checkpoint = str(prior)
+        for k, v in change.items():
+            *path, leaf = k.split(".")
+            target = c
+            for name in path:
+                target = target[name]
+            target[leaf] = v
+        evaluate.evaluate(c, stream)
+        return computed[:], stream.getvalue()
+
+    assert rerun()[0] == [("super_resolution", "ddrm")]
+    done, text = rerun()                                                            # unchanged: nothing
+    assert done == [] and "recomputed" not in text and "1 cells done before, 0 to run" in text
+    done, text = rerun(**{"cells.solver.ddrm.eta": 0.5})
+    assert done and "computed with other settings: solver.ddrm.eta 0.85 -> 0.5: recomputed" in text
+    done, text = rerun(**{"cells.solver.ddrm.eta": 0.5, "seed": 5})
+    assert done and "seed 0 -> 5" in text
+    done, text = rerun(**{"cells.solver.ddrm.eta": 0.5, "seed": 5, "data.num_images": 3})
+    assert done and "images.count 2 -> 3" in text
+    _, params, model_cfg, extra = load_checkpoint(str(prior))
+    save_checkpoint(str(prior), jax.tree_util.tree_map(lambda a: a * 1.01, params), model_cfg, extra=extra)
+    done, text = rerun(**{"cells.solver.ddrm.eta": 0.5, "seed": 5, "data.num_images": 3})
+    assert done and "files.prior '" in text and "solver.ddrm" not in text       # same path, new content
+    cell_path = tmp_path / "out" / "cells" / "super_resolution__ddrm.json"
+    cell = json.loads(cell_path.read_text())
+    cell["metrics"]["psnr"]["mean"] = 99.0
+    cell_path.write_text(json.dumps(cell))
+    done, text = rerun(**{"cells.solver.ddrm.eta": 0.5, "seed": 5, "data.num_images": 3})
+    assert done and "changed after it was written" in text

@@ -87,11 +87,12 @@ def test_memory_estimate_refuses_before_sampling(tmp_path, monkeypatch):
     """num_samples = 10^9 is refused before compiling; a chunk larger than the free memory after compiling,
     with the chunk_size that fits; nothing is written either way."""
     out = io.StringIO()
-    argv = ["dps_jax.main", "--config=configs/inpainting_box.py", "--config.solver.name=vanilla",    # no gradient to compile
+    argv = ["dps_jax.main", "--config=configs/inpainting_box.py", "--config.solver.name=admm_tv",   # no network to compile
             *short_flags(tmp_path / "out")]
     assert main.cli(argv + ["--config.num_samples=1000000000"], stream=out) == 1
     assert "error: num_samples 1000000000: the samples alone need 7629.4 GiB" in out.getvalue()
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 4 * 2 ** 20)
+    free = iter([2 ** 30, 16 * 2 ** 10])            # the host's memory, then the device's: 16 KiB
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: next(free))
     out = io.StringIO()
     assert main.cli(argv, stream=out) == 1
     line = [l for l in out.getvalue().splitlines() if l.startswith("error:")][0]

@@ -73,10 +73,29 @@ def test_task_runs_end_to_end(task, solver, tmp_path):
 
 @pytest.mark.parametrize("task, solver, iterations", [("phase_retrieval", "hio", 40), ("super_resolution", "admm_tv", 40)])
 def test_classical_solvers_run_end_to_end_without_a_prior(task, solver, iterations, tmp_path):
-    cfg = short_config(task, tmp_path, **{"solver.name": solver, "sampler.steps": iterations})
-    run_dir = pipeline.run(cfg, stream=io.StringIO())
+    from PIL import Image
+
+    # A colour image of another size on the grey 32 x 32 prior: converted, and the run says how.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)).save(folder / "c.png")
+    cfg = short_config(task, tmp_path, **{"solver.name": solver, "sampler.steps": iterations,
+                                          "data.root": str(folder)})
+    stream = io.StringIO()
+    run_dir = pipeline.run(cfg, stream=stream)
+    text = stream.getvalue()
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert m["solver"] == solver and m["steps"] == iterations and m["steps_per_call"] == 10
+    said = ["RGB -> grey (ITU-R 601 luma)", "centre-cropped 48 x 40 -> 40 x 40", "resized 40 x 40 -> 32 x 32 (bicubic)"]
+    assert m["image_conversions"] == {"c": said}
+    assert f"input images converted to fit the prior (1 of 1): {'; '.join(said)}" in text
+    assert "\r" not in text and text.count(f"step {iterations}/{iterations}") == 1      # a log: a line per update
+    assert text.splitlines()[0].startswith("devices: ") and "estimating" in text
+    if task == "phase_retrieval":          # a multimodal posterior: the headline is the residual's pick
+        (img,) = m["images"]
+        assert m["mean_psnr_oracle_best"] >= m["mean_psnr_best_by_residual"]
+        assert img["oracle_best"]["psnr"] == max(p["psnr"] for p in img["samples"])
+        assert "PSNR of the sample with the smallest residual" in text
     (img,) = m["images"]
     assert len(img["samples"]) == 2 and np.isfinite(img["mean"]["psnr"])
     samples = np.load(os.path.join(run_dir, img["image"], "samples.npz"))["samples"]
@@ -91,8 +110,8 @@ def test_ddrm_runs_its_own_schedule_end_to_end(tmp_path):
     stream = io.StringIO()
     m = json.load(open(os.path.join(pipeline.run(cfg, stream=stream), "metrics.json")))
     assert m["solver"] == "ddrm" and m["steps"] == 4             # solver.ddrm.steps: sampler.steps is unset
-    assert stream.getvalue().startswith("ddrm: 4 steps (solver.ddrm.steps), 4 network evaluations per sample; "
-                                        "eta 0.85, eta_b 1, cutoff 0.03")
+    assert stream.getvalue().splitlines()[1] == ("ddrm: 4 steps (solver.ddrm.steps), 4 network evaluations per "
+                                                 "sample; eta 0.85, eta_b 1, cutoff 0.03")
     (img,) = m["images"]
     assert len(img["samples"]) == 2 and img["mean"]["psnr"] > 15
 
@@ -102,6 +121,8 @@ def check_outputs(run_dir, task, solver="ps"):
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert m["task"] == task and m["num_samples"] == 2 and m["steps"] == 3 and m["solver"] == solver
     assert m["compile_seconds"] > 0 and m["seconds_per_step"] > 0
+    p = m["provenance"]
+    assert p["devices"]["count"] >= 1 and p["versions"]["jax"] and p["started"] and "git_commit" in p
     (img,) = m["images"]
     assert len(img["samples"]) == 2
     for s in img["samples"]:
@@ -109,8 +130,12 @@ def check_outputs(run_dir, task, solver="ps"):
     assert json.load(open(os.path.join(run_dir, "config.json")))["task"] == task
     d = os.path.join(run_dir, img["image"])
     for f in ["label.png", "input.png", "recon_000.png", "recon_001.png", "mean.png", "std.png", "grid.png",
-              "progress.png", "samples.npz"]:
+              "progress.png", "samples.npz", "report.png", "distance.png"]:
         assert os.path.getsize(os.path.join(d, f)) > 0, f
+    # what the run printed, and the per-step distance (3 steps, 2 samples) with the std statistics
+    assert "wrote " in open(os.path.join(run_dir, "log.txt")).read()
+    assert np.array(img["per_step"]["distance"]).shape == (2, 3) and img["per_step"]["steps"] == [1, 2, 3]
+    assert 0 <= img["std"]["p50"] <= img["std"]["p95"] <= img["std"]["max"]
     assert np.load(os.path.join(d, "samples.npz"))["samples"].shape == (2, 32, 32, 1)
 
 
@@ -217,6 +242,8 @@ BAD_INPUTS = [
     (("--config.data.root={tmp}/missing",), None, "image folder not found"),
     (("--config.data.root={tmp}/broken",), None, "cannot read image"),
     (("--config.data.image_size=30",), None, "data.image_size 30: image size 30 x 30 is not divisible by 4"),
+    (("--config.data.image_size=64",), None, "data.image_size 64: the prior was trained at 32 x 32; set "
+                                             "--config.data.other_size=True"),
     (("--config.noise.sigma=-0.5",), None, "sigma must be >= 0, got -0.5"),
     (("--config.num_samples=0",), None, "num_samples must be an integer >= 1, got 0"),
     (("--config.chunk_size=-1",), None, "chunk_size must be an integer >= 0, got -1"),
@@ -271,6 +298,11 @@ def test_bad_input_in_a_fresh_process_is_one_line_and_status_1(tmp_path):
     proc = subprocess_cli("--config=configs/inpainting_box.py", *short_flags(tmp_path), "--config.num_samples=0")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["error: num_samples must be an integer >= 1, got 0"]
+    # A backend that cannot start (no GPU, or jax without CUDA): one line that says what to do.
+    proc = subprocess_cli("--config=configs/inpainting_box.py", *short_flags(tmp_path), env={"JAX_PLATFORMS": "cuda"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: JAX could not start its backend 'cuda' (JAX_PLATFORMS)") and "[cuda]" in line
 
 
 def test_mismatched_checkpoint(tmp_path):

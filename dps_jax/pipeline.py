@@ -261,9 +261,10 @@ def run(cfg, stream=sys.stderr) -> str:
     with open(os.path.join(partial, "metrics.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     if cfg.metrics.multimodal:
-        headline = (f"PSNR of the sample with the smallest residual {summary['mean_psnr_best_by_residual']:.2f} dB "
-                    f"(oracle best of {cfg.num_samples} {summary['mean_psnr_oracle_best']:.2f}, posterior mean "
-                    f"{summary['mean_psnr_of_mean']:.2f}: the posterior is multimodal)")
+        headline = (f"PSNR of the sample with the smallest residual {summary['mean_psnr_best_by_residual']:.2f} dB; "
+                    f"oracle best of {cfg.num_samples} {summary['mean_psnr_oracle_best']:.2f}; posterior mean "
+                    f"{summary['mean_psnr_of_mean']:.2f} (a multimodal posterior: where samples land in different "
+                    f"modes, their mean is none of them)")
     else:
         headline = (f"PSNR of the posterior mean {summary['mean_psnr_of_mean']:.2f} dB, "
                     f"SSIM {summary['mean_ssim_of_mean']:.3f}")

@@ -194,8 +194,14 @@ def prepare(solver: Solver, problem: Problem, options, image_shape) -> Problem:
                          f"(api.sample(..., sigma=...))")
     if solver.check is not None:
         solver.check(problem, options)
-    if problem.aux is None and ("svd" in needs or ("svd_or_cg" in needs and op.has_svd)):
-        problem = problem.replace(aux=op.svd(image_shape, cutoff=getattr(options, "cutoff", 0.0)))
+    cutoff = getattr(options, "cutoff", 0.0)
+    if problem.aux is None and "svd" in needs:
+        problem = problem.replace(aux=op.svd(image_shape, cutoff=cutoff))
+    elif problem.aux is None and "svd_or_cg" in needs and op.has_svd:
+        try:
+            problem = problem.replace(aux=op.svd(image_shape, cutoff=cutoff))
+        except ValueError:             # an operator whose data admit no cheap SVD: conjugate gradients
+            pass
     return problem
 
 

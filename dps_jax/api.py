@@ -19,8 +19,9 @@ from typing import Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from dps_jax import config_base, experiment, likelihoods, solvers
+from dps_jax import config_base, experiment, likelihoods, operators, solvers
 from dps_jax import prior as prior_lib
 from dps_jax.operators import Operator
 
@@ -30,9 +31,41 @@ def load_prior(path: Optional[str] = None, dtype=None, **options) -> prior_lib.P
     return prior_lib.load(path, dtype=dtype, **options)
 
 
-def measure(op: Operator, x, key, noise: str = "gaussian", sigma: float = 0.05, rate: float = 1.0):
-    """A simulated noisy measurement y = noise(A(x)) of one image x (H, W, C)."""
-    return likelihoods.add_noise(key, op(jnp.asarray(x, jnp.float32)), noise, sigma=sigma, rate=rate)
+def check_images(x, image_shape=None, what: str = "image") -> np.ndarray:
+    """x as float32 (H, W, C) or a batch (N, H, W, C), or a ValueError naming the layout expected and the
+    shape given (a channels-first array, the usual mistake, is said so)."""
+    x = np.asarray(x, np.float32)
+    expected = f"(H, W, C){'' if image_shape is None else ' = ' + str(tuple(image_shape))} in [-1, 1], or a batch (N, H, W, C)"
+    channels_first = x.ndim in (3, 4) and x.shape[-3] in (1, 3) and x.shape[-1] not in (1, 3)
+    if x.ndim not in (3, 4) or channels_first:
+        hint = "; it looks channels-first: np.moveaxis(x, -3, -1)" if channels_first else ""
+        raise ValueError(f"{what} has shape {x.shape}; dps_jax takes {expected}{hint}")
+    if image_shape is not None and tuple(x.shape[-3:]) != tuple(image_shape):
+        raise ValueError(f"{what} has shape {x.shape}; the operator is for images {tuple(image_shape)}: expected {expected}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} holds {int(np.size(x) - np.isfinite(x).sum())} NaN/Inf values")
+    return x
+
+
+def as_operator(op, image_shape) -> Operator:
+    """An Operator as it is, or a plain function x -> A(x) wrapped as a (nonlinear) one for images of
+    `image_shape` (`operators.from_callables`: declare linear=True there to reach the linear-A solvers)."""
+    if isinstance(op, Operator):
+        return op
+    if callable(op):
+        return operators.from_callables(op, image_shape)
+    raise TypeError(f"op must be an operators.Operator or a function x -> A(x), got {type(op).__name__}")
+
+
+def measure(op, x, key, noise: str = "gaussian", sigma: float = 0.05, rate: float = 1.0):
+    """A simulated noisy measurement y = noise(A(x)) of one image x (H, W, C), or of each image of a batch
+    (N, H, W, C) with its own noise. `op` is an Operator or a plain function x -> A(x)."""
+    x = check_images(x, op.image_shape if isinstance(op, Operator) else None)
+    op = as_operator(op, x.shape[-3:])
+    one = lambda k, image: likelihoods.add_noise(k, op(image), noise, sigma=sigma, rate=rate)
+    if x.ndim == 4:
+        return jax.vmap(one)(jax.random.split(key, len(x)), jnp.asarray(x))
+    return one(key, jnp.asarray(x))
 
 
 def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", options: Optional[Mapping] = None,
@@ -40,7 +73,9 @@ def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", op
            num_timesteps: int = 1000, image_shape=None, seed: int = 0, chunk_size: int = 0, record_every: int = 0,
            steps_per_call: int = 0, progress: Optional[Callable] = None, devices=None, network=None) -> dict:
     """N posterior samples of p(x | y) with a solver (DPS, `ps`, by default). Returns numpy arrays:
-    samples (N, H, W, C), distance (N, T), and x_record / x0_hat_record if record_every > 0.
+    samples (N, H, W, C), distance (N, T), and x_record / x0_hat_record if record_every > 0. For a batch of
+    measurements y (B, ...) each is solved in turn by the same compiled program (its key folded from the
+    seed by its index), and every output gains a leading axis B.
 
     `solver` is a registered name or a `solvers.Solver`; `options` its options by name, all in one mapping
     (`solvers.get(name).Options`; e.g. {"steps": 100, "scale": 10.0} for ps, {"eta": 0.85, "steps": 20}
@@ -53,13 +88,22 @@ def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", op
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a mapping of the solver's options, got {type(options).__name__}")
     if image_shape is None:
+        image_shape = op.image_shape if isinstance(op, Operator) and op.image_shape else None
+    if image_shape is None:
         if prior is None or prior.image_shape is None:
             raise ValueError("image_shape=(H, W, C) is needed: the prior does not state its image size")
         image_shape = prior.image_shape
+    op = as_operator(op, image_shape)
     runner = solvers.build(prior, image_shape, solver=solver, options=dict(options or {}), schedule=schedule,
                            num_timesteps=num_timesteps, num_samples=num_samples, chunk_size=chunk_size,
                            record_every=record_every, steps_per_call=steps_per_call, devices=devices,
                            network=network)
+    y_shape = jax.eval_shape(op, jax.ShapeDtypeStruct(runner.image_shape, jnp.float32)).shape
+    y = np.asarray(y, np.float32)
+    if y.ndim == len(y_shape) + 1 and tuple(y.shape[1:]) == tuple(y_shape):     # N measurements: one program
+        outs = [runner(solvers.make_problem(op, yi, runner.image_shape, noise, sigma),
+                       jax.random.fold_in(jax.random.PRNGKey(seed), i), progress) for i, yi in enumerate(y)]
+        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
     problem = solvers.make_problem(op, y, runner.image_shape, noise, sigma)
     return runner(problem, jax.random.PRNGKey(seed), progress)
 

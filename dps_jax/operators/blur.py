@@ -154,16 +154,6 @@ def display(y, data):
     return y
 
 
-def project(x, y, data, iterations: int = 50):
-    """x + A^T (A A^T)^-1 (y - A x), with the inverse by conjugate gradients (A A^T is symmetric
-    positive semi-definite; the residual's component in its null space is left alone)."""
-    fwd = lambda v: forward(v, data)
-    adjoint = jax.linear_transpose(fwd, x)
-    at = lambda r: adjoint(r)[0]
-    z, _ = jax.scipy.sparse.linalg.cg(lambda r: fwd(at(r)), y - fwd(x), maxiter=iterations)
-    return x + at(z)
-
-
 def gaussian_svd(data, image_shape, cutoff: float = 0.0):
     """A = U Sigma V^T of the Gaussian blur: its kernel is rank one, g_h g_w^T, so A acts on each channel as
     L X R^T with the 1-D reflection-padded correlation matrices of g_h and g_w (`spectral.separable`)."""

@@ -17,12 +17,19 @@ direction is not divided by). For inpainting the singular values and `observed` 
 
 Each operator that has an SVD supplies it from these helpers (`OperatorSpec.svd`, `Operator.svd`); motion
 blur (a kernel of full rank) and phase retrieval (nonlinear) have none.
+
+Any other linear A can be given as dense factors (`Dense`: V (D, D), U (M, M) and the singular values, D the
+image's and M the measurement's number of entries), made from a user's arrays or, for small problems, from
+the matrix of A itself (`dense_of`). Its spectral coordinates are V^T x in the image's shape (the flat
+index order), so every spectral update stays elementwise and every function below takes either form.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
+import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -37,38 +44,98 @@ class Spectral(NamedTuple):
     observed: jnp.ndarray     # (H, W, 1 or C), 1 on the coordinates of U^T y, 0 elsewhere
 
 
-def to_spectral(sp: Spectral, x):
+@flax.struct.dataclass
+class Dense:
+    """A = U Sigma V^T as dense matrices over the flattened image (D) and measurement (M); `singulars` and
+    `observed` in the image's shape, in flat index order (the first min(D, M) coordinates are seen)."""
+    v: jnp.ndarray                     # (D, D) orthogonal
+    u: jnp.ndarray                     # (M, M) orthogonal
+    singulars: jnp.ndarray             # (H, W, C)
+    observed: jnp.ndarray              # (H, W, C)
+    y_shape: Tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
+
+
+def dense(u, s, v, image_shape, y_shape, cutoff: float = 0.0) -> Dense:
+    """The Dense form of A = U diag(s) V^T (U (M, M), s (k,), V (D, D), k <= min(M, D)), singular values
+    below `cutoff` (or float32's resolution of A) set to 0; a ValueError naming what does not fit."""
+    u, s, v = (np.asarray(a, np.float64) for a in (u, s, v))
+    d, m = int(np.prod(image_shape)), int(np.prod(y_shape))
+    if u.shape != (m, m) or v.shape != (d, d) or s.ndim != 1 or len(s) > min(m, d):
+        raise ValueError(f"an SVD of A for images {tuple(image_shape)} and measurements {tuple(y_shape)} needs U "
+                         f"({m}, {m}), at most {min(m, d)} singular values and V ({d}, {d}); got U {u.shape}, "
+                         f"s {s.shape}, V {v.shape}")
+    singulars, observed = np.zeros(d), np.zeros(d)
+    # Below float32's resolution of A (numpy's lstsq rule) a singular value is rounding, not signal: 0, so
+    # that no pseudo-inverse divides by it.
+    floor = max(cutoff, np.finfo(np.float32).eps * max(m, d) * float(s.max(initial=0.0)))
+    singulars[:len(s)] = np.where(s < floor, 0.0, s)
+    observed[:min(m, d)] = 1.0
+    f = lambda a: jnp.asarray(a, jnp.float32)
+    return Dense(v=f(v), u=f(u), singulars=f(singulars.reshape(image_shape)),
+                 observed=f(observed.reshape(image_shape)), y_shape=tuple(int(n) for n in y_shape))
+
+
+def dense_of(forward, image_shape, cutoff: float = 0.0) -> Dense:
+    """The Dense SVD of a linear `forward` (x (H, W, C) -> y), from its matrix: one application per basis
+    image, then numpy's SVD in float64 (O(D^3) time, D^2 memory: for small images)."""
+    d = int(np.prod(image_shape))
+    basis = jnp.eye(d, dtype=jnp.float32).reshape((d,) + tuple(image_shape))
+    columns = jax.vmap(forward)(basis)                            # (D, *y_shape): row i is A e_i
+    y_shape = tuple(columns.shape[1:])
+    a = np.asarray(columns, np.float64).reshape(d, -1).T           # (M, D)
+    u, s, vt = np.linalg.svd(a, full_matrices=True)
+    return dense(u, s, vt.T, image_shape, y_shape, cutoff)
+
+
+def to_spectral(sp, x):
     """V^T x: (H, W, C) -> (H, W, C)."""
+    if isinstance(sp, Dense):
+        return (sp.v.T @ x.reshape(-1)).reshape(x.shape)
     return jnp.einsum("hi,hwc,wj->ijc", sp.v_h, x, sp.v_w)
 
 
-def from_spectral(sp: Spectral, v):
+def from_spectral(sp, v):
     """V v: (H, W, C) -> (H, W, C)."""
+    if isinstance(sp, Dense):
+        return (sp.v @ v.reshape(-1)).reshape(v.shape)
     return jnp.einsum("hi,ijc,wj->hwc", sp.v_h, v, sp.v_w)
 
 
-def measurement_to_spectral(sp: Spectral, y):
+def _pad_to(vector, d: int):
+    """A flat vector cut or zero-padded to length d."""
+    return jnp.pad(vector, (0, max(0, d - vector.shape[0])))[:d]
+
+
+def measurement_to_spectral(sp, y):
     """U^T y, placed in an image-shaped array: (m, n, C) -> (H, W, C), zeros outside (m, n)."""
+    if isinstance(sp, Dense):
+        return _pad_to(sp.u.T @ y.reshape(-1), sp.singulars.size).reshape(sp.singulars.shape)
     m, n = sp.u_h.shape[0], sp.u_w.shape[0]
     h, w = sp.v_h.shape[0], sp.v_w.shape[0]
     uy = jnp.einsum("mi,mnc,nj->ijc", sp.u_h, y, sp.u_w)
     return jnp.pad(uy, ((0, h - m), (0, w - n), (0, 0)))
 
 
-def apply(sp: Spectral, x):
+def apply(sp, x):
     """A x through the decomposition: (H, W, C) -> (m, n, C) (a check of the factors)."""
+    if isinstance(sp, Dense):
+        v = (sp.singulars * to_spectral(sp, x)).reshape(-1)
+        return (sp.u @ _pad_to(v, sp.u.shape[0])).reshape(sp.y_shape)
     m, n = sp.u_h.shape[0], sp.u_w.shape[0]
     v = (sp.singulars * to_spectral(sp, x))[:m, :n]
     return jnp.einsum("mi,ijc,nj->mnc", sp.u_h, v, sp.u_w)
 
 
-def regularised_pinv(sp: Spectral, y, lam=0.0):
+def regularised_pinv(sp, y, lam=0.0):
     """A^T (A A^T + lam I)^{-1} y = V diag(s / (s^2 + lam)) U^T y: (m, n, C) -> (H, W, C).
 
     lam = 0 is the pseudo-inverse A^+ y (coordinates with a zero singular value give 0); lam > 0 the
     Tikhonov-regularised inverse.
     """
-    s = jnp.broadcast_to(sp.singulars, (sp.v_h.shape[0], sp.v_w.shape[0], jnp.shape(y)[-1]))
+    if isinstance(sp, Dense):
+        s = sp.singulars
+    else:
+        s = jnp.broadcast_to(sp.singulars, (sp.v_h.shape[0], sp.v_w.shape[0], jnp.shape(y)[-1]))
     seen = (sp.observed > 0) & (s > 0)
     gain = jnp.where(seen, s / jnp.where(seen, s ** 2 + lam, 1.0), 0.0)
     return from_spectral(sp, gain * measurement_to_spectral(sp, y))

@@ -121,6 +121,8 @@ def test_every_linear_solver_runs_on_a_users_operator(name, cs_case):
     assert out["samples"].shape == (2,) + SHAPE and np.isfinite(out["samples"]).all()
     if name in ("ddrm", "pigdm", "diffpir", "projection", "admm_tv"):      # they fit y
         assert (measurement_fit(op, out["samples"], y) < 0.5).all()
+    if name in ("mcg", "projection"):      # how far each CG projection landed from y_t, every step
+        assert out["projection_residual"].shape == (2, 10) and np.isfinite(out["projection_residual"]).all()
 
 
 def test_pnp_admm_runs_on_a_users_operator_with_its_own_network(cs_case):

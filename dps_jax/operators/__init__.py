@@ -131,8 +131,10 @@ class Operator:
             return fn(x, y, self.data)
         if not self.linear:
             raise ValueError(f"operator {self.name!r} has no projection; use the solver 'ps'")
-        iterations = int(dict(self.static).get("cg_iterations", linear_lib.CG_ITERATIONS))
-        return linear_lib.cg_projection(self, lambda r: self.adjoint(r, x), x, y, iterations)
+        static = dict(self.static)
+        return linear_lib.cg_projection(self, lambda r: self.adjoint(r, x), x, y,
+                                        int(static.get("cg_iterations", linear_lib.CG_ITERATIONS)),
+                                        float(static.get("cg_tol", linear_lib.CG_TOL)))
 
     def correct(self, x, y):
         """x + y - A(x): the data-consistency step of a nonlinear A that maps images to images (see
@@ -205,7 +207,8 @@ def build(name: str, image_shape, key=None, **options) -> Operator:
 
 def from_callables(forward: Callable, image_shape, *, linear: bool = False, adjoint: Optional[Callable] = None,
                    data: Optional[Dict[str, Any]] = None, svd=None, display: Optional[Callable] = None,
-                   name: str = "custom", cg_iterations: int = linear_lib.CG_ITERATIONS) -> Operator:
+                   name: str = "custom", cg_iterations: int = linear_lib.CG_ITERATIONS,
+                   cg_tol: float = linear_lib.CG_TOL) -> Operator:
     """Your own A from JAX functions of one image x (H, W, C) in [-1, 1]; it jits, vmaps and shards as the
     built-in operators do, and every solver whose math allows it takes it.
 
@@ -217,7 +220,9 @@ def from_callables(forward: Callable, image_shape, *, linear: bool = False, adjo
     svd       (U, s, V) arrays with A = U diag(s) V^T over the flattened image (V: (D, D)) and measurement
               (U: (M, M)), for DDRM and PiGDM on images too large for a dense SVD
     display   y -> an image-shaped picture of y for figures (default: y)
-    cg_iterations  conjugate-gradient steps of the derived projection
+    cg_iterations, cg_tol  the derived projection's conjugate gradients: at most this many steps, stopping at
+              this relative residual (MCG and Score-SDE record how far their projection lands,
+              `projection_residual`)
 
     Checked once, here: forward takes a float32 image of `image_shape` and returns real floats; a linear A
     passes the adjoint's dot test <A x, y> = <x, A^T y> on random x, y. Each failure is a ValueError that
@@ -242,7 +247,8 @@ def from_callables(forward: Callable, image_shape, *, linear: bool = False, adjo
     functions = OperatorSpec(make=None, forward=fwd, display=shown, linear=bool(linear), svd=svd_fn, adjoint=adj)
     arrays = {k: jnp.asarray(v) for k, v in (data or {}).items()}
     op = Operator(name=name, arrays=arrays, spec=functions,
-                  static=(("cg_iterations", int(cg_iterations)), ("image_shape", image_shape)))
+                  static=(("cg_iterations", int(cg_iterations)), ("cg_tol", float(cg_tol)),
+                          ("image_shape", image_shape)))
     y_shape = _check_forward(op, image_shape)
     if svd is not None:
         spectral.dense(u, sv, v, image_shape, y_shape)               # the factors' shapes, refused at once

@@ -9,6 +9,8 @@ image, the official code's data-consistency step x + y_t - A(x) takes the projec
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from dps_jax import diffusion
 from dps_jax.solvers import base, dps
 
@@ -16,7 +18,9 @@ from dps_jax.solvers import base, dps
 def update(x_t, c, noise, problem, prior, options: dps.Options):
     x, record = dps.update(x_t, c, noise, problem, prior, options)
     y_t = diffusion.q_sample(problem.y, c, noise["y"])
-    return problem.op.correct(x, y_t), record
+    x = problem.op.correct(x, y_t)
+    # how far the projection landed from y_t: ~0 for an exact one, CG's or the noise's share otherwise
+    return x, {**record, "projection_residual": jnp.linalg.norm(problem.op(x) - y_t)}
 
 
 SOLVER = base.Solver("mcg", dps.Options, init=base.start, update=update, draw=base.draw_x_and_y,

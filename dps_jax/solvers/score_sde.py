@@ -6,6 +6,8 @@ Registered as `projection`. Needs a linear A with a projection.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from dps_jax import diffusion
 from dps_jax.prior import denoise
 from dps_jax.solvers import base, dps
@@ -15,7 +17,9 @@ def update(x_t, c, noise, problem, prior, options: base.DiffusionOptions):
     den = denoise(prior, x_t, c)
     x_prime = base.reverse_update(x_t, den, c, noise["x"], options)
     y_t = diffusion.q_sample(problem.y, c, noise["y"])
-    return problem.op.project(x_prime, y_t), {"distance": dps.distance(problem, den.x0_hat), "x0_hat": den.x0_hat}
+    x = problem.op.project(x_prime, y_t)
+    return x, {"distance": dps.distance(problem, den.x0_hat), "x0_hat": den.x0_hat,
+               "projection_residual": jnp.linalg.norm(problem.op(x) - y_t)}
 
 
 SOLVER = base.Solver("projection", base.DiffusionOptions, init=base.start, update=update, draw=base.draw_x_and_y,

@@ -161,3 +161,26 @@ def test_the_documented_example_runs(tmp_path):
     for out in outs.values():
         assert out["samples"].shape == (2, 32, 32, 1) and np.isfinite(out["samples"]).all()
     assert os.path.getsize(tmp_path / "fig.png") > 0
+
+
+def test_an_svd_given_as_functions_reaches_ddrm():
+    """A = s * (Q^T X Q) with a random orthogonal Q: its SVD as functions (V^T x = Q^T X Q, U = I) serves
+    DDRM without a dense SVD; an SVD that does not reproduce A is refused."""
+    q = np.linalg.qr(np.random.default_rng(1).normal(size=(8, 8)))[0].astype(np.float32)
+    s = np.linspace(1.0, 0.0, 64, dtype=np.float32).reshape(SHAPE)          # the last coordinate unseen
+    vt = lambda x: jnp.einsum("hi,hwc,wj->ijc", q, x, q)
+    v = lambda c: jnp.einsum("hi,ijc,wj->hwc", q, c, q)
+    op = operators.from_callables(lambda x: s * vt(x), SHAPE, linear=True,
+                                  svd={"vt": vt, "v": v, "ut": lambda y: y, "u": lambda c: c, "singulars": s})
+    x = jax.random.normal(jax.random.PRNGKey(0), SHAPE)
+    sp = op.svd(SHAPE)
+    assert isinstance(sp, spectral.Functional)
+    np.testing.assert_allclose(spectral.apply(sp, x), op(x), atol=1e-5)
+    y = api.measure(op, np.clip(np.asarray(x), -1, 1), jax.random.PRNGKey(1), sigma=0.05)
+    mix = random_mixture(64)
+    out = api.sample(gmm.as_prior(mix, SHAPE), op, y, solver="ddrm", options={"steps": 5}, sigma=0.05,
+                     num_samples=2)
+    assert np.isfinite(out["samples"]).all()
+    with pytest.raises(ValueError, match="the SVD given does not reproduce forward"):
+        operators.from_callables(lambda x: s * vt(x), SHAPE, linear=True,
+                                 svd={"vt": v, "v": vt, "ut": lambda y: y, "u": lambda c: -c, "singulars": s})

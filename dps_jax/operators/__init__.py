@@ -217,8 +217,9 @@ def from_callables(forward: Callable, image_shape, *, linear: bool = False, adjo
     linear    declare A linear: its adjoint, its projection onto {A x = y} (conjugate gradients) and, for
               images of at most DENSE_SVD_MAX entries, a dense SVD are derived, so every linear-A solver runs
     adjoint   y -> A^T y (or (y, data) -> ...); default jax.linear_transpose of forward
-    svd       (U, s, V) arrays with A = U diag(s) V^T over the flattened image (V: (D, D)) and measurement
-              (U: (M, M)), for DDRM and PiGDM on images too large for a dense SVD
+    svd       A = U Sigma V^T for DDRM and PiGDM on images too large for a dense SVD: (U, s, V) arrays over the
+              flattened image (V: (D, D)) and measurement (U: (M, M)); or functions, a dict {"vt", "v", "ut",
+              "u", "singulars"} (`spectral.functional`: a fast transform, singular values in the image's shape)
     display   y -> an image-shaped picture of y for figures (default: y)
     cg_iterations, cg_tol  the derived projection's conjugate gradients: at most this many steps, stopping at
               this relative residual (MCG and Score-SDE record how far their projection lands,
@@ -242,8 +243,15 @@ def from_callables(forward: Callable, image_shape, *, linear: bool = False, adjo
     if svd is not None:
         if not linear:
             raise ValueError("an SVD is given for an operator not declared linear: set linear=True")
-        u, sv, v = svd
-        svd_fn = lambda d, shape, cutoff: spectral.dense(u, sv, v, shape, y_shape, cutoff)
+        if isinstance(svd, dict):
+            missing = {"vt", "v", "ut", "u", "singulars"} - set(svd)
+            if missing:
+                raise ValueError(f"an SVD given as functions needs {sorted(missing)} too (vt, v, ut, u, singulars)")
+            svd_fn = lambda d, shape, cutoff: spectral.functional(svd["vt"], svd["v"], svd["ut"], svd["u"],
+                                                                  svd["singulars"], shape, svd.get("observed"), cutoff)
+        else:
+            u, sv, v = svd
+            svd_fn = lambda d, shape, cutoff: spectral.dense(u, sv, v, shape, y_shape, cutoff)
     functions = OperatorSpec(make=None, forward=fwd, display=shown, linear=bool(linear), svd=svd_fn, adjoint=adj)
     arrays = {k: jnp.asarray(v) for k, v in (data or {}).items()}
     op = Operator(name=name, arrays=arrays, spec=functions,
@@ -251,7 +259,11 @@ def from_callables(forward: Callable, image_shape, *, linear: bool = False, adjo
                           ("image_shape", image_shape)))
     y_shape = _check_forward(op, image_shape)
     if svd is not None:
-        spectral.dense(u, sv, v, image_shape, y_shape)               # the factors' shapes, refused at once
+        sp = svd_fn(None, image_shape, 0.0)                          # the factors' shapes, refused at once
+        x = jax.random.normal(jax.random.PRNGKey(1), image_shape, jnp.float32)
+        if not np.allclose(spectral.apply(sp, x), op(x), atol=1e-3 * (1 + float(jnp.abs(op(x)).max()))):
+            raise ValueError(f"operator {name!r}: the SVD given does not reproduce forward (U Sigma V^T x != A x "
+                             f"for a random x)")
     if linear:
         _dot_test(op, image_shape, y_shape)
     return op

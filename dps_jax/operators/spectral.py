@@ -26,7 +26,7 @@ index order), so every spectral update stays elementwise and every function belo
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import Callable, NamedTuple, Tuple
 
 import flax.struct
 import jax
@@ -53,6 +53,31 @@ class Dense:
     singulars: jnp.ndarray             # (H, W, C)
     observed: jnp.ndarray              # (H, W, C)
     y_shape: Tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
+
+
+@flax.struct.dataclass
+class Functional:
+    """A = U Sigma V^T given as functions (a user's fast transforms: an FFT, a wavelet): `vt` x -> V^T x and
+    `v` its inverse over images (H, W, C), `ut` y -> U^T y into the image's shape (coordinate i of the
+    image-shaped result pairs with singular value i; zeros where y has no component) and `u` back to y;
+    `singulars` and `observed` in the image's shape."""
+    singulars: jnp.ndarray
+    observed: jnp.ndarray
+    vt: Callable = flax.struct.field(pytree_node=False, default=None)
+    v: Callable = flax.struct.field(pytree_node=False, default=None)
+    ut: Callable = flax.struct.field(pytree_node=False, default=None)
+    u: Callable = flax.struct.field(pytree_node=False, default=None)
+
+
+def functional(vt, v, ut, u, singulars, image_shape, observed=None, cutoff: float = 0.0) -> Functional:
+    """The Functional form of a user's SVD; `observed` defaults to the coordinates with a singular value."""
+    s = np.asarray(singulars, np.float64)
+    if s.shape != tuple(image_shape):
+        raise ValueError(f"singular values of shape {s.shape}; as functions, an SVD gives them in the image's shape "
+                         f"{tuple(image_shape)} (0 where A sees nothing)")
+    obs = (s > 0) if observed is None else np.asarray(observed) > 0
+    f = lambda a: jnp.asarray(a, jnp.float32)
+    return Functional(singulars=f(np.where(s < cutoff, 0.0, s)), observed=f(obs), vt=vt, v=v, ut=ut, u=u)
 
 
 def dense(u, s, v, image_shape, y_shape, cutoff: float = 0.0) -> Dense:
@@ -91,6 +116,8 @@ def to_spectral(sp, x):
     """V^T x: (H, W, C) -> (H, W, C)."""
     if isinstance(sp, Dense):
         return (sp.v.T @ x.reshape(-1)).reshape(x.shape)
+    if isinstance(sp, Functional):
+        return sp.vt(x)
     return jnp.einsum("hi,hwc,wj->ijc", sp.v_h, x, sp.v_w)
 
 
@@ -98,6 +125,8 @@ def from_spectral(sp, v):
     """V v: (H, W, C) -> (H, W, C)."""
     if isinstance(sp, Dense):
         return (sp.v @ v.reshape(-1)).reshape(v.shape)
+    if isinstance(sp, Functional):
+        return sp.v(v)
     return jnp.einsum("hi,ijc,wj->hwc", sp.v_h, v, sp.v_w)
 
 
@@ -110,6 +139,8 @@ def measurement_to_spectral(sp, y):
     """U^T y, placed in an image-shaped array: (m, n, C) -> (H, W, C), zeros outside (m, n)."""
     if isinstance(sp, Dense):
         return _pad_to(sp.u.T @ y.reshape(-1), sp.singulars.size).reshape(sp.singulars.shape)
+    if isinstance(sp, Functional):
+        return sp.ut(y)
     m, n = sp.u_h.shape[0], sp.u_w.shape[0]
     h, w = sp.v_h.shape[0], sp.v_w.shape[0]
     uy = jnp.einsum("mi,mnc,nj->ijc", sp.u_h, y, sp.u_w)
@@ -121,6 +152,8 @@ def apply(sp, x):
     if isinstance(sp, Dense):
         v = (sp.singulars * to_spectral(sp, x)).reshape(-1)
         return (sp.u @ _pad_to(v, sp.u.shape[0])).reshape(sp.y_shape)
+    if isinstance(sp, Functional):
+        return sp.u(sp.singulars * to_spectral(sp, x))
     m, n = sp.u_h.shape[0], sp.u_w.shape[0]
     v = (sp.singulars * to_spectral(sp, x))[:m, :n]
     return jnp.einsum("mi,ijc,nj->mnc", sp.u_h, v, sp.u_w)
@@ -132,7 +165,7 @@ def regularised_pinv(sp, y, lam=0.0):
     lam = 0 is the pseudo-inverse A^+ y (coordinates with a zero singular value give 0); lam > 0 the
     Tikhonov-regularised inverse.
     """
-    if isinstance(sp, Dense):
+    if isinstance(sp, (Dense, Functional)):
         s = sp.singulars
     else:
         s = jnp.broadcast_to(sp.singulars, (sp.v_h.shape[0], sp.v_w.shape[0], jnp.shape(y)[-1]))

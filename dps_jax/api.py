@@ -73,9 +73,10 @@ def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", op
            num_timesteps: int = 1000, image_shape=None, seed: int = 0, chunk_size: int = 0, record_every: int = 0,
            steps_per_call: int = 0, progress: Optional[Callable] = None, devices=None, network=None) -> dict:
     """N posterior samples of p(x | y) with a solver (DPS, `ps`, by default). Returns numpy arrays:
-    samples (N, H, W, C), distance (N, T), and x_record / x0_hat_record if record_every > 0. For a batch of
-    measurements y (B, ...) each is solved in turn by the same compiled program (its key folded from the
-    seed by its index), and every output gains a leading axis B.
+    samples (N, H, W, C), distance (N, T), and x_record / x0_hat_record if record_every > 0. A batch of
+    measurements y (B, ...) is B problems solved at once, vmapped over (problem, sample) pairs in one compiled
+    program (`Runner.call_many`; problem i's key folded from the seed by i), and every output gains a leading
+    axis B.
 
     `solver` is a registered name or a `solvers.Solver`; `options` its options by name, all in one mapping
     (`solvers.get(name).Options`; e.g. {"steps": 100, "scale": 10.0} for ps, {"eta": 0.85, "steps": 20}
@@ -100,10 +101,9 @@ def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", op
                            network=network)
     y_shape = jax.eval_shape(op, jax.ShapeDtypeStruct(runner.image_shape, jnp.float32)).shape
     y = np.asarray(y, np.float32)
-    if y.ndim == len(y_shape) + 1 and tuple(y.shape[1:]) == tuple(y_shape):     # N measurements: one program
-        outs = [runner(solvers.make_problem(op, yi, runner.image_shape, noise, sigma),
-                       jax.random.fold_in(jax.random.PRNGKey(seed), i), progress) for i, yi in enumerate(y)]
-        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+    if y.ndim == len(y_shape) + 1 and tuple(y.shape[1:]) == tuple(y_shape):     # B measurements: one program
+        problems = [solvers.make_problem(op, yi, runner.image_shape, noise, sigma) for yi in y]
+        return runner.call_many(problems, jax.random.PRNGKey(seed), progress)
     problem = solvers.make_problem(op, y, runner.image_shape, noise, sigma)
     return runner(problem, jax.random.PRNGKey(seed), progress)
 

@@ -184,3 +184,18 @@ def test_an_svd_given_as_functions_reaches_ddrm():
     with pytest.raises(ValueError, match="the SVD given does not reproduce forward"):
         operators.from_callables(lambda x: s * vt(x), SHAPE, linear=True,
                                  svd={"vt": v, "v": vt, "ut": lambda y: y, "u": lambda c: -c, "singulars": s})
+
+
+def test_a_batch_of_measurements_is_solved_at_once_as_one_at_a_time(cs_case):
+    """B measurements in one api.sample call (vmapped over problem and sample, chunked across problems)
+    give each problem the samples of its own call with the folded key."""
+    prior, op, y = cs_case
+    ys = jnp.stack([y, 0.5 * y, -y])
+    runner = solvers.build(prior, SHAPE, solver="ps", options={"steps": 4, "scale": 1.0}, num_samples=2, chunk_size=4)
+    many = runner.call_many([solvers.make_problem(op, v, SHAPE) for v in ys], jax.random.PRNGKey(3))
+    assert many["samples"].shape == (3, 2) + SHAPE and many["distance"].shape == (3, 2, 4)
+    for i, v in enumerate(ys):
+        one = runner(solvers.make_problem(op, v, SHAPE), jax.random.fold_in(jax.random.PRNGKey(3), i))
+        np.testing.assert_allclose(many["samples"][i], one["samples"], rtol=1e-5, atol=1e-5)
+    out = api.sample(prior, op, ys, options={"steps": 4, "scale": 1.0}, num_samples=2, seed=3)
+    np.testing.assert_allclose(out["samples"], many["samples"], rtol=1e-5, atol=1e-5)

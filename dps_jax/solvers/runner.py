@@ -130,18 +130,24 @@ class Runner:
         self._advance = jax.jit(self._advance_chunk, in_shardings=(b, r, r, r, r, r), out_shardings=b,
                                 donate_argnums=0)
         self._result = jax.jit(jax.vmap(solver.result), in_shardings=b, out_shardings=b)
+        # Many problems at once (`call_many`): the same programs with a problem per sample.
+        self._init_many = jax.jit(jax.vmap(self._init_one, in_axes=(0, 0, None, None)), in_shardings=(b, b, r, r),
+                                  out_shardings=b)
+        self._advance_many = jax.jit(self._advance_chunk_many, in_shardings=(b, r, r, b, r, r), out_shardings=b,
+                                     donate_argnums=0)
         self._compiled = {}
         self._record_shapes = {}
 
     # ---- the two compiled programs -------------------------------------------------------------
 
+    def _init_one(self, key, problem, prior, options):
+        """One sample: the initial state, empty snapshot buffers and the key the step keys come from."""
+        state, step_key = loop.init_one(self.solver, key, problem, prior, options, self.image_shape)
+        records = {k: jnp.zeros(s.shape, s.dtype) for k, s in self._record_shapes.items()}
+        return state, records, step_key
+
     def _init_chunk(self, keys, problem, prior, options):
-        """Per sample: the initial state, empty snapshot buffers and the key the step keys come from."""
-        def one(key):
-            state, step_key = loop.init_one(self.solver, key, problem, prior, options, self.image_shape)
-            records = {k: jnp.zeros(s.shape, s.dtype) for k, s in self._record_shapes.items()}
-            return state, records, step_key
-        return jax.vmap(one)(keys)
+        return jax.vmap(lambda key: self._init_one(key, problem, prior, options))(keys)
 
     def _snapshot_shapes(self, problem):
         """The snapshot buffers of one sample as ShapeDtypeStructs; traces one step when snapshots are kept
@@ -164,6 +170,15 @@ class Runner:
                                                 record_every=self.record_every)
             return (state, records, step_key), scalars
         return jax.vmap(one)(*carry)
+
+    def _advance_chunk_many(self, carry, xs, first_step, problems, prior, options):
+        """As _advance_chunk, each sample with its own problem (a leading axis on every array of `problems`)."""
+        def one(state, records, step_key, problem):
+            state, records, scalars = loop.scan(self.solver, state, xs, step_key, problem, prior, options,
+                                                records=records, first_step=first_step,
+                                                record_every=self.record_every)
+            return (state, records, step_key), scalars
+        return jax.vmap(one)(*carry, problems)
 
     # ---- compile and run -----------------------------------------------------------------------
 
@@ -208,6 +223,60 @@ class Runner:
         per_sample = 4 * (int(np.prod(self.image_shape)) + self.num_steps * 4)   # float32 sample, <= 4 scalars/step
         per_sample += sum(int(np.prod(r.shape)) * r.dtype.itemsize for r in self._record_shapes.values())
         return device, per_sample * self.num_samples
+
+    def call_many(self, problems, key, progress: Optional[Callable] = None) -> dict:
+        """N samples of each of B problems of the same shapes in one compiled program, vmapped over
+        (problem, sample) pairs and chunked as __call__ chunks samples. Problem i's samples come from
+        fold_in(key, i), so they equal `self(problems[i], jax.random.fold_in(key, i))`. Returns the outputs of
+        __call__ with a leading axis B."""
+        problems = [self.prepare(p) for p in problems]
+        tree = jax.tree_util.tree_structure(problems[0])
+        if any(jax.tree_util.tree_structure(p) != tree or self._signature(p) != self._signature(problems[0])
+               for p in problems):
+            raise ValueError("the problems of one call differ in their operator, noise model or array shapes; "
+                             "solve them in separate calls")
+        stacked = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(v) for v in a]), *problems)
+        sig = ("many",) + self._signature(problems[0])
+        b_count, s_count = len(problems), self.num_samples
+        if sig not in self._compiled:
+            self._record_shapes = self._snapshot_shapes(problems[0])
+            spec = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((self.chunk,) + a.shape[1:], a.dtype), stacked)
+            k0 = jax.random.PRNGKey(0)
+            keys_spec = jax.ShapeDtypeStruct((self.chunk,) + k0.shape, k0.dtype)
+            init = self._init_many.lower(keys_spec, spec, self.model, self.options).compile()
+            carry = jax.eval_shape(jax.vmap(self._init_one, in_axes=(0, 0, None, None)), keys_spec, spec, self.model,
+                                   self.options)
+            k = self.steps_per_call
+            xs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((k,) + a.shape[1:], a.dtype), self.xs)
+            advance = self._advance_many.lower(carry, xs, np.int32(0), spec, self.model, self.options).compile()
+            self._compiled[sig] = (init, advance)
+        init, advance = self._compiled[sig]
+        keys = np.concatenate([np.asarray(jax.random.split(jax.random.fold_in(key, i), s_count))
+                               for i in range(b_count)])
+        owner = np.repeat(np.arange(b_count), s_count)            # item j is a sample of problem owner[j]
+        total_items, k = len(keys), self.steps_per_call
+        n_chunks = math.ceil(total_items / self.chunk)
+        chunks = []
+        for ci in range(n_chunks):
+            idx = np.arange(ci * self.chunk, (ci + 1) * self.chunk)
+            idx = np.minimum(idx, total_items - 1)                # pad with the last item; dropped below
+            part = jax.device_put(jax.tree_util.tree_map(lambda a: a[owner[idx]], stacked), self.batched)
+            carry = init(keys[idx], part, self.model, self.options)
+            scalars = []
+            for s in range(0, self.num_steps, k):
+                xs = jax.tree_util.tree_map(lambda a: a[s:s + k], self.xs)
+                carry, sc = advance(carry, xs, np.int32(s), part, self.model, self.options)
+                if progress is not None:
+                    progress(ci * self.num_steps + s + k, n_chunks * self.num_steps, {n: v[:, -1] for n, v in sc.items()})
+                scalars.append(sc)
+            state, records, _ = carry
+            keep = min(self.chunk, total_items - ci * self.chunk)
+            out = {"samples": self._result(state),
+                   **{n: jnp.concatenate([sc[n] for sc in scalars], axis=1) for n in scalars[0]},
+                   **{f"{n}_record": v for n, v in records.items()}}
+            chunks.append({n: np.asarray(v)[:keep] for n, v in out.items()})
+        flat = {n: np.concatenate([c[n] for c in chunks]) for n in chunks[0]}
+        return {n: v.reshape((b_count, s_count) + v.shape[1:]) for n, v in flat.items()}
 
     def __call__(self, problem: Problem, key, progress: Optional[Callable] = None, options=None) -> dict:
         """Samples of one problem. `options` (from `base.make_options`) replaces the runner's with new

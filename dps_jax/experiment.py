@@ -130,7 +130,7 @@ def setup(cfg, prior: Optional[prior_lib.Prior] = None, image_shape: Optional[Se
 # ---- what runs, in words -------------------------------------------------------------------------
 
 def describe(cfg, runner: solvers.Runner) -> str:
-    """One line: the solver, its step count and where it came from, its options (step sizes first)."""
+    """One line: the solver, its step count and where it came from, its network evaluations, its options."""
     key = solver_section(cfg)
     source = "sampler.steps" if cfg.sampler.steps else f"solver.{key}.steps"
     options = {f.name: getattr(runner.options, f.name) for f in dataclasses.fields(runner.options)

@@ -146,12 +146,12 @@ def test_bad_denoiser_files_are_refused_clearly(tmp_path, scico_small, monkeypat
         return dncnn.to_bytes(v)
 
     cases = [
-        ("truncated.mpk", good[: len(good) // 2], "unreadable msgpack"),
+        ("truncated.mpk", good[: len(good) // 2], "not a DnCNN weight file (a truncated file"),
         ("garbage.mpk", b"\x93not msgpack at all", "not a DnCNN weight file"),
         ("shape.mpk", edited(lambda v: v["params"]["conv_end"].update(kernel=np.zeros((3, 3, 8, 2), np.float32))),
          "params/conv_end/kernel is float32 (3, 3, 8, 2), expected float (3, 3, 8, 1)"),
         ("nan.mpk", edited(lambda v: v["batch_stats"]["ConvBNBlock_1"]["BatchNorm_0"].update(
-            var=np.full(8, np.nan, np.float32))), "batch_stats/ConvBNBlock_1/BatchNorm_0/var has NaN"),
+            var=np.full(8, np.nan, np.float32))), "batch_stats/ConvBNBlock_1/BatchNorm_0/var: 8 NaN/Inf values"),
         ("missing.mpk", edited(lambda v: v["params"]["ConvBNBlock_2"].pop("BatchNorm_0")),
          "missing ['params/ConvBNBlock_2/BatchNorm_0/bias'"),
     ]

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dps_jax.io import atomic_writer
+from dps_jax.models import msgpack_io
+from dps_jax.models.msgpack_io import shorten
 from dps_jax.models.unet import UNet, UNetConfig, param_shapes
 
 FORMAT = "dps_jax.adm_unet"
@@ -28,7 +30,7 @@ SHIPPED_PRIOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
                              "fmnist32.msgpack")
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(msgpack_io.WeightFileError):
     """A dps_jax checkpoint that is missing, corrupt or does not match its config."""
 
 
@@ -75,11 +77,12 @@ def check_params(params, config: UNetConfig, where: str = "params", shapes_fn=pa
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(k for k in set(expected) & set(got) if tuple(expected[k]) != tuple(got[k]))
-    if missing or unexpected or wrong:
-        lines = [f"{where} do not match the model config:"]
-        lines += [f"  missing {k}" for k in missing] + [f"  unexpected {k}" for k in unexpected]
-        lines += [f"  {k}: shape {got[k]}, expected {expected[k]}" for k in wrong]
-        raise CheckpointFormatError("\n".join(lines))
+    if missing or unexpected or wrong:        # the counts, and the first of each kind: one short line
+        parts = ([f"{len(missing)} missing ({', '.join(missing[:2])})"] if missing else []) + \
+                ([f"{len(unexpected)} unexpected ({', '.join(unexpected[:2])})"] if unexpected else []) + \
+                ([f"{len(wrong)} of another shape ({'; '.join(f'{k}: shape {got[k]}, expected {expected[k]}' for k in wrong[:2])})"]
+                 if wrong else [])
+        raise CheckpointFormatError(shorten(f"{where} do not match the model config: {'; '.join(parts)}", 400))
 
 
 class Checkpoint(NamedTuple):
@@ -117,26 +120,34 @@ def read_checkpoint(path: str, fmt: str, config_from_json, shapes_fn):
     msgpack is data only (nothing in the file runs); the config is parsed by `config_from_json` and the
     params are checked against `shapes_fn(config)` before anything uses them."""
     if not os.path.isfile(path):
-        raise CheckpointFormatError(f"checkpoint file not found: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
+        raise CheckpointFormatError(shorten(f"checkpoint file not found: {path}"))
     try:
-        payload = flax.serialization.msgpack_restore(data)
-    except Exception as e:
-        raise CheckpointFormatError(f"{path}: not a readable dps_jax checkpoint ({type(e).__name__}: {e})") from None
+        payload = msgpack_io.read_tree(path)
+    except msgpack_io.WeightFileError as e:
+        raise CheckpointFormatError(shorten(f"not a readable dps_jax checkpoint: {e}")) from None
+    kind = fmt.split(".")[-1]
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         got = payload.get("format") if isinstance(payload, dict) else None
-        raise CheckpointFormatError(
-            f"{path}: not a dps_jax {fmt.split('.')[-1]} checkpoint (format {got!r}; convert PyTorch files with "
-            "`python -m checkpoints_convert`)")
+        raise CheckpointFormatError(shorten(
+            f"{path}: not a dps_jax {kind} checkpoint (format {str(got)[:40]!r}; convert PyTorch files with "
+            "`python -m checkpoints_convert`)"))
     if payload.get("version") != VERSION:
-        raise CheckpointFormatError(f"{path}: checkpoint format version {payload.get('version')}, expected {VERSION}")
+        raise CheckpointFormatError(shorten(f"{path}: checkpoint format version {str(payload.get('version'))[:20]}, "
+                                            f"expected {VERSION}"))
+    unknown = sorted(set(payload) - {"format", "version", "config", "extra", "params"})
+    if unknown or not isinstance(payload.get("params"), dict) or not isinstance(payload.get("config"), str):
+        raise CheckpointFormatError(shorten(f"{path}: a {kind} checkpoint holds format, version, config (a JSON "
+                                            f"string), extra and params (a map); got keys {sorted(payload)[:8]}"))
     try:
         config = config_from_json(payload["config"])
     except Exception as e:
-        raise CheckpointFormatError(f"{path}: bad model config in checkpoint: {e}") from None
+        raise CheckpointFormatError(shorten(f"{path}: bad model config in checkpoint: {e}")) from None
     params = payload["params"]
     check_params(params, config, where=f"{path}: params", shapes_fn=shapes_fn)
+    for key, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not (isinstance(leaf, np.ndarray) and leaf.dtype.kind == "f"):
+            raise CheckpointFormatError(shorten(f"{path}: params{jax.tree_util.keystr(key)}: a "
+                                                f"{getattr(leaf, 'dtype', type(leaf).__name__)} leaf; weights are float arrays"))
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
     extra = payload.get("extra", {})
     return params, config, dict(extra) if isinstance(extra, dict) else {}

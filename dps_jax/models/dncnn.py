@@ -28,6 +28,8 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+from dps_jax.models import msgpack_io
+
 SHIPPED_DENOISER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                 "dncnn_fmnist32.msgpack")
 MAX_FILE_BYTES = 64 * 2 ** 20            # the published 17-layer files are 2.2 MB
@@ -96,7 +98,7 @@ def to_bytes(variables, dtype=np.float32) -> bytes:
     return flax.serialization.msgpack_serialize({k: host(variables[k]) for k in ("params", "batch_stats")})
 
 
-class DenoiserFormatError(ValueError):
+class DenoiserFormatError(msgpack_io.WeightFileError):
     """A file that is not a DnCNN weight file; the message says what is wrong."""
 
 
@@ -107,9 +109,9 @@ def _bad(path, why):
 def parse(data: bytes, path: str = "<bytes>") -> Denoiser:
     """The Denoiser in msgpack `data`, every array checked against the DnCNN layout; float32 in memory."""
     try:
-        tree = flax.serialization.msgpack_restore(data)
-    except Exception as e:               # msgpack's own errors: truncated, wrong types, bad array records
-        raise _bad(path, f"unreadable msgpack: {type(e).__name__}: {e}") from None
+        tree = msgpack_io.loads(data, "")
+    except msgpack_io.WeightFileError as e:   # bounded, typed, finite (msgpack_io); truncated or hostile
+        raise _bad(path, str(e).lstrip(": /")) from None
     if not isinstance(tree, dict) or set(tree) != {"params", "batch_stats"}:
         raise _bad(path, f"expected the keys ['batch_stats', 'params'], got "
                          f"{sorted(tree) if isinstance(tree, dict) else type(tree).__name__}")

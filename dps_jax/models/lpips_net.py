@@ -21,6 +21,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dps_jax.models.config_json import JsonConfig
 
@@ -116,7 +117,11 @@ def param_shapes(config: LPIPSConfig):
 
 def load(path: str):
     """(params, config) of a dps_jax LPIPS file, checked against its config."""
-    from dps_jax.models.checkpoint import read_checkpoint
+    from dps_jax.models.checkpoint import CheckpointFormatError, read_checkpoint
 
     params, config, _ = read_checkpoint(path, FORMAT, LPIPSConfig.from_json, param_shapes)
+    for name, layer in params.items():        # LPIPS's heads weight squared feature differences: >= 0
+        if name.startswith("lin") and any((np.asarray(v) < 0).any() for v in jax.tree_util.tree_leaves(layer)):
+            raise CheckpointFormatError(f"{path}: LPIPS head {name} has negative weights; the heads weight squared "
+                                        f"differences and are >= 0 (convert with python -m checkpoints_convert.metrics)")
     return params, config

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dps_jax import data as data_lib
+from dps_jax.models import msgpack_io
 
 
 def training_images(cfg) -> np.ndarray:
@@ -24,12 +25,22 @@ def training_images(cfg) -> np.ndarray:
 
 
 def restore_state(path: str, template):
-    """The training state saved at `path`, checked leaf by leaf against `template` (ShapeDtypeStructs)."""
-    with open(path, "rb") as f:
-        restored = flax.serialization.from_bytes(template, f.read())
-    want, got = jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(restored)
-    if len(want) != len(got) or any(tuple(w.shape) != np.shape(g) for w, g in zip(want, got)):
-        raise ValueError(f"training state {path} does not match the configured model and optimiser")
+    """The training state saved at `path`, read as untrusted input (`models.msgpack_io`: bounded, typed,
+    finite) and checked key by key against `template` (ShapeDtypeStructs) before anything is built from it;
+    its step counter (the last element) must be a count a run can reach. A bad state is a ValueError of one
+    line that says what to delete."""
+    hint = f"; delete {path} to start afresh, or point --workdir elsewhere"
+    try:
+        tree = msgpack_io.read_tree(path)
+        msgpack_io.check_tree(tree, flax.serialization.to_state_dict(template), f"{path}: state")
+    except msgpack_io.WeightFileError as e:
+        raise ValueError(msgpack_io.shorten(f"training state {path} does not match the configured model and "
+                                            f"optimiser: {e}", 240) + hint) from None
+    restored = flax.serialization.from_state_dict(template, tree)
+    step = np.asarray(jax.tree_util.tree_leaves(restored)[-1])
+    if step.shape != () or not 0 <= int(step) < 2 ** 31:
+        raise ValueError(f"training state {path}: step {msgpack_io.shorten(str(step), 40)} is not a step count"
+                         + hint)
     return jax.tree_util.tree_map(lambda w, g: jnp.asarray(g, w.dtype), template, restored)
 
 

@@ -11,6 +11,7 @@ One helper for all of them, so they behave alike:
   installed package, so the commands work from any folder after `pip install .`.
 - A bare flag that is a config field (`--num_samples=2`) suggests `--config.num_samples`; a mistyped key
   suggests the nearest real ones.
+- Every number of the resolved config is checked (`config_check`) before the command runs.
 - Every error in the inputs is one line `error: ...` on stderr and exit status 1.
 """
 
@@ -21,6 +22,8 @@ import importlib.util
 import os
 import sys
 from typing import Callable, List, Optional, Sequence
+
+from dps_jax import config_check
 
 # Errors in the inputs that a command reports as one line (the checkpoint formats' errors derive from them).
 INPUT_ERRORS = (ValueError, OSError, TypeError, KeyError)
@@ -199,12 +202,14 @@ def main(argv: Sequence[str], *, program: str, doc: str, run: Callable, subdir: 
         missing = [k for k, v in values.items() if v is None]
         if missing:
             raise UsageError(f"--{missing[0]} is required")
+        cfg = config_check.check(cfg, overrides)          # every number, before anything is built
         run(cfg, overrides=overrides, **values)
     except INPUT_ERRORS as e:
         stream.write(one_line(e) + "\n")
         return 1
-    except KeyboardInterrupt:
-        stream.write("\nerror: interrupted\n")
+    except KeyboardInterrupt as e:       # one line: what is kept, if the command says (a resumable store)
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        stream.write(("\n" if tty else "") + one_line(f"interrupted{'; ' + str(e) if str(e) else ''}") + "\n")
         return 130
     return 0
 

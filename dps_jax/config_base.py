@@ -92,6 +92,7 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
     c.coordinator_address = ""           # with distributed: "host:port" of process 0 ("": from the cluster)
     c.num_processes = 0                  # with distributed: how many processes (0: from the cluster)
     c.process_id = -1                    # with distributed: this process's index (-1: from the cluster)
+    c.distributed_timeout = 300          # with distributed: seconds to wait for the coordinator and the peers
     # XLA's persistent compilation cache: a rerun with the same shapes loads the compiled sampler
     # instead of compiling it again. "" turns it off.
     c.compilation_cache = "~/.cache/dps_jax/xla"

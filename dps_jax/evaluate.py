@@ -30,7 +30,6 @@ the feature network of `metrics.fid_weights` ("" = the shipped Fashion-MNIST cla
 from __future__ import annotations
 
 import hashlib
-import io as _io
 import json
 import math
 import os
@@ -43,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dps_jax import cli as cli_lib
-from dps_jax import config_base, data, experiment, io, metrics, report, solvers
+from dps_jax import cell_store, config_base, config_check, data, experiment, io, metrics, report, solvers
 from dps_jax.metrics import fid, lpips
 
 
@@ -83,7 +82,7 @@ def task_config(cfg, task: str, method: str):
     t.model.checkpoint = cfg.model.checkpoint
     t.data.image_size = cfg.data.image_size
     config_base.set_overrides(t, cfg.cells)
-    return t
+    return config_check.check(t)
 
 
 def cell_runner(cfg, task, method, prior, images):
@@ -129,10 +128,6 @@ def run_cell(cfg, task, method, tcfg, runner, images, progress):
             "shown": None if shown is None else np.asarray(shown).tolist()}, np.stack(picked)
 
 
-def samples_path(cell_path: str) -> str:
-    return cell_path[:-len(".json")] + ".npz"
-
-
 # ---- what a cell is: its identity and its digest ----------------------------------------------------
 
 # Task-config fields that do not change a cell's numbers: where files go, the compilation cache, progress
@@ -175,40 +170,6 @@ def cell_identity(tcfg, images) -> Dict[str, object]:
     return ident
 
 
-def identity_changes(old: Dict, new: Dict, most: int = 4) -> str:
-    """The fields in which two identities differ, in words ("" when none)."""
-    keys = sorted(set(old) | set(new), key=lambda k: (k not in new, k))
-    diffs = [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(diffs[:most]) + (f"; and {len(diffs) - most} more" if len(diffs) > most else "")
-
-
-def cell_digest(cell: Dict, samples_bytes: bytes = b"") -> str:
-    """sha256 of a cell's JSON (without its digest) and its reconstructions' file: a cell changed after it was
-    written no longer matches."""
-    body = json.dumps({k: v for k, v in cell.items() if k != "digest"}, sort_keys=True).encode()
-    return hashlib.sha256(body + samples_bytes).hexdigest()
-
-
-def stored_cell(path: str, identity: Dict):
-    """(the cell stored at `path`, "") when it is intact and was computed with `identity`; else (None, why it
-    is recomputed)."""
-    try:
-        with open(path) as f:
-            cell = json.load(f)
-        samples = b""
-        if "unsupported" not in cell:
-            with open(samples_path(path), "rb") as f:
-                samples = f.read()
-    except (OSError, ValueError) as e:
-        return None, f"unreadable ({type(e).__name__})"
-    if not isinstance(cell, dict) or cell.get("digest") != cell_digest(cell, samples):
-        return None, "changed after it was written (its digest does not match)"
-    if "identity" not in cell:
-        return None, "written by an earlier version, with no identity"
-    changes = identity_changes(cell["identity"], identity)
-    return (cell, "") if not changes else (None, f"computed with other settings: {changes}")
-
-
 def feature_network(cfg, image_shape):
     """(FeatureNet or None, what the table says about FID)."""
     weights = cfg.metrics.fid_weights
@@ -244,13 +205,10 @@ def quality(out, cells, images, net, metric) -> Dict:
     truth_features = net(images) if net is not None else None
     result = {}
     for key in cells:
-        path = samples_path(os.path.join(out, "cells", f"{key[0]}__{key[1]}.json"))
-        if not os.path.exists(path):
+        path = os.path.join(out, "cells", f"{key[0]}__{key[1]}.json")
+        if not os.path.exists(cell_store.samples_path(path)):
             continue
-        with np.load(path) as f:
-            recon = f["samples"].astype(np.float32)
-        if recon.shape != images.shape:
-            raise ValueError(f"{path}: reconstructions of shape {recon.shape}, expected {images.shape}")
+        recon = cell_store.load_samples(path, images.shape)      # checked again: read, not trusted
         q = {}
         if net is not None:
             features = net(recon)
@@ -404,13 +362,39 @@ def table_latex(tasks, methods, cells, num_images) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_cells(cfg, todo, images, cells, stream) -> None:
+    """Run the cells of `todo` in turn, each stored as soon as it is done (a resumable store), with a
+    progress line per image; adds them to `cells`."""
+    total, t_start = len(todo) * len(images), time.perf_counter()
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    for k, (task, method, path, identity, tcfg, runner) in enumerate(todo):
+        def progress(i, k=k, task=task, method=method):
+            n = k * len(images) + i
+            eta = (time.perf_counter() - t_start) / n * (total - n)
+            line = (f"[{'#' * int(30 * n / total):<30}] {n}/{total} {method} on {task}, image {i}/{len(images)}, "
+                    f"eta {eta / 60:5.1f} min")
+            stream.write(f"\r{line} " if tty else line + "\n")      # a log file gets one line per image
+            stream.flush()
+        cell, picked = run_cell(cfg, task, method, tcfg, runner, images, progress)
+        cell["identity"], cell["provenance"] = identity, experiment.provenance()
+        cells[(task, method)] = cell_store.write(path, cell, picked)
+    if tty:
+        stream.write("\n")
+
+
 def evaluate(cfg, stream=sys.stderr) -> str:
+    config_check.check(cfg)
     tasks, methods = split(cfg.tasks), split(cfg.methods)
+    if not tasks or not methods:
+        raise ValueError(f"tasks {cfg.tasks!r:.60} and methods {cfg.methods!r:.60} must each name at least one")
     for t in tasks:
         if t not in config_base.TASKS:
             raise ValueError(f"unknown task {t!r}; expected one of {config_base.TASKS}")
     for m in methods:
         solvers.get(m)
+    experiment.check_output_root(cfg.output.root)
+    if cfg.data.source == "folder":          # grid.png would be read as an image by the next run
+        experiment.check_output_apart(cfg.output.root, cfg.data.root or data.SHIPPED_IMAGES)
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
     devs = experiment.devices()
@@ -428,7 +412,7 @@ def evaluate(cfg, stream=sys.stderr) -> str:
         for task in tasks:
             path = os.path.join(out, "cells", f"{task}__{method}.json")
             identity = cell_identity(task_config(cfg, task, method), images)
-            cell, why = stored_cell(path, identity) if os.path.exists(path) else (None, "")
+            cell, why = cell_store.read(path, identity, images.shape) if os.path.lexists(path) else (None, "")
             if why:
                 stream.write(f"cell {task} / {method}: {why}: recomputed\n")
             if cell is None:
@@ -436,34 +420,18 @@ def evaluate(cfg, stream=sys.stderr) -> str:
                     todo.append((task, method, path, identity) + cell_runner(cfg, task, method, prior, images))
                     continue
                 except Unsupported as e:
-                    cell = {"task": task, "method": method, "unsupported": str(e), "identity": identity}
-                    cell["digest"] = cell_digest(cell)
-                    io.atomic_write(path, json.dumps(cell).encode())
+                    cell = cell_store.write(path, {"task": task, "method": method, "unsupported": str(e),
+                                                   "identity": identity}, None)
             if "unsupported" in cell:
                 reasons.setdefault((method, cell["unsupported"]), []).append(task)
             else:
                 cells[(task, method)] = cell
-    total, t_start = len(todo) * len(images), time.perf_counter()
-    tty = bool(getattr(stream, "isatty", lambda: False)())
     stream.write(f"{len(cells)} cells done before, {len(todo)} to run, {sum(map(len, reasons.values()))} n/a\n")
-    for k, (task, method, path, identity, tcfg, runner) in enumerate(todo):
-        def progress(i, k=k, task=task, method=method):
-            n = k * len(images) + i
-            eta = (time.perf_counter() - t_start) / n * (total - n)
-            line = (f"[{'#' * int(30 * n / total):<30}] {n}/{total} {method} on {task}, image {i}/{len(images)}, "
-                    f"eta {eta / 60:5.1f} min")
-            stream.write(f"\r{line} " if tty else line + "\n")      # a log file gets one line per image
-            stream.flush()
-        cell, picked = run_cell(cfg, task, method, tcfg, runner, images, progress)
-        buf = _io.BytesIO()
-        np.savez_compressed(buf, samples=picked.astype(np.float16))
-        cell["identity"], cell["provenance"] = identity, experiment.provenance()
-        cell["digest"] = cell_digest(cell, buf.getvalue())
-        io.atomic_write(samples_path(path), buf.getvalue())      # before the JSON that marks it done
-        io.atomic_write(path, json.dumps(cell).encode())
-        cells[(task, method)] = cell
-    if tty:
-        stream.write("\n")
+    try:
+        run_cells(cfg, todo, images, cells, stream)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"the finished cells are kept in {os.path.join(out, 'cells')}; the same command "
+                                f"goes on from them") from None
 
     truth, inputs = [], []
     for task in tasks:

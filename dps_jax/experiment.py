@@ -160,12 +160,24 @@ def unused_settings(cfg, keys: Sequence[str]) -> list:
 
 
 def check_output_root(root: str) -> None:
-    """Refuse an output root where nothing can be written, before anything is created."""
+    """Refuse an output root where nothing can be written, before anything is created; a link (the root or a
+    folder above it) must lead to a folder."""
+    if os.path.islink(root) and not os.path.exists(root):
+        raise RunError(f"output.root {root} is a link to {os.readlink(root)}, which does not exist")
     where = os.path.abspath(root)
     while not os.path.exists(where):
         where = os.path.dirname(where)
     if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
         raise RunError(f"output.root {root}: {where} is not a writable folder")
+
+
+def check_output_apart(root: str, data_root: str) -> None:
+    """Refuse an output root that is the image folder or inside it: the next run would read the pictures it
+    writes as input images."""
+    out, images = os.path.realpath(os.path.expanduser(root)), os.path.realpath(os.path.expanduser(data_root))
+    if out == images or out.startswith(images + os.sep):
+        raise RunError(f"output.root {root} is inside the image folder {data_root}: the next run would read its "
+                       f"pictures as input images; write the outputs elsewhere")
 
 
 # ---- where and with what it ran ------------------------------------------------------------------

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import config_base, data, experiment, io, likelihoods, metrics, report, solvers
+from dps_jax import config_base, config_check, data, distributed, experiment, io, likelihoods, metrics, report, solvers
 from dps_jax.experiment import RunError
 from dps_jax.metrics import lpips
 from dps_jax.models.checkpoint import SHIPPED_PRIOR
@@ -62,12 +62,10 @@ def check_run_config(cfg) -> None:
     """What can be checked before anything loads or compiles."""
     if cfg.task not in config_base.TASKS:
         raise RunError(f"unknown task {cfg.task!r}; expected one of {config_base.TASKS}")
-    seed = cfg.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
-        # jax keys take 32 bits here; a larger seed would silently give the same key as another
-        raise RunError(f"seed must be an integer in [0, 2^32), got {seed!r:.40}")
+    config_check.check(cfg)           # every number (jax keys take 32-bit seeds: a larger one would repeat)
     likelihoods.check_noise(cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
     experiment.check_output_root(cfg.output.root)     # nothing is created before the run
+    experiment.check_output_apart(cfg.output.root, cfg.data.root or data.SHIPPED_IMAGES)
 
 
 def load_images(cfg, prior):
@@ -171,7 +169,8 @@ def new_run_dir(root: str, task: str) -> str:
     if jax.process_count() > 1:          # each process writes its share of the images to its own directory
         base += f"-process{jax.process_index()}of{jax.process_count()}"
     path, k = base, 1
-    while any(os.path.exists(p) for p in (path, path + ".partial", path + "-incomplete")):
+    # lexists: a dangling link at a run's name is taken, not written through
+    while any(os.path.lexists(p) for p in (path, path + ".partial", path + "-incomplete")):
         k += 1
         path = f"{base}-{k}"
     return path
@@ -184,12 +183,7 @@ def run(cfg, stream=sys.stderr) -> str:
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache))
     if cfg.distributed:
-        try:
-            jax.distributed.initialize(cfg.coordinator_address or None, cfg.num_processes or None,
-                                       cfg.process_id if cfg.process_id >= 0 else None)
-        except (ValueError, TypeError, RuntimeError) as e:
-            raise RunError(f"distributed: {str(e).splitlines()[0]} (set coordinator_address, num_processes and "
-                           "process_id outside a detected cluster)") from None
+        distributed.initialize(cfg)
     devs = experiment.devices()
     provenance = experiment.provenance(devs)
     prior = experiment.load_prior(cfg)
@@ -197,10 +191,6 @@ def run(cfg, stream=sys.stderr) -> str:
     names = data.output_names(files)
     image_shape = images.shape[1:]
     host_free = available_memory(jax.local_devices(backend="cpu")[0])
-    gib = 2.0 ** 30
-    if host_free is not None and cfg.num_samples * images[0].nbytes * 2 > host_free:   # before compiling
-        raise RunError(f"num_samples {cfg.num_samples}: the samples alone need "
-                       f"{cfg.num_samples * images[0].nbytes * 2 / gib:.1f} GiB, {host_free / gib:.1f} GiB are free")
     exp = experiment.setup(cfg, prior, image_shape)
     runner = exp.runner
     # Before compiling: a missing weight file is an error of the config, not of a finished run.

@@ -96,7 +96,7 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     (dict(grid_image=7), "grid_image 7 is not one of the 2 images"),
     ({"cells.solver.ddrm.steps": 0.5}, "flag --config.cells.solver.ddrm.steps=0.5"),
     ({"cells.solver.ddrm.eta": "abc"}, "flag --config.cells.solver.ddrm.eta=abc"),
-    ({"methods": "ddrm", "cells.solver.ddrm.eta": 2}, "ddrm eta must be in [0, 1], got 2.0"),   # not "n/a"
+    ({"methods": "ddrm", "cells.solver.ddrm.eta": 2}, "cells.solver.ddrm.eta must lie in [0, 1], got 2.0"),  # not n/a
     ({"overrides": "solver.ddrm.eta=2"}, "the config has no field 'overrides'"),
     ({"metrics.lpips_weights": "/nonexistent/lpips.msgpack"}, "LPIPS weights not found: /nonexistent/lpips.msgpack"),
     ({"metrics.fid_weights": "/nonexistent/fid.msgpack"}, "FID weights not found: /nonexistent/fid.msgpack"),
@@ -112,6 +112,21 @@ def test_bad_input_is_one_line(tmp_path, over, match):
     assert len(lines) == 1 and match in lines[0], stream.getvalue()
 
 
+def fake_run_cell(computed, interrupt_at=None):
+    """A stand-in for evaluate.run_cell that records what it ran (and raises KeyboardInterrupt at the
+    cell numbered `interrupt_at`)."""
+    def run(cfg, task, method, tcfg, runner, images, progress):
+        if interrupt_at is not None and len(computed) == interrupt_at:
+            raise KeyboardInterrupt
+        computed.append((task, method))
+        row = {"psnr": 20.0, "ssim": 0.5, "residual": 1.0}
+        return ({"task": task, "method": method, "num_images": len(images), "samples_per_image": 1, "nfe": 4,
+                 "seconds_per_image": 0.1, "compile_seconds": 1.0, "metrics": {k: {"mean": v, "se": 0.0}
+                                                                              for k, v in row.items()},
+                 "per_image": [row] * len(images), "shown": None}, np.zeros_like(images))
+    return run
+
+
 def test_a_stored_cell_is_reused_only_with_the_identity_it_was_computed_with(tmp_path, monkeypatch):
     """A cell is recomputed, with a line naming what differs, when its settings, seed, images or weights
     change or its file was edited; an unchanged rerun computes nothing. (Cells computed by a stand-in.)"""
@@ -120,16 +135,7 @@ def test_a_stored_cell_is_reused_only_with_the_identity_it_was_computed_with(tmp
     from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint, save_checkpoint
 
     computed = []
-
-    def fake_run_cell(cfg, task, method, tcfg, runner, images, progress):
-        computed.append((task, method))
-        row = {"psnr": 20.0, "ssim": 0.5, "residual": 1.0}
-        return ({"task": task, "method": method, "num_images": len(images), "samples_per_image": 1, "nfe": 4,
-                 "seconds_per_image": 0.1, "compile_seconds": 1.0, "metrics": {k: {"mean": v, "se": 0.0}
-                                                                              for k, v in row.items()},
-                 "per_image": [row] * len(images), "shown": None}, np.zeros_like(images))
-
-    monkeypatch.setattr(evaluate, "run_cell", fake_run_cell)
+    monkeypatch.setattr(evaluate, "run_cell", fake_run_cell(computed))
     prior = tmp_path / "prior.msgpack"
     shutil.copy(SHIPPED_PRIOR, prior)
     def rerun(**change):

@@ -79,7 +79,7 @@ def test_seed_must_fit_a_key(tmp_path, seed):
     cfg = config_base.task_config("inpainting_box")
     cfg.output.root = str(tmp_path)
     cfg.seed = seed
-    with pytest.raises(pipeline.RunError, match=r"seed must be an integer in \[0, 2\^32\)"):
+    with pytest.raises(ValueError, match=r"seed must (lie in \[0, 4294967295\]|be an integer)"):
         pipeline.check_run_config(cfg)
 
 
@@ -90,7 +90,12 @@ def test_memory_estimate_refuses_before_sampling(tmp_path, monkeypatch):
     argv = ["dps_jax.main", "--config=configs/inpainting_box.py", "--config.solver.name=admm_tv",   # no network to compile
             *short_flags(tmp_path / "out")]
     assert main.cli(argv + ["--config.num_samples=1000000000"], stream=out) == 1
-    assert "error: num_samples 1000000000: the samples alone need 7629.4 GiB" in out.getvalue()
+    assert "error: num_samples must lie in [1, 4096], got 1000000000" in out.getvalue()
+    out = io.StringIO()                 # within every range, too much together: the estimate, before any model
+    assert main.cli(argv + ["--config.num_samples=4096", "--config.data.image_size=2048",
+                            "--config.data.other_size=True"], stream=out) == 1
+    assert "error: data.image_size 2048 with num_samples 4096 needs about 4034.1 GiB for its arrays alone" \
+        in out.getvalue()
     free = iter([2 ** 30, 16 * 2 ** 10])            # the host's memory, then the device's: 16 KiB
     monkeypatch.setattr(pipeline, "available_memory", lambda device: next(free))
     out = io.StringIO()
@@ -98,3 +103,47 @@ def test_memory_estimate_refuses_before_sampling(tmp_path, monkeypatch):
     line = [l for l in out.getvalue().splitlines() if l.startswith("error:")][0]
     assert line.startswith("error: a chunk of 2 samples needs about") and "set --config.chunk_size=1" in line
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_links_at_the_output_root_and_at_run_names(tmp_path, monkeypatch):
+    """A dangling link as output.root is one line and creates nothing; a dangling link where a run's folder
+    would go is passed over (the run takes the next name), never written through."""
+    (tmp_path / "root").symlink_to(tmp_path / "nowhere")
+    out = io.StringIO()
+    argv = ["dps_jax.main", "--config=configs/inpainting_box.py", f"--config.output.root={tmp_path / 'root'}"]
+    assert main.cli(argv, stream=out) == 1
+    assert out.getvalue() == (f"error: output.root {tmp_path / 'root'} is a link to {tmp_path / 'nowhere'}, which "
+                              f"does not exist\n")
+    assert sorted(os.listdir(tmp_path)) == ["root"]
+    monkeypatch.setattr(pipeline.time, "strftime", lambda fmt: "20261202-120000")
+    (tmp_path / "runs" / "inpainting_box").mkdir(parents=True)
+    (tmp_path / "runs" / "inpainting_box" / "20261202-120000").symlink_to(tmp_path / "gone")
+    (tmp_path / "runs" / "inpainting_box" / "20261202-120000-2.partial").symlink_to(tmp_path / "gone")
+    assert pipeline.new_run_dir(str(tmp_path / "runs"), "inpainting_box").endswith("20261202-120000-3")
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--config.coordinator_address=::::garbage", "--config.num_processes=2", "--config.process_id=1"],
+     "coordinator_address '::::garbage' is not host:port"),
+    (["--config.coordinator_address=localhost:99999", "--config.num_processes=2", "--config.process_id=1"],
+     "coordinator_address 'localhost:99999' is not host:port"),
+    (["--config.num_processes=2", "--config.process_id=2"], "process_id 2 is not below num_processes 2"),
+    (["--config.coordinator_address=localhost:{port}", "--config.num_processes=2", "--config.process_id=1"],
+     "distributed: process 1 found no process 0 at localhost:{port} within 1 s (ConnectionRefusedError)"),
+    (["--config.coordinator_address=localhost:{port}", "--config.num_processes=3", "--config.process_id=0"],
+     "distributed: 1 of 3 processes came to localhost:{port} within 1 s; missing process_id 1, 2"),
+])
+def test_multi_host_failures_are_one_line(tmp_path, flags, line):
+    """Each would reach jax's C++ runtime, which aborts the process (exit 134) or waits 300 s; here each is
+    one line and status 1 within the timeout (1 s), nothing written."""
+    import socket
+    with socket.socket() as sock:                      # a port nobody listens on
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    out = io.StringIO()
+    argv = ["dps_jax.main", "--config=configs/inpainting_box.py", "--config.distributed=True",
+            "--config.distributed_timeout=1", f"--config.output.root={tmp_path / 'out'}",
+            *(f.format(port=port) for f in flags)]
+    assert main.cli(argv, stream=out) == 1
+    assert out.getvalue().startswith("error: " + line.format(port=port)), out.getvalue()
+    assert len(out.getvalue().splitlines()) == 1 and not os.path.exists(tmp_path / "out")

@@ -67,7 +67,7 @@ def test_centered_fft_matches_official():
 
 def test_paper_phase_retrieval_padding():
     op = operators.build("phase_retrieval", (256, 256, 3), oversample=2.0)
-    assert dict(op.static) == {"pad_h": 64, "pad_w": 64, "unit_range": False}
+    assert dict(op.static) == {"pad_h": 64, "pad_w": 64, "unit_range": False, "image_shape": (256, 256, 3)}
 
 
 def test_box_mask_fixture():

@@ -80,7 +80,8 @@ def test_hostile_weight_files_are_one_short_line_each(tmp_path):
         with pytest.raises(CheckpointFormatError) as e:
             checkpoint.load_checkpoint(path)
         line = str(e.value)
-        assert match in line and "\n" not in line and len(line) < 300, (path, line)
+        # the path is the caller's; what the file adds to the line is bounded
+        assert match in line and "\n" not in line and len(line.replace(str(path), "PATH")) < 240, (path, line)
     assert time.perf_counter() - start < 60
     # ru_maxrss is in KiB: reading them all took no more than 200 MiB beyond what the process had
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200 * 1024
@@ -137,7 +138,8 @@ def test_bad_training_states_are_refused_saying_what_to_delete(tmp_path):
         with pytest.raises(ValueError) as e:
             training.restore_state(str(p), template)
         line = str(e.value)
-        assert f"delete {p} to start afresh" in line and len(line) < 400 and "\n" not in line, (name, line)
+        assert f"delete {p} to start afresh" in line and "\n" not in line, (name, line)
+        assert len(line.replace(str(p), "PATH")) < 320, (name, line)
     (tmp_path / "dir.msgpack").mkdir()
     with pytest.raises(ValueError, match="a folder, not a file"):
         training.restore_state(str(tmp_path / "dir.msgpack"), template)

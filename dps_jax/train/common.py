@@ -34,8 +34,9 @@ def restore_state(path: str, template):
         tree = msgpack_io.read_tree(path)
         msgpack_io.check_tree(tree, flax.serialization.to_state_dict(template), f"{path}: state")
     except msgpack_io.WeightFileError as e:
-        raise ValueError(msgpack_io.shorten(f"training state {path} does not match the configured model and "
-                                            f"optimiser: {e}", 240) + hint) from None
+        detail = str(e).removeprefix(f"{path}: ")           # the path is said once, not shortened away
+        raise ValueError(f"training state {path} does not match the configured model and optimiser: "
+                         + msgpack_io.shorten(detail, 160) + hint) from None
     restored = flax.serialization.from_state_dict(template, tree)
     step = np.asarray(jax.tree_util.tree_leaves(restored)[-1])
     if step.shape != () or not 0 <= int(step) < 2 ** 31:

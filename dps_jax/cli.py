@@ -27,6 +27,7 @@ from dps_jax import config_check
 
 # Errors in the inputs that a command reports as one line (the checkpoint formats' errors derive from them).
 INPUT_ERRORS = (ValueError, OSError, TypeError, KeyError)
+MAX_LINE = 1000
 
 
 class UsageError(ValueError):
@@ -44,7 +45,9 @@ def one_line(e) -> str:
         last = [line for line in text.strip().splitlines() if line.strip()][-1]
         text = f"{head}: {last}" if head else last
     text = text.replace("\\n", " ").replace('\\"', '"').replace("\\'", "'")
-    return "error: " + " ".join(text.split())
+    text = " ".join(text.split())
+    # a bound whatever a message echoes (a value of 100,000 characters)
+    return "error: " + (text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + "...")
 
 
 def config_root() -> str:

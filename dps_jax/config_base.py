@@ -153,7 +153,7 @@ def task_config(task: str, preset: str = "", pick: bool = True) -> ml_collection
     paper) and DPS named, before the file picks its default solver (the comparison table's cells)."""
     path = os.path.join(CONFIG_DIR, f"{task}.py")
     if task not in TASKS or not os.path.isfile(path):
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS} (configs in {CONFIG_DIR})")
+        raise ValueError(f"unknown task {task!r:.60}; expected one of {TASKS} (configs in {CONFIG_DIR})")
     spec = importlib.util.spec_from_file_location(f"dps_jax_config_{task}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -24,6 +24,7 @@ from typing import Iterable, NamedTuple, Optional
 
 MAX_ITERATIONS = 100_000          # a reverse loop's steps or an iterative solver's iterations
 MAX_TRAIN_STEPS = 10_000_000
+MAX_TEXT = 4096                   # PATH_MAX: a path, a list of tasks or methods
 GIB = 2.0 ** 30
 
 
@@ -158,12 +159,25 @@ def numeric_fields(cfg, prefix: str = ""):
             yield key, v
 
 
+def text_fields(cfg, prefix: str = ""):
+    """(dotted key, value) of every str leaf of a ConfigDict."""
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if hasattr(v, "items") and not isinstance(v, dict):
+            yield from text_fields(v, key + ".")
+        elif isinstance(v, str):
+            yield key, v
+
+
 def check(cfg, overrides: Iterable[str] = ()):
     """Check every number of `cfg` (see the module docstring); returns cfg, with the task config's operator
     fields dropped when the command line changed `operator.name`."""
     overrides = [o[len("config."):] if o.startswith("config.") else o for o in overrides]
     if "operator" in cfg and "operator.name" in overrides:
         cfg = reset_operator(cfg, overrides)
+    for key, value in text_fields(cfg):
+        if len(value) > MAX_TEXT:
+            raise ConfigValueError(f"{key} has {len(value)} characters; at most {MAX_TEXT} (a path or a list of names)")
     for key, value in numeric_fields(cfg):
         rule = rule_for(key)
         if rule is None:

@@ -389,7 +389,7 @@ def evaluate(cfg, stream=sys.stderr) -> str:
         raise ValueError(f"tasks {cfg.tasks!r:.60} and methods {cfg.methods!r:.60} must each name at least one")
     for t in tasks:
         if t not in config_base.TASKS:
-            raise ValueError(f"unknown task {t!r}; expected one of {config_base.TASKS}")
+            raise ValueError(f"unknown task {t!r:.60}; expected one of {config_base.TASKS}")
     for m in methods:
         solvers.get(m)
     experiment.check_output_root(cfg.output.root)

@@ -61,7 +61,7 @@ def check_memory(cfg, runner: solvers.Runner, problem, host_free: Optional[int])
 def check_run_config(cfg) -> None:
     """What can be checked before anything loads or compiles."""
     if cfg.task not in config_base.TASKS:
-        raise RunError(f"unknown task {cfg.task!r}; expected one of {config_base.TASKS}")
+        raise RunError(f"unknown task {cfg.task!r:.60}; expected one of {config_base.TASKS}")
     config_check.check(cfg)           # every number (jax keys take 32-bit seeds: a larger one would repeat)
     likelihoods.check_noise(cfg.noise.name, cfg.noise.sigma, cfg.noise.rate)
     experiment.check_output_root(cfg.output.root)     # nothing is created before the run

@@ -155,3 +155,13 @@ def test_a_field_without_a_rule_is_refused():
         cfg.new_knob = 3
     with pytest.raises(config_check.ConfigValueError, match="new_knob = 3: no range is known for this field"):
         config_check.check(cfg)
+
+
+def test_long_text_is_bounded_in_the_config_and_in_the_error_line(tmp_path):
+    status, text = run_cli(evaluate.cli, "configs/eval/paper_table.py", "--config.methods=" + "x" * 100_000,
+                           root=tmp_path / "out")
+    assert status == 1 and text == "error: methods has 100000 characters; at most 4096 (a path or a list of names)\n"
+    status, text = run_cli(main.cli, "configs/super_resolution.py", "--config.solver.name=" + "x" * 4000,
+                           root=tmp_path / "out")
+    assert status == 1 and text.startswith("error: unknown solver 'xxx") and len(text) < 600, len(text)
+    assert not os.path.exists(tmp_path / "out")

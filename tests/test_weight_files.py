@@ -2,6 +2,7 @@
 bounded, typed reader (`models/msgpack_io.py`); each hostile or broken file below is one short line, read in
 little time and memory."""
 
+import json
 import resource
 import time
 
@@ -62,6 +63,9 @@ def hostile_files(tmp_path):
         ("nan_weights", {**small, "params": {first: array_record(np.full(4, np.nan, np.float32))}}, "4 NaN/Inf values"),
         ("deep", {**small, "extra": nested(200), "params": {}}, "nesting deeper than 16"),
         ("long_config", {**small, "config": "x" * 500_000, "params": {}}, "bad model config"),
+        # a network of a million blocks per level: refused from its numbers, before any shape is derived
+        ("huge_model", {**small, "config": json.dumps({**json.loads(p["config"]), "num_res_blocks": 10 ** 6}),
+                        "params": {}}, "UNetConfig.num_res_blocks must be an integer in [1, 32]"),
         ("empty_maps", {**small, "extra": {str(i): {} for i in range(50_000)}, "params": {}}, "do not match"),
         ("garbage", b"\xc1\xc1\xc1 not msgpack", "not readable msgpack"),
         ("empty", b"", "an empty file"),

@@ -34,7 +34,7 @@ def get(name: str) -> Solver:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown solver {name!r}; expected one of {sorted(REGISTRY)}") from None
+        raise ValueError(f"unknown solver {name!r:.60}; expected one of {sorted(REGISTRY)}") from None
 
 
 def register(solver: Solver) -> Solver:

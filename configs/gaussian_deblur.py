@@ -17,6 +17,8 @@ def settings(preset=None):
     # ADMM-TV's lam and rho: the best of a grid on 8 held-out images (benchmarks/admm_tv_grid.json);
     # not searched for the paper presets, which keep them.
     c.solver.admm_tv.update(dict(lam=0.003, rho=1.0))
+    # DiffPIR as its deblurring script runs: its header's lambda 1 and zeta 0.1 times 7 and 3
+    c.solver.diffpir.update(dict(lam=7.0, zeta=0.3))
     if is_paper(c):
         c.operator.update(dict(kernel_size=61, intensity=3.0))
         set_scale(c, 0.3)

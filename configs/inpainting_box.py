@@ -21,6 +21,7 @@ def settings(preset=None):
     # ADMM-TV's lam and rho: the best of a grid on 16 held-out images (benchmarks/admm_tv_grid.json);
     # not searched for the paper presets, which keep them.
     c.solver.admm_tv.update(dict(lam=0.003, rho=1.0))
+    c.solver.diffpir.update(dict(zeta=1.0, steps=20))     # DiffPIR's inpainting script
     c.solver.daps.lr = 5e-5           # DAPS's step size for this task (its task config)
     if is_paper(c):
         c.operator.update(dict(box_len_range=(128, 129), margin=16))    # 128 x 128 in 256 x 256

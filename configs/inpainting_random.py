@@ -20,6 +20,7 @@ def settings(preset=None):
     # ADMM-TV's lam and rho: the best of a grid on 16 held-out images (benchmarks/admm_tv_grid.json);
     # not searched for the paper presets, which keep them.
     c.solver.admm_tv.update(dict(lam=0.0003, rho=0.03))
+    c.solver.diffpir.update(dict(zeta=1.0, steps=20))     # DiffPIR's inpainting script
     if is_paper(c):
         set_scale(c, 0.5)
     return c

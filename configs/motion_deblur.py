@@ -17,6 +17,8 @@ def settings(preset=None):
     # ADMM-TV's lam and rho: the best of a grid on 8 held-out images (benchmarks/admm_tv_grid.json);
     # not searched for the paper presets, which keep them.
     c.solver.admm_tv.update(dict(lam=0.003, rho=1.0))
+    # DiffPIR as its deblurring script runs: its header's lambda 1 and zeta 0.1 times 7 and 3
+    c.solver.diffpir.update(dict(lam=7.0, zeta=0.3))
     c.solver.daps.lr = 5e-5           # DAPS's step size for this task (its task config)
     if is_paper(c):
         c.operator.kernel_size = 61

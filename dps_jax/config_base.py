@@ -29,6 +29,8 @@ TASKS = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_de
          "nonlinear_deblur", "phase_retrieval")
 PRESETS = ("fmnist32", "ffhq256", "imagenet256")      # the names of dps_jax.models.unet.PRESETS
 PAPER_PRESETS = ("ffhq256", "imagenet256")
+# The solvers on the diffusion table that keep their reference's step count on every preset (DDRM: 20).
+OWN_STEP_COUNTS = ("ddrm",)
 # The solvers that take a gradient step of size `scale` (zeta) on the measurement distance (`set_scale`).
 GRADIENT_SOLVERS = ("ps", "ps+", "mcg")
 # The task configs: the package `dps_jax.configs`, which is the repository's top-level `configs/` (setup.cfg
@@ -72,7 +74,7 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
     # tuned for 50) and the paper's 1000 on the paper presets; DDRM, DiffPIR, DAPS and the iterative solvers
     # keep their own counts.
     for name, spec in REGISTRY.items():
-        if issubclass(spec.Options, TableOptions) and spec.grid is None:
+        if issubclass(spec.Options, TableOptions) and name not in OWN_STEP_COUNTS:
             c.solver[config_key(name)].steps = 1000 if paper else 50
     c.solver.daps.preset = "1k" if paper else "cpu"      # DAPS's published 1000 evaluations, or 50 on a CPU
     c.operator = ml_collections.ConfigDict()     # the task's A: `name` and the options of operators.build

@@ -12,7 +12,7 @@ per sample, seconds per image of sampling and seconds of compiling, the identity
 where), `table.csv` (every figure, a row per cell), `table.tex` (a LaTeX tabular, the best of each column in
 bold) and `grid.png` (labelled: the truth and the measurement, then one row per method; a column per task).
 A stored cell is reused only when its identity (its resolved task config, the images, the content of the
-weight files) is the one requested and its digest matches; otherwise it is recomputed, with a line naming
+weight files, the source of the code that computes it) is the one requested and its digest matches; otherwise it is recomputed, with a line naming
 what differs. A method that cannot take a task (DDRM on motion blur, a Fienup method on anything but phase
 retrieval) is a cell "n/a" with its reason, once, under the table.
 
@@ -29,6 +29,7 @@ the feature network of `metrics.fid_weights` ("" = the shipped Fashion-MNIST cla
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -151,10 +152,37 @@ def file_hash(path: str) -> str:
     return _FILE_HASHES[key]
 
 
+# The code a cell's numbers depend on (the solvers, operators, networks, schedules, measurement and metrics),
+# relative to the package: its source is part of every cell's identity.
+CODE = ("solvers", "operators", "models", "metrics", "analytic", "diffusion.py", "prior.py", "schedule.py",
+        "likelihoods.py", "experiment.py", "data.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 (16 hex digits) of the source files of CODE: a change to how any number is computed makes
+    every stored cell stale. (Run a long comparison from a fixed commit, e.g. a git worktree, to resume it.)"""
+    root = os.path.dirname(os.path.abspath(__file__))
+    files = []
+    for entry in CODE:
+        path = os.path.join(root, entry)
+        if os.path.isdir(path):
+            files += [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".py")]
+        else:
+            files.append(path)
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(os.path.relpath(f, root).encode() + b"\0")
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
 def cell_identity(tcfg, images) -> Dict[str, object]:
     """Everything that determines a cell, flat by dotted key: its resolved task config (solver, its options
     and steps, seed, preset, operator, noise, model, every override applied), the images (count and a hash
-    of their pixels) and the content hash of every weight file it reads (the prior, the kernel model)."""
+    of their pixels), the content hash of every weight file it reads (the prior, the kernel model) and of the
+    code that computes it (`code_digest`)."""
     from dps_jax.cli import flatten
     from dps_jax.models.checkpoint import SHIPPED_PRIOR
     from dps_jax.models.kernel_wizard import SHIPPED_KERNEL_MODEL
@@ -164,6 +192,7 @@ def cell_identity(tcfg, images) -> Dict[str, object]:
     ident["images.count"] = int(len(images))
     ident["images.sha256"] = hashlib.sha256(np.ascontiguousarray(images, np.float32).tobytes()).hexdigest()[:16]
     ident["files.prior"] = file_hash(tcfg.model.checkpoint or SHIPPED_PRIOR)
+    ident["code.sha256"] = code_digest()
     if tcfg.operator.get("name") == "nonlinear_blur":
         ident["files.kernel_model"] = file_hash(os.path.expanduser(tcfg.operator.get("checkpoint") or "")
                                                 or SHIPPED_KERNEL_MODEL)

@@ -62,7 +62,9 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, int, Sequence
 
     `section_counts` splits [0, num_timesteps) into equal sections and keeps the given number of
     evenly spaced steps in each ("250", "10,20,30", [10, 20, 30]); "ddimN" keeps range(0, T, stride)
-    with the integer stride that gives exactly N steps (the DDIM paper's striding); "quadN" keeps
+    with the integer stride that gives exactly N steps (the DDIM paper's striding); "strideN" keeps
+    range(0, T, T // N), the grid of DDRM's runner and RED-diff's `get_timesteps`: N steps where N divides
+    T, more where it does not (N = 15 of 1000: stride 66, 16 steps, the last at 990); "quadN" keeps
     T - 1 - floor(sqrt(k / (N - 1)) T) for k = 0 .. N - 2 and 0 (DiffPIR's quadratic spacing: large strides
     at high noise, fine ones near t = 0).
     """
@@ -72,6 +74,14 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, int, Sequence
         spec = spec.strip()
         if spec.startswith("quad"):
             return quadratic_timesteps(num_timesteps, spec, section_counts)
+        if spec.startswith("stride"):
+            try:
+                desired = int(spec[len("stride"):])
+            except ValueError:
+                raise ValueError(f"bad respacing {section_counts!r}: expected 'strideN' with an integer N") from None
+            if not 1 <= desired <= num_timesteps:
+                raise ValueError(f"respacing {section_counts!r}: N must be in [1, {num_timesteps}]")
+            return np.arange(0, num_timesteps, num_timesteps // desired, dtype=np.int64)
         if spec.startswith("ddim"):
             try:
                 desired = int(spec[len("ddim"):])
@@ -87,7 +97,8 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, int, Sequence
             spec = [int(s) for s in spec.split(",")]
         except ValueError:
             raise ValueError(
-                f"bad respacing {section_counts!r}: expected counts like '250' or '10,20,30', or 'ddimN'") from None
+                f"bad respacing {section_counts!r}: expected counts like '250' or '10,20,30', 'ddimN', 'strideN' "
+                f"or 'quadN'") from None
     elif isinstance(spec, (int, np.integer)):
         spec = [int(spec)]
     spec = list(spec)

@@ -14,7 +14,7 @@ import pytest
 from helpers import SpectralOp, load_npz, nhwc
 from dps_jax import api, diffusion, operators, prior, schedule, solvers
 from dps_jax.operators import spectral
-from dps_jax.solvers import ddrm, loop
+from dps_jax.solvers import base, ddrm, loop
 
 CASES = ["sr2", "blur", "inpaint"]
 
@@ -26,7 +26,7 @@ def case(name, ffhq_like):
     sp = spectral.Spectral(**{k: jnp.asarray(f[k]) for k in spectral.Spectral._fields})
     y = nhwc(f["y"])[0]
     problem = solvers.Problem(op=None, y=jnp.asarray(y), sigma=np.float32(spec["sigma_0"]), aux=sp)
-    tables = schedule.build_tables("linear", 1000, ddrm.respacing(solvers.make_options(ddrm.SOLVER)))
+    tables = schedule.build_tables("linear", 1000, base.reference_stride(solvers.make_options(ddrm.SOLVER)))
     np.testing.assert_array_equal(tables.timestep_map, f["timesteps"])
     model, params, _ = ffhq_like
     options = solvers.make_options(ddrm.SOLVER, eta=spec["eta"], eta_b=spec["eta_b"])

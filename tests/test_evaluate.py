@@ -165,6 +165,9 @@ def test_a_stored_cell_is_reused_only_with_the_identity_it_was_computed_with(tmp
     save_checkpoint(str(prior), jax.tree_util.tree_map(lambda a: a * 1.01, params), model_cfg, extra=extra)
     done, text = rerun(**{"cells.solver.ddrm.eta": 0.5, "seed": 5, "data.num_images": 3})
     assert done and "files.prior '" in text and "solver.ddrm" not in text       # same path, new content
+    monkeypatch.setattr(evaluate, "code_digest", lambda: "0123456789abcdef")      # the code changed
+    done, text = rerun(**{"cells.solver.ddrm.eta": 0.5, "seed": 5, "data.num_images": 3})
+    assert done and "code.sha256 " in text and "-> '0123456789abcdef'" in text
     cell_path = tmp_path / "out" / "cells" / "super_resolution__ddrm.json"
     cell = json.loads(cell_path.read_text())
     cell["metrics"]["psnr"]["mean"] = 99.0

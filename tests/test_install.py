@@ -31,9 +31,8 @@ SCRIPT = textwrap.dedent('''
     assert api.task_config("super_resolution").solver.name == "ddrm"       # the API finds the task configs
     text = io.StringIO()
     assert evaluate.cli(["dps_jax.evaluate", "--help"], out=text) == 0 and "configs/eval/paper_table.py" in text.getvalue()
-    status = main.cli(["dps_jax.main", "--config=configs/phase_retrieval.py", "--config.sampler.steps=2",
-                       "--config.solver.daps.langevin_steps=2", "--config.num_samples=2",
-                       f"--config.output.root={out}", f"--config.compilation_cache={cache}"])
+    status = main.cli(["dps_jax.main", "--config=configs/super_resolution.py", "--config.sampler.steps=2",
+                       "--config.num_samples=2", f"--config.output.root={out}", f"--config.compilation_cache={cache}"])
     sys.exit(status)
 ''')
 
@@ -65,9 +64,9 @@ def test_wheel_runs_a_task_from_another_folder_and_reuses_its_compilation_cache(
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert os.listdir(cache)
         assert "step 2/2" in proc.stderr and "nan" not in proc.stderr                 # the progress line
-        (run_dir,) = glob.glob(str(elsewhere / f"out{i}" / "phase_retrieval" / "*"))
+        (run_dir,) = glob.glob(str(elsewhere / f"out{i}" / "super_resolution" / "*"))
         m = json.load(open(os.path.join(run_dir, "metrics.json")))
-        assert m["solver"] == "daps" and m["steps"] == 2 and m["num_samples"] == 2
+        assert m["solver"] == "ddrm" and m["steps"] == 2 and m["num_samples"] == 2
         (d,) = glob.glob(os.path.join(run_dir, "*", "samples.npz"))
         runs.append((np.load(d)["samples"], m))
     np.testing.assert_array_equal(runs[0][0], runs[1][0])

@@ -208,10 +208,16 @@ def test_plugged_in_solver_on_two_devices_and_two_processes(tmp_path):
     assert shares == {0: [names[0], names[2]], 1: [names[1]]}
 
 
-def test_divergence_is_reported_and_nothing_is_a_result(tmp_path):
+def test_divergence_is_reported_and_nothing_is_a_result(tmp_path, monkeypatch):
+    from dps_jax.solvers import dps
+
+    # a network that answers Inf (a step size of 1e38, which config_check now refuses, did the same)
+    real = dps.denoise
+    monkeypatch.setattr(dps, "denoise", lambda prior, x, c: real(prior, x, c)._replace(
+        mean=real(prior, x, c).mean * np.inf))
     out = io.StringIO()
     status = main.cli(["dps_jax.main", "--config=configs/super_resolution.py", *short_flags(tmp_path),
-                       "--config.solver.name=ps", "--config.solver.ps.scale=1e38"], stream=out)
+                       "--config.solver.name=ps"], stream=out)
     assert status == 1
     line = out.getvalue().strip().splitlines()[-1]
     assert line.startswith("error: sampling diverged (NaN/Inf) at step ") and "-incomplete" in line

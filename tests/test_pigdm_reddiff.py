@@ -14,7 +14,7 @@ import pytest
 from helpers import SpectralOp, load_npz, measurement_fit, mixture_sr_case, nhwc, row
 from dps_jax import api, diffusion, operators, prior, schedule, solvers
 from dps_jax.operators import spectral
-from dps_jax.solvers import pigdm, proximal, reddiff
+from dps_jax.solvers import base, pigdm, proximal, reddiff
 
 CASES = ["sr2", "blur", "inpaint"]
 
@@ -25,7 +25,9 @@ def case(prefix, name, ffhq_like):
     sigma = json.loads(str(f["spec"])).get("sigma", 0.0)
     sp = spectral.Spectral(**{k: jnp.asarray(f[k]) for k in spectral.Spectral._fields})
     problem = solvers.Problem(op=SpectralOp(sp), y=jnp.asarray(nhwc(f["y"])[0]), sigma=np.float32(sigma), aux=sp)
-    tables = schedule.build_tables("linear", 1000, f"ddim{len(f['timesteps'])}")
+    # the solvers' default grid at the fixture's step count: the reference's get_timesteps
+    tables = schedule.build_tables("linear", 1000, base.reference_stride(
+        solvers.make_options(solvers.get(prefix), steps=len(f["timesteps"]))))
     np.testing.assert_array_equal(tables.timestep_map, f["timesteps"])
     model, params, _ = ffhq_like
     return f, problem, prior.from_unet(model, params, "learned_range"), diffusion.step_coefficients(tables)

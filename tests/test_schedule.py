@@ -51,8 +51,28 @@ def test_section_counts_as_list_and_int():
     (("linear", 1000, "ddim999"), "no integer stride gives exactly 999"),
     (("linear", 1000, "ten"), "bad respacing 'ten'"),
     (("linear", 1000, "ddimx"), "bad respacing 'ddimx'"),
+    (("linear", 1000, "stride0"), r"respacing 'stride0': N must be in \[1, 1000\]"),
+    (("linear", 1000, "stridex"), "expected 'strideN' with an integer N"),
     (("linear", 1000, "0"), "at least one step"),
 ])
 def test_bad_schedule_arguments(bad, match):
     with pytest.raises(ValueError, match=match):
         schedule.build_tables(*bad)
+
+
+@pytest.mark.parametrize("steps", [10, 15, 20, 50, 70, 100, 1000])
+def test_ddrm_pigdm_and_reddiff_step_as_their_references(steps):
+    """DDRM's runner and RED-diff's get_timesteps (its PiGDM and RED-diff) keep range(0, T, T // steps), with
+    the previous step of each the one before it (-1 for the first): one more step than asked where steps
+    does not divide T (15: stride 66, 16 steps ending at 990; 70: stride 14, 72 steps)."""
+    from dps_jax import solvers
+    from dps_jax.solvers import base
+
+    want = list(range(0, 1000, 1000 // steps))
+    assert schedule.space_timesteps(1000, f"stride{steps}").tolist() == want
+    for name in ("ddrm", "pigdm", "reddiff"):
+        spec = solvers.get(name)
+        grid = spec.grid(solvers.make_options(spec, steps=steps), base.Schedule("linear", 1000))
+        assert grid.evaluations == len(want) and np.asarray(grid.xs.t_model).tolist() == want[::-1], name
+    if steps == 15:
+        assert len(want) == 16 and want[-1] == 990

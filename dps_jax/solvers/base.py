@@ -142,6 +142,12 @@ def table_grid(respacing: Optional[Callable] = None):
     return grid
 
 
+def reference_stride(options) -> str:
+    """The steps of DDRM's runner and RED-diff's `get_timesteps`: range(0, T, T // steps) ("strideN"; one
+    more step than asked where steps does not divide T), unless `options.respacing` names others."""
+    return getattr(options, "respacing", "") or f"stride{options.steps}"
+
+
 def iteration_grid(options, schedule: Schedule) -> Grid:
     """The iteration indices 0 .. options.steps - 1; no network evaluations."""
     return Grid(jnp.arange(check_int("steps", options.steps, 1), dtype=jnp.int32), 0)

@@ -104,10 +104,5 @@ def update(state, c, noise, problem, prior, options: Options):
     return {"x": x_next, "started": jnp.asarray(True)}, {"distance": d, "x0_hat": den.x0_hat}
 
 
-def respacing(options: Options) -> str:
-    """DDRM's strided grid: range(0, num_timesteps, num_timesteps // steps)."""
-    return f"ddim{options.steps}"
-
-
-SOLVER = base.Solver("ddrm", Options, init=init, update=update, grid=base.table_grid(respacing),
+SOLVER = base.Solver("ddrm", Options, init=init, update=update, grid=base.table_grid(base.reference_stride),
                      needs=frozenset({"svd", "sigma"}))

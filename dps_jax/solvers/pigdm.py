@@ -14,9 +14,9 @@ g is taken as in the reference code (NVlabs/RED-diff, `algos/pgdm.py`, `awd: Tru
 1 / r_t^2 factor, so that with sigma_y = 0 it is the pseudo-inverse residual A^+ y - A^+ A x0_hat the
 reference uses; with sigma_y > 0 the paper's noisy form (scaled by the same r_t^2). x0_hat is not clipped.
 The start is A^+ y noised to the first step: x_T = sqrt(ab_T) A^+ y + sqrt(1 - ab_T) z. Defaults are the
-reference's: DDIM with eta 0, weight 1 (options of PiGDM's own: a run's other solvers do not set them); the
-reference strides its steps as the respacing "ddimN" (pass e.g. respacing "ddim100" to match it; `steps`
-evenly spaced otherwise).
+reference's: DDIM with eta 0, weight 1 (options of PiGDM's own: a run's other solvers do not set them); its
+steps are the reference's `get_timesteps`, range(0, 1000, 1000 // steps) (`base.reference_stride`: 16 steps
+for steps = 15), unless `respacing` names others.
 
 A^+ and the regularised inverse come from the operator's SVD (`operators.spectral`, 1-D singular values
 below `cutoff` treated as zero as in DDRM): super-resolution, Gaussian blur, inpainting. The Gaussian noise
@@ -76,4 +76,5 @@ def update(state, c, noise, problem, prior, options: Options):
                                                          "x0_hat": x0_hat}
 
 
-SOLVER = base.Solver("pigdm", Options, init=init, update=update, needs=frozenset({"svd", "sigma"}))
+SOLVER = base.Solver("pigdm", Options, init=init, update=update, grid=base.table_grid(base.reference_stride),
+                     needs=frozenset({"svd", "sigma"}))

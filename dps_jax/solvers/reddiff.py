@@ -12,8 +12,9 @@ the gradient, so a step costs one network evaluation and no backpropagation thro
 the pixels of one image (and of y): each posterior sample is its own optimisation. mu starts at A^+ y.
 The sample is mu as the last step's loss saw it (the reference returns that, not mu after its last update).
 
-Defaults are the reference's `_configs/algo/reddiff.yaml` (NVlabs/RED-diff): lr 0.1, lambda 0.25; the
-reference strides its steps as the respacing "ddimN" (`steps` evenly spaced unless it is given).
+Defaults are the reference's `_configs/algo/reddiff.yaml` (NVlabs/RED-diff): lr 0.1, lambda 0.25; its steps
+are the reference's `get_timesteps`, range(0, 1000, 1000 // steps) (`base.reference_stride`), unless
+`respacing` names others.
 The measurement term needs only A, so any differentiable operator works; the start A^+ y comes from the SVD where the operator has one (DDRM's 0.03 singular cutoff), from
 the least-norm projection (`Operator.project`) for other linear operators; nonlinear ones are refused.
 """
@@ -77,4 +78,4 @@ def result(state):
 
 # Linear A: the start A^+ y through the SVD where the operator has one, its projection otherwise.
 SOLVER = base.Solver("reddiff", Options, init=init, update=update, draw=draw, result=result,
-                     needs=frozenset({"gaussian", "svd_or_cg"}))
+                     grid=base.table_grid(base.reference_stride), needs=frozenset({"gaussian", "svd_or_cg"}))

@@ -8,7 +8,6 @@ import pickle
 import zipfile
 
 import numpy as np
-import pytest
 
 from dps_jax import cell_store, evaluate
 from test_evaluate import CONFIG, config, fake_run_cell

@@ -16,6 +16,10 @@ spectral layout (`make_fixtures.spectral_h_functions`), on three operators (2 x 
 blur with singular values below 0.03 zeroed, random inpainting). 10 steps (`exp.num_steps`), images 16 x 16.
 Every `torch.randn_like` draw is recorded; with --reuse the inputs and the draws of an existing fixture are
 replayed, and the outputs recomputed (a regeneration check).
+
+`pigdm_in2.npz`: PiGDM on the inpainting degradation RED-diff's README runs (`algo.deg=in2_*`), with the
+reference's own `Inpainting2` (a dense mask, y = mask * x in its full size), where the reference puts y on the
+observed pixels of x0_pred and zeroes the guidance there.
 """
 
 from __future__ import annotations
@@ -135,6 +139,36 @@ def make_pigdm(ref, model, out, name, reuse, rng):
     np.savez_compressed(os.path.join(out, f"pigdm_{name}.npz"), **arrays)
 
 
+def make_pigdm_in2(ref, model, out, reuse, rng):
+    import torch
+
+    from utils import degredations
+
+    old = mf.read(reuse, "pigdm_in2.npz")
+    if old is not None:
+        mask, img = old["mask"], torch.from_numpy(old["ref"])
+    else:
+        mask = (rng.uniform(size=(SIZE, SIZE, 1)) > 0.6).astype(np.float32)
+        img = torch.rand(1, CHANNELS, SIZE, SIZE) * 2 - 1
+    dense = torch.from_numpy(np.broadcast_to(mask, (SIZE, SIZE, CHANNELS)).transpose(2, 0, 1).reshape(1, -1).copy())
+    H = degredations.Inpainting2(CHANNELS, SIZE, dense, torch.device("cpu"))
+    H.set_indices(torch.zeros(1, dtype=torch.long))
+    cfg = config(ref, "pgdm")
+    cfg.algo.deg = "in2_fixture"
+    sys.modules[ref.PGDM.__module__].build_degredation_model = lambda c: H
+    algo = ref.PGDM(ref.ClassifierGuidanceModel(model, None, ref.Diffusion(), cfg), cfg)
+    y_0 = H.H(img)
+    ts = timesteps(cfg)
+    with mf.cuda_on_cpu(), mf.recorded_randn_like(draws(old, "randn")) as drawn:
+        xs, x0s = algo.sample(torch.zeros_like(img), None, ts, y_0=y_0)
+    arrays = dict(ref=img.numpy(), mask=mask, y=y_0.numpy().reshape(1, CHANNELS, SIZE, SIZE),
+                  randn=np.stack([d.numpy() for d in drawn]), xs=np.concatenate([x.numpy() for x in xs]),
+                  x0s=np.concatenate([x.numpy() for x in x0s]), timesteps=np.asarray(ts, np.int64),
+                  spec=np.array(json.dumps({**ref.OmegaConf.to_container(cfg.algo), "operator": "inpainting (in2)",
+                                            "model": "adm_ffhq_like"})))
+    np.savez_compressed(os.path.join(out, "pigdm_in2.npz"), **arrays)
+
+
 def recording_adam(torch, trail):
     """torch.optim.Adam that appends a copy of its parameter to `trail` after every step (RED-diff returns
     only the end)."""
@@ -190,9 +224,10 @@ def main():
         for name in CASES:
             make_pigdm(ref, model, args.out, name, args.reuse, rng)
             make_reddiff(ref, model, args.out, name, args.reuse, rng)
+        make_pigdm_in2(ref, model, args.out, args.reuse, rng)
     finally:
         ref.restore()
-    print(f"wrote {len(CASES) * 2} files to {args.out}")
+    print(f"wrote {len(CASES) * 2 + 1} files to {args.out}")
     if args.compare:
         mf.compare(args.out, args.compare)
 

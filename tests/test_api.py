@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import linear_prior
 from dps_jax import api, config_base, io, metrics, operators
 from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint
 from dps_jax.models.unet import PRESETS, preset
@@ -54,7 +55,9 @@ def test_config_presets_are_the_model_presets():
 
 
 def test_api_sample_in_one_call():
-    pr = api.load_prior()
+    shipped = api.load_prior()
+    assert shipped.image_size == 32 and shipped.channels == 1
+    pr = linear_prior(clip_denoised=True)          # the sampling on a prior that compiles in a second
     op = operators.build("inpainting", (32, 32, 1), key=jax.random.PRNGKey(0), mask_type="box",
                          box_len_range=(16, 17), margin=2)
     y = api.measure(op, jnp.zeros((32, 32, 1)), jax.random.PRNGKey(1))

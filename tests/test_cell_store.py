@@ -99,6 +99,7 @@ def test_a_bad_cell_in_a_comparison_is_said_and_recomputed(tmp_path, monkeypatch
     computed = []
     monkeypatch.setattr(evaluate, "run_cell", fake_run_cell(computed))
     cfg = config(tmp_path / "out", methods="ddrm", tasks="super_resolution")
+    cfg.metrics.fid_weights = "none"                    # no FID network to compile
     evaluate.evaluate(cfg, io.StringIO())
     npz = tmp_path / "out" / "cells" / "super_resolution__ddrm.npz"
     npz.write_bytes(npz.read_bytes()[:50])
@@ -116,7 +117,7 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = ["evaluate", f"--config={CONFIG}", "--config.data.source=folder", "--config.data.num_images=2",
             "--config.tasks=super_resolution,gaussian_deblur", "--config.methods=ddrm",
-            f"--config.output.root={out}"]
+            "--config.metrics.fid_weights=none", f"--config.output.root={out}"]
     stream = io.StringIO()
     assert evaluate.cli(argv, stream) == 130
     (line,) = [l for l in stream.getvalue().splitlines() if l.startswith("error:")]

@@ -48,9 +48,10 @@ def test_lpips_matches_the_lpips_package(ref, tmp_path, net):
         np.testing.assert_allclose(metric(x, y), ref[f"lpips_{net}_{size}"], rtol=1e-5, atol=1e-7)
         assert metric(x, x) == pytest.approx([0, 0, 0], abs=1e-7)
         np.testing.assert_allclose(metric(y, x), metric(x, y), rtol=1e-6)
-    grey = x[..., :1]
-    np.testing.assert_allclose(metric(grey, y[..., :1]), metric(np.repeat(grey, 3, -1), np.repeat(y[..., :1], 3, -1)),
-                               rtol=1e-6)
+    if net == "alex":          # grey images are the wrapper's, whatever the trunk (a second compile of VGG saved)
+        grey = x[..., :1]
+        np.testing.assert_allclose(metric(grey, y[..., :1]),
+                                   metric(np.repeat(grey, 3, -1), np.repeat(y[..., :1], 3, -1)), rtol=1e-6)
 
 
 def test_fid_inception_matches_pytorch_fid(ref, tmp_path):

@@ -71,6 +71,39 @@ def test_pigdm_against_reference(name, ffhq_like):
         assert rel(record["x0_hat"][i], x0s[i]) <= 1e-5, i
 
 
+def test_pigdm_on_inpainting_takes_the_references_in2_branch(ffhq_like):
+    """RED-diff's PiGDM on the inpainting its README runs (`in2_*`, its own dense-mask Inpainting2) puts y on
+    the observed pixels of x0_pred and zeroes the guidance there: ours on the inpainting operator, teacher-forced
+    step by step against it (without the branch a step differs by up to 0.59, relative)."""
+    f = load_npz("pigdm_in2.npz")
+    op = operators.build("inpainting", (16, 16, 3), mask=jnp.asarray(f["mask"]))
+    problem = solvers.Problem(op=op, y=jnp.asarray(nhwc(f["y"])[0]), sigma=np.float32(0.0), aux=op.svd((16, 16, 3)))
+    np.testing.assert_allclose(problem.y, op(jnp.asarray(nhwc(f["ref"])[0])), atol=1e-6)
+    tables = schedule.build_tables("linear", 1000, base.reference_stride(
+        solvers.make_options(pigdm.SOLVER, steps=len(f["timesteps"]))))
+    np.testing.assert_array_equal(tables.timestep_map, f["timesteps"])
+    coefs = diffusion.step_coefficients(tables)
+    model, params, _ = ffhq_like
+    pr = prior.from_unet(model, params, "learned_range")
+    traj, x0s = nhwc(f["xs"])[::-1], nhwc(f["x0s"])[::-1]
+    randn = nhwc(f["randn"][:, 0])
+    num = len(x0s)
+    states = {"x": jnp.asarray(np.concatenate([randn[:1], traj[1:-1]])), "started": jnp.arange(num) > 0}
+    options = solvers.make_options(pigdm.SOLVER)
+    step = jax.jit(jax.vmap(lambda s, c, z, p: pigdm.update(s, c, {"x": z}, p, pr, options), (0, 0, 0, None)))
+    new, record = step(states, coefs, jnp.asarray(randn[1:]), problem)
+    for i in range(num):
+        assert rel(new["x"][i], traj[i + 1]) <= 1e-5, (i, rel(new["x"][i], traj[i + 1]))
+    # the reference's x0s are after the branch: y on the observed pixels
+    m = np.broadcast_to(np.asarray(f["mask"]), x0s.shape[1:])
+    np.testing.assert_allclose(x0s[:, m > 0], np.broadcast_to(problem.y, x0s.shape)[:, m > 0], atol=1e-6)
+    # and a generic operator with the same SVD (no name) takes the plain step: far from the reference's
+    plain = problem.replace(op=SpectralOp(problem.aux))
+    new_plain, _ = jax.jit(jax.vmap(lambda s, c, z: pigdm.update(s, c, {"x": z}, plain, pr, options)))(
+        states, coefs, jnp.asarray(randn[1:]))
+    assert max(rel(new_plain["x"][i], traj[i + 1]) for i in range(num)) > 1e-2
+
+
 @pytest.mark.parametrize("name", ["sr2", "blur"])    # blur: the reference's H_pinv quirk (see above)
 def test_reddiff_against_reference(name, ffhq_like):
     f, problem, pr, coefs = case("reddiff", name, ffhq_like)

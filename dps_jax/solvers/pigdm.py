@@ -18,6 +18,10 @@ reference's: DDIM with eta 0, weight 1 (options of PiGDM's own: a run's other so
 steps are the reference's `get_timesteps`, range(0, 1000, 1000 // steps) (`base.reference_stride`: 16 steps
 for steps = 15), unless `respacing` names others.
 
+On the inpainting operator the step takes the branch of the reference's inpainting runs (`in2_*`, the ones
+its README gives): the x0 of the DDIM step is y on the observed pixels and x0_hat elsewhere, and the guidance
+is zero on the observed pixels.
+
 A^+ and the regularised inverse come from the operator's SVD (`operators.spectral`, 1-D singular values
 below `cutoff` treated as zero as in DDRM): super-resolution, Gaussian blur, inpainting. The Gaussian noise
 std sigma_y is the problem's `sigma`.
@@ -70,6 +74,12 @@ def update(state, c, noise, problem, prior, options: Options):
     x0_hat, vjp, den = jax.vjp(x0_hat_of, x_t, has_aux=True)
     v = guidance_vector(sp, problem.y, spectral.apply(sp, x0_hat), problem.sigma, c.alphas_cumprod)
     (g,) = vjp(jax.lax.stop_gradient(v))
+    if getattr(problem.op, "name", None) == "inpainting":
+        # the reference's branch for the inpainting its README runs (`in2_*`): the step's x0 takes y on the
+        # observed pixels, and the guidance acts on the others only
+        m = jnp.broadcast_to(sp.singulars, x0_hat.shape)
+        den = den._replace(x0_hat=x0_hat * (1.0 - m) + problem.y * m)
+        g = g * (1.0 - m)
     x_prime = base.reverse_update(x_t, den, c, noise["x"], options)
     x_next = x_prime + options.weight * jnp.sqrt(c.alphas_cumprod_prev * c.alphas_cumprod) * g
     return {"x": x_next, "started": jnp.asarray(True)}, {"distance": dps.distance(problem, x0_hat),

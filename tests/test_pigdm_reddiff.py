@@ -90,18 +90,14 @@ def test_pigdm_on_inpainting_takes_the_references_in2_branch(ffhq_like):
     num = len(x0s)
     states = {"x": jnp.asarray(np.concatenate([randn[:1], traj[1:-1]])), "started": jnp.arange(num) > 0}
     options = solvers.make_options(pigdm.SOLVER)
-    step = jax.jit(jax.vmap(lambda s, c, z, p: pigdm.update(s, c, {"x": z}, p, pr, options), (0, 0, 0, None)))
-    new, record = step(states, coefs, jnp.asarray(randn[1:]), problem)
+    new, _ = jax.jit(jax.vmap(lambda s, c, z: pigdm.update(s, c, {"x": z}, problem, pr, options)))(
+        states, coefs, jnp.asarray(randn[1:]))
     for i in range(num):
         assert rel(new["x"][i], traj[i + 1]) <= 1e-5, (i, rel(new["x"][i], traj[i + 1]))
-    # the reference's x0s are after the branch: y on the observed pixels
+    # the reference's x0s are after the branch: y on the observed pixels (the plain step, with the same SVD
+    # and no branch, is 0.59 away, relative: tests/fixtures/README.md)
     m = np.broadcast_to(np.asarray(f["mask"]), x0s.shape[1:])
     np.testing.assert_allclose(x0s[:, m > 0], np.broadcast_to(problem.y, x0s.shape)[:, m > 0], atol=1e-6)
-    # and a generic operator with the same SVD (no name) takes the plain step: far from the reference's
-    plain = problem.replace(op=SpectralOp(problem.aux))
-    new_plain, _ = jax.jit(jax.vmap(lambda s, c, z: pigdm.update(s, c, {"x": z}, plain, pr, options)))(
-        states, coefs, jnp.asarray(randn[1:]))
-    assert max(rel(new_plain["x"][i], traj[i + 1]) for i in range(num)) > 1e-2
 
 
 @pytest.mark.parametrize("name", ["sr2", "blur"])    # blur: the reference's H_pinv quirk (see above)

@@ -79,6 +79,29 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(b)
 
 
+def try_case(load, case: str, refusal, counts: dict, memory_key: str, memory_base: int, trace_memory: bool) -> None:
+    """Load the file `case` with `load`, counting it in `counts` as read, refused (an exception of type
+    `refusal`: the longest refusal line kept) or escaped (any other exception, a few kept as examples), with
+    the slowest case's seconds and, under `memory_key`, the peak traced memory beyond `memory_base` bytes."""
+    if trace_memory:
+        tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        load(case)
+        counts["read"] += 1
+    except refusal as e:
+        counts["refused"] += 1
+        counts["max_error_chars"] = max(counts.get("max_error_chars", 0), len(str(e)))
+    except Exception:                              # an escape: what the reader must never do
+        counts["escaped"] += 1
+        if len(counts["examples"]) < 5:
+            counts["examples"].append(traceback.format_exc(limit=3))
+    counts["max_seconds"] = max(counts["max_seconds"], time.perf_counter() - start)
+    if trace_memory:
+        counts[memory_key] = max(counts[memory_key], tracemalloc.get_traced_memory()[1] - memory_base)
+        tracemalloc.stop()
+
+
 def fuzz(path: str, cases: int, seed: int = 0, trace_memory: bool = True) -> dict:
     """Counts of cases read, refused and escaped; the slowest case's seconds and the largest peak of traced
     memory beyond twice the case's size (the reader's bound is 2 S + a constant)."""
@@ -92,23 +115,7 @@ def fuzz(path: str, cases: int, seed: int = 0, trace_memory: bool = True) -> dic
             bad = mutate(data, rng)
             with open(case, "wb") as f:
                 f.write(bad)
-            if trace_memory:
-                tracemalloc.start()
-            start = time.perf_counter()
-            try:
-                load_state_dict(case)
-                counts["read"] += 1
-            except CheckpointError:
-                counts["refused"] += 1
-            except Exception:                              # an escape: what the reader must never do
-                counts["escaped"] += 1
-                if len(counts["examples"]) < 5:
-                    counts["examples"].append(traceback.format_exc(limit=3))
-            counts["max_seconds"] = max(counts["max_seconds"], time.perf_counter() - start)
-            if trace_memory:
-                counts["max_memory_over_2S"] = max(counts["max_memory_over_2S"],
-                                                   tracemalloc.get_traced_memory()[1] - 2 * len(bad))
-                tracemalloc.stop()
+            try_case(load_state_dict, case, CheckpointError, counts, "max_memory_over_2S", 2 * len(bad), trace_memory)
     return counts
 
 

@@ -19,15 +19,12 @@ import json
 import os
 import sys
 import tempfile
-import time
-import traceback
-import tracemalloc
 
 import flax.serialization
 import msgpack
 import numpy as np
 
-from benchmarks.fuzz_reader import mutate
+from benchmarks.fuzz_reader import mutate, try_case
 from dps_jax.models import classifier, dncnn, kernel_wizard, msgpack_io
 from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint
 
@@ -105,24 +102,7 @@ def fuzz(name: str, cases: int, seed: int = 0, trace_memory: bool = True) -> dic
                 bad = mutate(data, rng)
             with open(case, "wb") as f:
                 f.write(bad)
-            if trace_memory:
-                tracemalloc.start()
-            start = time.perf_counter()
-            try:
-                loader(case)
-                counts["read"] += 1
-            except msgpack_io.WeightFileError as e:
-                counts["refused"] += 1
-                counts["max_error_chars"] = max(counts["max_error_chars"], len(str(e)))
-            except Exception:                      # an escape: what the reader must never do
-                counts["escaped"] += 1
-                if len(counts["examples"]) < 5:
-                    counts["examples"].append(traceback.format_exc(limit=3))
-            counts["max_seconds"] = max(counts["max_seconds"], time.perf_counter() - start)
-            if trace_memory:
-                counts["max_memory_over_size"] = max(counts["max_memory_over_size"],
-                                                     tracemalloc.get_traced_memory()[1] - len(bad))
-                tracemalloc.stop()
+            try_case(loader, case, msgpack_io.WeightFileError, counts, "max_memory_over_size", len(bad), trace_memory)
             os.remove(case)
     return counts
 

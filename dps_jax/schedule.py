@@ -41,14 +41,20 @@ def betas_for_alpha_bar(num_timesteps: int, alpha_bar, max_beta: float = 0.999) 
     return np.minimum(1.0 - ratio, max_beta)
 
 
+def _count(spec: str, prefix: str, original, low: int, num_timesteps: int) -> int:
+    """N of a respacing "<prefix>N", checked to lie in [low, num_timesteps]."""
+    try:
+        n = int(spec[len(prefix):])
+    except ValueError:
+        raise ValueError(f"bad respacing {original!r}: expected '{prefix}N' with an integer N") from None
+    if not low <= n <= num_timesteps:
+        raise ValueError(f"respacing {original!r}: N must be in [{low}, {num_timesteps}]")
+    return n
+
+
 def quadratic_timesteps(num_timesteps: int, spec: str, original) -> np.ndarray:
     """The "quadN" respacing (see `space_timesteps`), ascending."""
-    try:
-        n = int(spec[len("quad"):])
-    except ValueError:
-        raise ValueError(f"bad respacing {original!r}: expected 'quadN' with an integer N") from None
-    if not 2 <= n <= num_timesteps:
-        raise ValueError(f"respacing {original!r}: N must be in [2, {num_timesteps}]")
+    n = _count(spec, "quad", original, 2, num_timesteps)
     seq = np.sqrt(np.linspace(0, num_timesteps ** 2, n)).astype(np.int64)
     seq[-1] -= 1
     kept = num_timesteps - 1 - seq
@@ -75,18 +81,10 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, int, Sequence
         if spec.startswith("quad"):
             return quadratic_timesteps(num_timesteps, spec, section_counts)
         if spec.startswith("stride"):
-            try:
-                desired = int(spec[len("stride"):])
-            except ValueError:
-                raise ValueError(f"bad respacing {section_counts!r}: expected 'strideN' with an integer N") from None
-            if not 1 <= desired <= num_timesteps:
-                raise ValueError(f"respacing {section_counts!r}: N must be in [1, {num_timesteps}]")
+            desired = _count(spec, "stride", section_counts, 1, num_timesteps)
             return np.arange(0, num_timesteps, num_timesteps // desired, dtype=np.int64)
         if spec.startswith("ddim"):
-            try:
-                desired = int(spec[len("ddim"):])
-            except ValueError:
-                raise ValueError(f"bad respacing {section_counts!r}: expected 'ddimN' with an integer N") from None
+            desired = _count(spec, "ddim", section_counts, 1, num_timesteps)
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return np.arange(0, num_timesteps, stride, dtype=np.int64)

@@ -162,3 +162,14 @@ def test_every_weight_loader_refuses_with_the_one_error_type(tmp_path):
             line = str(e.value)
             # a forged dtype name is echoed as ASCII, so the line prints on any terminal
             assert path in line and line.isascii() and "\n" not in line, (load, line)
+
+
+def test_seeded_corruptions_of_a_shipped_weight_file_never_escape():
+    """The fuzz benchmark's cases (byte and structural edits, benchmarks/fuzz_weights.py) on the shipped DnCNN
+    file: each is read or refused in one WeightFileError line, never another exception (the full run over
+    every shipped file: docs/checkpoints.md)."""
+    from benchmarks import fuzz_weights
+
+    r = fuzz_weights.fuzz("dncnn_fmnist32.msgpack", 60, seed=0, trace_memory=False)
+    assert r["escaped"] == 0, r["examples"]
+    assert r["read"] + r["refused"] == 60 and r["refused"] >= 20 and 0 < r["max_error_chars"] < 400

@@ -76,3 +76,16 @@ def test_ddrm_pigdm_and_reddiff_step_as_their_references(steps):
         assert grid.evaluations == len(want) and np.asarray(grid.xs.t_model).tolist() == want[::-1], name
     if steps == 15:
         assert len(want) == 16 and want[-1] == 990
+
+
+def test_every_step_count_gives_the_references_grid():
+    """For T = 1 .. 1000: the evenly spaced respacing "T" (DPS, MCG, Score-SDE and the other table walkers)
+    is the official DPS code's space_timesteps(1000, str(T)), and "strideT" (DDRM, PiGDM, RED-diff) is
+    RED-diff's get_timesteps (tests/fixtures/reference_grids.npz, from the references' own functions)."""
+    f = load_npz("reference_grids.npz")
+    for name, spec in (("dps_space_timesteps", str), ("reddiff_get_timesteps", lambda t: f"stride{t}")):
+        grids, offsets = f[name], f[f"{name}_offsets"]
+        assert len(offsets) == 1001
+        for t in range(1, 1001):
+            np.testing.assert_array_equal(schedule.space_timesteps(1000, spec(t)), grids[offsets[t - 1]:offsets[t]],
+                                          err_msg=f"{name} T={t}")

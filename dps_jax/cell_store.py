@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from dps_jax import io
+from dps_jax.models.msgpack_io import shorten
 
 MAX_JSON_BYTES = 64 << 20          # a cell of 256 x 256 x 3 images keeps one shown sample: a few MB
 NPZ_OVERHEAD = 1 << 16
@@ -48,14 +49,9 @@ def digest(cell: Dict, samples_bytes: bytes = b"") -> str:
 def changes(old: Dict, new: Dict, most: int = 4) -> str:
     """The fields in which two identities differ, in words ("" when none)."""
     keys = sorted(set(old) | set(new), key=lambda k: (k not in new, k))
-    diffs = [f"{k} {_short(old.get(k, '(unset)'))} -> {_short(new.get(k, '(unset)'))}"
+    diffs = [f"{k} {shorten(repr(old.get(k, '(unset)')), 60)} -> {shorten(repr(new.get(k, '(unset)')), 60)}"
              for k in keys if old.get(k) != new.get(k)]
     return "; ".join(diffs[:most]) + (f"; and {len(diffs) - most} more" if len(diffs) > most else "")
-
-
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def write(path: str, cell: Dict, samples: Optional[np.ndarray]) -> Dict:

@@ -24,6 +24,7 @@ import sys
 from typing import Callable, List, Optional, Sequence
 
 from dps_jax import config_check
+from dps_jax.config_check import flatten
 
 # Errors in the inputs that a command reports as one line (the checkpoint formats' errors derive from them).
 INPUT_ERRORS = (ValueError, OSError, TypeError, KeyError)
@@ -90,18 +91,6 @@ def load_config(spec: str, subdir: str = ""):
     if not hasattr(module, "get_config"):
         raise UsageError(f"config file {path} has no get_config()")
     return module.get_config(*([preset] if preset else []))
-
-
-def flatten(cfg, prefix: str = "") -> dict:
-    """{dotted key: value} of every leaf of a ConfigDict."""
-    out = {}
-    for k, v in cfg.items():
-        key = f"{prefix}{k}"
-        if hasattr(v, "items") and not isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _split_flag(arg: str):

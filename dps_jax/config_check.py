@@ -149,24 +149,21 @@ def _number(x) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e12 else f"{x:g}"
 
 
-def numeric_fields(cfg, prefix: str = ""):
-    """(dotted key, value) of every int or float leaf of a ConfigDict (None, an unset cell field, skipped)."""
+def flatten(cfg, prefix: str = "") -> dict:
+    """{dotted key: value} of every leaf of a ConfigDict."""
+    out = {}
     for k, v in cfg.items():
         key = f"{prefix}{k}"
         if hasattr(v, "items") and not isinstance(v, dict):
-            yield from numeric_fields(v, key + ".")
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            yield key, v
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
-def text_fields(cfg, prefix: str = ""):
-    """(dotted key, value) of every str leaf of a ConfigDict."""
-    for k, v in cfg.items():
-        key = f"{prefix}{k}"
-        if hasattr(v, "items") and not isinstance(v, dict):
-            yield from text_fields(v, key + ".")
-        elif isinstance(v, str):
-            yield key, v
+def numeric_fields(cfg):
+    """(dotted key, value) of every int or float leaf (None, an unset cell field, skipped)."""
+    return [(k, v) for k, v in flatten(cfg).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def check(cfg, overrides: Iterable[str] = ()):
@@ -175,8 +172,8 @@ def check(cfg, overrides: Iterable[str] = ()):
     overrides = [o[len("config."):] if o.startswith("config.") else o for o in overrides]
     if "operator" in cfg and "operator.name" in overrides:
         cfg = reset_operator(cfg, overrides)
-    for key, value in text_fields(cfg):
-        if len(value) > MAX_TEXT:
+    for key, value in flatten(cfg).items():
+        if isinstance(value, str) and len(value) > MAX_TEXT:
             raise ConfigValueError(f"{key} has {len(value)} characters; at most {MAX_TEXT} (a path or a list of names)")
     for key, value in numeric_fields(cfg):
         rule = rule_for(key)

@@ -183,11 +183,10 @@ def cell_identity(tcfg, images) -> Dict[str, object]:
     and steps, seed, preset, operator, noise, model, every override applied), the images (count and a hash
     of their pixels), the content hash of every weight file it reads (the prior, the kernel model) and of the
     code that computes it (`code_digest`)."""
-    from dps_jax.cli import flatten
     from dps_jax.models.checkpoint import SHIPPED_PRIOR
     from dps_jax.models.kernel_wizard import SHIPPED_KERNEL_MODEL
 
-    ident = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flatten(tcfg).items()
+    ident = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config_check.flatten(tcfg).items()
              if not k.startswith(NOT_IDENTITY)}
     ident["images.count"] = int(len(images))
     ident["images.sha256"] = hashlib.sha256(np.ascontiguousarray(images, np.float32).tobytes()).hexdigest()[:16]

@@ -30,6 +30,9 @@ def main(argv=None) -> int:
                                   "(for example ema or model)")
     ap.add_argument("--strip-prefix", help="a prefix to remove from every key (module. is removed by itself)")
     ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
+    ap.add_argument("--drop-unexpected", action="append", default=[], metavar="PATTERN",
+                    help="leave out the checkpoint's keys the model does not take that match this glob pattern "
+                         "(repeatable; e.g. 'sqrt_*' for deepinv's DiffUNet); one that matches none is an error")
     args = ap.parse_args(argv)
 
     def fail(e) -> int:
@@ -52,7 +55,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         convert(args.src, args.dst, config, dtype=args.dtype, key=args.key, strip_prefix=args.strip_prefix,
-                allow_nonfinite=args.allow_nonfinite)
+                allow_nonfinite=args.allow_nonfinite, drop_unexpected=args.drop_unexpected)
     except (CheckpointError, OSError) as e:
         return fail(e)
     except KeyboardInterrupt:

@@ -51,7 +51,7 @@ def _torch_shape(leaf: str, flax_shape, torch_ndim: int):
 
 
 def convert_state_dict(state_dict: Dict[str, np.ndarray], config: UNetConfig, dtype=np.float32,
-                       consume: bool = False, allow_nonfinite: bool = False):
+                       consume: bool = False, allow_nonfinite: bool = False, drop_unexpected=()):
     """The Flax params tree for `config` from a torch state_dict (see `mapping.convert_mapped` for the
     checks, `consume` and `allow_nonfinite`)."""
     expected = {}
@@ -59,4 +59,4 @@ def convert_state_dict(state_dict: Dict[str, np.ndarray], config: UNetConfig, dt
         names = tuple(p.key for p in path)
         expected[torch_key(names)] = (names, leaf.shape)
     return convert_mapped(state_dict, expected, lambda key, names, got: _torch_shape(names[-1], expected[key][1], len(got)),
-                          lambda key, names, w: _to_flax(key, names[-1], w), dtype, consume, allow_nonfinite)
+                          lambda key, names, w: _to_flax(key, names[-1], w), dtype, consume, allow_nonfinite, drop_unexpected)

@@ -70,14 +70,14 @@ def _to_flax(names, w):
 
 
 def convert_state_dict(state_dict: Dict[str, np.ndarray], config: KernelWizardConfig, dtype=np.float32,
-                       consume: bool = False, allow_nonfinite: bool = False):
+                       consume: bool = False, allow_nonfinite: bool = False, drop_unexpected=()):
     """The Flax params tree of `config`'s KernelWizard from a torch state_dict (checks as `convert_mapped`)."""
     expected = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(param_shapes(config))[0]:
         names = tuple(p.key for p in path)
         expected[torch_key(config, names)] = (names, leaf.shape)
     return convert_mapped(state_dict, expected, lambda key, names, got: _torch_shape(names, expected[key][1]),
-                          lambda key, names, w: _to_flax(names, w), dtype, consume, allow_nonfinite)
+                          lambda key, names, w: _to_flax(names, w), dtype, consume, allow_nonfinite, drop_unexpected)
 
 
 def torch_shapes(config: KernelWizardConfig) -> Dict[str, tuple]:

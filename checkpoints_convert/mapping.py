@@ -4,7 +4,8 @@ kernel_wizard.py)."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from fnmatch import fnmatchcase
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def _listed(what: str, keys) -> str:
 
 def convert_mapped(state_dict: Dict[str, np.ndarray], expected: Dict[str, Tuple[Tuple[str, ...], tuple]],
                    torch_shape: Callable, to_flax: Callable, dtype=np.float32, consume: bool = False,
-                   allow_nonfinite: bool = False):
+                   allow_nonfinite: bool = False, drop_unexpected: Sequence[str] = ()):
     """The Flax params tree from `state_dict`.
 
     `expected` maps each torch key to (the Flax path of its leaf, anything); `torch_shape(key, path, got)`
@@ -38,10 +39,19 @@ def convert_mapped(state_dict: Dict[str, np.ndarray], expected: Dict[str, Tuple[
     `consume=True` removes each entry from `state_dict` as it is converted, so the file's bytes are freed
     while the params are made (peak ~ one copy of the weights). Non-finite weights are refused (count and
     first key) unless `allow_nonfinite`; a weight too large for `dtype` is refused by name.
+    `drop_unexpected`: glob patterns (fnmatch, case-sensitive) of keys the model does not take that are left
+    out instead of refused (deepinv's DiffUNet carries its schedule as two buffers); a pattern that matches
+    no unexpected key is refused, so a typo cannot pass unnoticed.
     """
     dtype = np.dtype(dtype)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
+    unused = [p for p in drop_unexpected if not any(fnmatchcase(k, p) for k in unexpected)]
+    if unused:
+        raise CheckpointError(f"--drop-unexpected {unused[0]!r} matches none of the checkpoint's "
+                              f"{len(unexpected)} keys the model does not take" +
+                              (": " + ", ".join(unexpected[:4]) if unexpected else ""))
+    unexpected = [k for k in unexpected if not any(fnmatchcase(k, p) for p in drop_unexpected)]
     wrong = []
     for key in sorted(set(expected) & set(state_dict)):
         got = tuple(np.shape(state_dict[key]))
@@ -50,7 +60,9 @@ def convert_mapped(state_dict: Dict[str, np.ndarray], expected: Dict[str, Tuple[
             wrong.append(f"{key} is {got}, the model expects {want}")
     if missing or unexpected or wrong:
         parts = [_listed("missing keys", missing) if missing else "",
-                 _listed("unexpected keys", unexpected) + _prefix_hint(unexpected, expected) if unexpected else "",
+                 _listed("unexpected keys", unexpected) + (_prefix_hint(unexpected, expected) or
+                                                           " (to leave them out: --drop-unexpected PATTERN)")
+                 if unexpected else "",
                  _listed("shapes differ", wrong) if wrong else ""]
         raise CheckpointError("the checkpoint does not match the model config: " + "; ".join(p for p in parts if p))
     params, nonfinite = {}, []

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -87,6 +88,37 @@ def test_unexpected_keys_are_listed():
     state["extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(CheckpointError, match="1 unexpected keys: extra.weight"):
         convert_state_dict(state, variants_config())
+
+
+def test_deepinv_schedule_buffers_are_dropped_by_pattern(tmp_path, capsys):
+    """deepinv's DiffUNet state dict is the ADM layout plus two schedule buffers: refused with the flag that
+    leaves them out, converted with it to the same params as the plain file; a pattern that matches no extra
+    key is refused (a typo must not pass)."""
+    from checkpoints_convert import torch_writer as tf
+
+    plain = load_state_dict(fixture_path("adm_variants.pt"))
+    schedule = np.linspace(1.0, 0.01, 1000, dtype=np.float32)
+    src = tf.write_arrays(tmp_path / "diffunet.pt", {**{k: np.asarray(v) for k, v in plain.items()},
+                                                      "sqrt_alphas_cumprod": schedule,
+                                                      "sqrt_1m_alphas_cumprod": np.sqrt(1 - schedule ** 2)})
+    cfg = variants_config().to_json()
+    out = tmp_path / "out.msgpack"
+    assert convert_main([src, str(out), "--config", cfg]) == 1
+    err = capsys.readouterr().err
+    assert "2 unexpected keys: sqrt_1m_alphas_cumprod, sqrt_alphas_cumprod" in err and "--drop-unexpected" in err
+    assert convert_main([src, str(out), "--config", cfg, "--drop-unexpected", "sqrt_alpha*"]) == 1
+    assert "1 unexpected keys: sqrt_1m_alphas_cumprod" in capsys.readouterr().err
+    assert convert_main([src, str(out), "--config", cfg, "--drop-unexpected", "ema_*"]) == 1
+    assert "'ema_*' matches none of the checkpoint's 2 keys the model does not take" in capsys.readouterr().err
+    assert not any(p.name.endswith(".msgpack") for p in tmp_path.iterdir())
+    assert convert_main([src, str(out), "--config", cfg, "--drop-unexpected", "sqrt_*"]) == 0
+    _, params, _, _ = load_checkpoint(str(out))
+    want = convert_state_dict(dict(plain), variants_config())
+    flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+    got, want = flat(params), flat(want)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg=str(k))
 
 
 def test_missing_file():

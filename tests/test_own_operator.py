@@ -98,7 +98,7 @@ def test_bad_operators_and_inputs_are_one_line_each():
 LINEAR_SOLVERS = {"ps": {"scale": 1.0}, "ps+": {"scale": 1.0}, "ps_unit": {}, "scoreald": {}, "mcg": {"scale": 1.0},
                   "projection": {}, "sdedit": {"t_star": 300}, "diffpir": {"steps": 10}, "reddiff": {},
                   "daps": {"preset": "cpu", "steps": 4, "langevin_steps": 5}, "ddrm": {"steps": 5}, "pigdm": {},
-                  "admm_tv": {"steps": 20}}
+                  "mcgdiff": {"steps": 6, "particles": 4}, "admm_tv": {"steps": 20}}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def cs_case():
 def test_every_linear_solver_runs_on_a_users_operator(name, cs_case):
     prior, op, y = cs_case
     options = dict(LINEAR_SOLVERS[name])
-    if solvers.get(name).kind == "diffusion" and name not in ("diffpir", "daps", "ddrm"):
+    if solvers.get(name).kind == "diffusion" and name not in ("diffpir", "daps", "ddrm", "mcgdiff"):
         options.setdefault("steps", 10)
     out = api.sample(None if solvers.get(name).kind == "iterative" else prior, op, y, solver=name,
                      options=options, num_samples=2, sigma=0.05, image_shape=SHAPE)

@@ -141,3 +141,23 @@ def test_gpu_suite_dry_run_writes_every_part(tmp_path):
     assert "skipped: dps_jax float32 N=1; dps_jax bfloat16 N=1; official N=1; deepinv N=1" in md
     with pytest.raises(SystemExit):
         gpu_suite.parse_args(["--budget", "1,2"])
+
+
+def test_deepinv_comparison_counts_the_user_code_it_times():
+    """The lines of user code the deepinv comparison reports are the timed functions' bodies (imports in,
+    docstring, comments and blank lines out), and its problem keeps 30% of the Fourier coefficients."""
+    import numpy as np
+
+    from benchmarks import own_operator_deepinv as bench
+
+    assert bench.user_lines(bench.user_dps_jax) == 9 and bench.user_lines(bench.user_deepinv) == 11
+
+    def sample(x):
+        """A docstring."""
+        # a comment
+
+        return x
+    assert bench.user_lines(sample) == 1
+    x, mask, y = bench.problem()
+    assert x.shape == (64, 64, 3) and y.shape == (64, 64, 6) and abs(mask.mean() - 0.3) < 0.02
+    assert np.abs(x).max() <= 1 and np.all(y[mask == 0] == 0)

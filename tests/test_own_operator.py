@@ -98,7 +98,8 @@ def test_bad_operators_and_inputs_are_one_line_each():
 LINEAR_SOLVERS = {"ps": {"scale": 1.0}, "ps+": {"scale": 1.0}, "ps_unit": {}, "scoreald": {}, "mcg": {"scale": 1.0},
                   "projection": {}, "sdedit": {"t_star": 300}, "diffpir": {"steps": 10}, "reddiff": {},
                   "daps": {"preset": "cpu", "steps": 4, "langevin_steps": 5}, "ddrm": {"steps": 5}, "pigdm": {},
-                  "mcgdiff": {"steps": 6, "particles": 4}, "admm_tv": {"steps": 20}}
+                  "mcgdiff": {"steps": 6, "particles": 4}, "tmpd": {"covariance": "full"},
+                  "admm_tv": {"steps": 20}}
 
 
 @pytest.fixture(scope="module")

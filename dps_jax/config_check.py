@@ -78,6 +78,7 @@ RULES = (
     ("solver.*.stages", _int(1, 1000)),
     ("solver.*.num_perturb", _int(1, 1000)),
     ("solver.*.particles", _int(1, 100_000)),
+    ("solver.*.iterations", _int(1, 100_000)),
     ("solver.sdedit.t_star", _int(1, MAX_ITERATIONS)),
     ("solver.*.eta", _real(0, 1)),
     ("solver.*.eta_b", _real(0, 1)),

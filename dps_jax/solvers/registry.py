@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Dict
 
 from dps_jax.solvers import (admm_tv, daps, ddrm, diffpir, dps, fienup, mcg, mcgdiff, pigdm, pnp_admm, reddiff,
-                             score_sde, scoreald, sdedit, tmpd, unconditional)
+                             score_sde, scoreald, sdedit, sitcom, tmpd,
+                             unconditional)
 from dps_jax.solvers.base import Solver
 
 REGISTRY: Dict[str, Solver] = {
@@ -22,6 +23,7 @@ REGISTRY: Dict[str, Solver] = {
     "pigdm": pigdm.SOLVER,               # pseudoinverse-guided diffusion (Song et al. 2023)
     "reddiff": reddiff.SOLVER,           # variational RED-diff (Mardani et al. 2023)
     "daps": daps.SOLVER,                 # decoupled annealing posterior sampling (Zhang et al. 2025)
+    "sitcom": sitcom.SOLVER,             # step-wise triple-consistent sampling, Adam through the network (Alkhouri et al. 2025)
     "tmpd": tmpd.SOLVER,                 # Tweedie moment projected diffusion, a Kalman update of x0_hat (Boys et al. 2024)
     "mcgdiff": mcgdiff.SOLVER,           # Monte Carlo guided diffusion, a particle filter (Cardoso et al. 2024)
     "pnp_admm": pnp_admm.SOLVER,         # plug-and-play ADMM with a DnCNN denoiser (Chan et al. 2016)

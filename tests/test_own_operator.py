@@ -99,6 +99,7 @@ LINEAR_SOLVERS = {"ps": {"scale": 1.0}, "ps+": {"scale": 1.0}, "ps_unit": {}, "s
                   "projection": {}, "sdedit": {"t_star": 300}, "diffpir": {"steps": 10}, "reddiff": {},
                   "daps": {"preset": "cpu", "steps": 4, "langevin_steps": 5}, "ddrm": {"steps": 5}, "pigdm": {},
                   "mcgdiff": {"steps": 6, "particles": 4}, "tmpd": {"covariance": "full"},
+                  "sitcom": {"steps": 4, "iterations": 3},
                   "admm_tv": {"steps": 20}}
 
 

@@ -77,6 +77,8 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
         if issubclass(spec.Options, TableOptions) and name not in OWN_STEP_COUNTS:
             c.solver[config_key(name)].steps = 1000 if paper else 50
     c.solver.daps.preset = "1k" if paper else "cpu"      # DAPS's published 1000 evaluations, or 50 on a CPU
+    if not paper:      # MCGdiff's 64 particles x 99 steps is 6,336 network calls a sample: 16 x 24 on a CPU
+        c.solver.mcgdiff.particles, c.solver.mcgdiff.steps = 16, 25
     c.operator = ml_collections.ConfigDict()     # the task's A: `name` and the options of operators.build
     c.noise = ml_collections.ConfigDict(dict(name="gaussian", sigma=0.05, rate=1.0))
     c.data = ml_collections.ConfigDict(dict(

@@ -23,7 +23,9 @@ def _fixture(name):
 def _run(name, dtype=jnp.float32):
     ref, cfg, params = _fixture(name)
     y = jnp.asarray(ref["y"]) if "y" in ref.files else None
-    out = UNet(cfg, dtype).apply({"params": params}, jnp.asarray(nhwc(ref["x"])), jnp.asarray(ref["t"]), y)
+    # Compiled: 4 s for ffhq_like, where op-by-op dispatch takes 13.
+    apply = jax.jit(lambda p, x, t, y: UNet(cfg, dtype).apply({"params": p}, x, t, y))
+    out = apply(params, jnp.asarray(nhwc(ref["x"])), jnp.asarray(ref["t"]), y)
     return np.asarray(out), nhwc(ref["out"])
 
 

@@ -66,7 +66,8 @@ def x0_of(prior, v, t, ab):
 
 
 def fit(prior, problem, x_t, t, ab, options: Options):
-    """Step 1: (v after the Adam steps, the x0 of the last evaluated v, the iterations taken)."""
+    """Step 1: (the x0 of the last evaluated v, the Adam steps taken). The fitted v itself is not kept: the
+    next x_t is x0 noised afresh (step 3)."""
     y = problem.y
     threshold = (problem.sigma + 0.001) ** 2 * y.size
 
@@ -87,8 +88,8 @@ def fit(prior, problem, x_t, t, ab, options: Options):
         return (v_new, opt_state, x0_last, stop, taken + jnp.where(stop, 0, 1)), None
 
     init = (x_t, adam.init(x_t), jnp.zeros_like(x_t), jnp.asarray(False), jnp.asarray(0))
-    (v, _, x0, _, taken), _ = jax.lax.scan(body, init, None, length=options.iterations)
-    return v, x0, taken
+    (_, _, x0, _, taken), _ = jax.lax.scan(body, init, None, length=options.iterations)
+    return x0, taken
 
 
 def init(key, problem, prior, options: Options, image_shape):
@@ -97,7 +98,7 @@ def init(key, problem, prior, options: Options, image_shape):
 
 
 def update(state, c, noise, problem, prior, options: Options):
-    _, x0, taken = fit(prior, problem, state["x"], c["t"], c["ab"], options)
+    x0, taken = fit(prior, problem, state["x"], c["t"], c["ab"], options)
     if problem.op.name == "inpainting":
         g = jax.grad(lambda x: jnp.sum((problem.op(x) - problem.y) ** 2))(x0)
         x0 = jnp.clip(x0 - options.scale * g, -1.0, 1.0)

@@ -56,6 +56,7 @@ NEEDS = {
     "svd": "an operator with an SVD, attached as problem.aux (spectral.Spectral)",
     "svd_or_cg": "a linear operator; its SVD attached as problem.aux where it has one, else aux None "
                  "(conjugate gradients)",
+    "svd_where_linear": "nothing of the operator; its SVD attached as problem.aux where it is linear and has one",
     "projection": "a linear operator with a projection onto {x : A x = y}",
     "projection_or_correction": "a projection, or a nonlinear operator with a data-consistency step "
                                 "x + y - A(x) (`Operator.correct`)",
@@ -203,7 +204,7 @@ def prepare(solver: Solver, problem: Problem, options, image_shape) -> Problem:
     cutoff = getattr(options, "cutoff", 0.0)
     if problem.aux is None and "svd" in needs:
         problem = problem.replace(aux=op.svd(image_shape, cutoff=cutoff))
-    elif problem.aux is None and "svd_or_cg" in needs and op.has_svd:
+    elif problem.aux is None and {"svd_or_cg", "svd_where_linear"} & needs and op.linear and op.has_svd:
         try:
             problem = problem.replace(aux=op.svd(image_shape, cutoff=cutoff))
         except ValueError:             # an operator whose data admit no cheap SVD: conjugate gradients

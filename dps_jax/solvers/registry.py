@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from dps_jax.solvers import (admm_tv, daps, ddrm, diffpir, dps, fienup, mcg, mcgdiff, pigdm, pnp_admm, reddiff,
+from dps_jax.solvers import (admm_tv, daps, ddrm, diffpir, dps, fienup, mcg, mcgdiff, pigdm, pnp_admm, pnpdm, reddiff,
                              score_sde, scoreald, sdedit, sitcom, tmpd,
                              unconditional)
 from dps_jax.solvers.base import Solver
@@ -26,6 +26,7 @@ REGISTRY: Dict[str, Solver] = {
     "sitcom": sitcom.SOLVER,             # step-wise triple-consistent sampling, Adam through the network (Alkhouri et al. 2025)
     "tmpd": tmpd.SOLVER,                 # Tweedie moment projected diffusion, a Kalman update of x0_hat (Boys et al. 2024)
     "mcgdiff": mcgdiff.SOLVER,           # Monte Carlo guided diffusion, a particle filter (Cardoso et al. 2024)
+    "pnpdm": pnpdm.SOLVER,               # plug-and-play diffusion models, split Gibbs (Wu et al. 2024)
     "pnp_admm": pnp_admm.SOLVER,         # plug-and-play ADMM with a DnCNN denoiser (Chan et al. 2016)
     "admm_tv": admm_tv.SOLVER,           # total-variation regularised least squares by ADMM
     "er": fienup.ER,                     # error reduction (Fienup 1982), phase retrieval

@@ -19,6 +19,7 @@ def settings(preset=None):
     c.metrics.multimodal = True       # report the sample picked by residual and the oracle best, not the mean
     set_scale(c, 10.0)
     c.solver.daps.lr = 5e-5           # DAPS's step size for this task (its task config)
+    c.solver.pnpdm.rho_min = 0.1      # PnP-DM's final coupling for this task (its commands.sh)
     if is_paper(c):
         set_scale(c, 0.4)
     return c

@@ -126,3 +126,24 @@ def test_paper_presets_take_the_settings_the_references_configs_pass():
     pg, rd = ref["reddiff"]["pgdm"], ref["reddiff"]["reddiff"]
     assert (p.eta, p.weight, pg["awd"]) == (pg["eta"], pg["grad_term_weight"], True)
     assert (r.lr, r.lam, r.obs_weight) == (rd["lr"], rd["grad_term_weight"], rd["obs_weight"])
+
+
+def test_pnpdm_runs_the_schedule_its_grid_found_and_the_reference_on_the_paper_presets():
+    """The shipped prior's PnP-DM schedule is the best of benchmarks/pnpdm_grid.json on every task it was
+    searched on; the paper presets keep the reference's run script (commands.sh), phase retrieval's rho_min
+    its 0.1."""
+    from benchmarks import pnpdm_grid
+
+    with open(os.path.join(REPO, "benchmarks", "pnpdm_grid.json")) as f:
+        searched = json.load(f)["tasks"]
+    for task, found in searched.items():
+        best = found["best"]
+        c = config_base.task_config(task, pick=False).solver.pnpdm
+        want = pnpdm_grid.schedule(best["steps"], best["rho_min"])
+        assert {k: c[k] for k in want} == pytest.approx(want), task
+    reference = solvers.make_options(solvers.get("pnpdm"))
+    for task in config_base.TASKS:
+        c = config_base.task_config(task, "ffhq256", pick=False).solver.pnpdm
+        assert (c.steps, c.rho, c.rho_decay, c.denoiser_steps) == (100, 10.0, 0.9, 100) == (
+            reference.steps, reference.rho, reference.rho_decay, reference.denoiser_steps)
+        assert c.rho_min == (0.1 if task == "phase_retrieval" else 0.3)

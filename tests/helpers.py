@@ -124,3 +124,21 @@ def random_lpips_file(path, net: str = "alex", seed: int = 0) -> str:
     params = convert_metrics.convert_lpips(trunk, heads, config)
     checkpoint.save_checkpoint(str(path), params, config, fmt=lpips_net.FORMAT)
     return str(path)
+
+
+def tiny_prior_file(path, seed: int = 0) -> str:
+    """A random one-level UNet for 32 x 32 x 1 images (no attention) as a dps_jax checkpoint: what an end-to-end
+    run of the plumbing needs, compiled in a third of the shipped prior's time (its gradient: 2.5 s, not 7.4)."""
+    from dps_jax.models import checkpoint
+    from dps_jax.models.unet import UNet, UNetConfig
+
+    config = UNetConfig(image_size=32, in_channels=1, model_channels=32, out_channels=1, num_res_blocks=1,
+                        attention_resolutions=(), channel_mult=(1,), num_heads=4, use_scale_shift_norm=True,
+                        resblock_updown=True)
+    # N(0, 0.05) leaves of the init's shapes (traced, not compiled: 4 s saved)
+    shapes = jax.eval_shape(UNet(config).init, jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 1)),
+                            jnp.zeros((1,), jnp.int32))["params"]
+    rng = np.random.default_rng(seed)
+    params = jax.tree_util.tree_map(lambda s: rng.normal(0.0, 0.05, s.shape).astype(np.float32), shapes)
+    checkpoint.save_checkpoint(str(path), params, config, extra={"var_type": "fixed_large"})
+    return str(path)

@@ -116,3 +116,16 @@ def test_through_the_api():
     assert out["distance"].shape == (3, 25)
     with pytest.raises(ValueError, match="'daps' models Gaussian measurement noise; got 'poisson'"):
         api.sample(pr, op, y, solver="daps", options={"preset": "cpu"}, noise="poisson", image_shape=x.shape)
+
+
+def test_annealing_grid_is_the_references_for_every_level_count():
+    """DAPS's EDMScheduler(T, 100, 0.1, poly-7).sigma_steps (tests/fixtures/reference_grids.npz) for T = 1 .. 50,
+    100, 200, 400, 1000: dps_jax's T levels are its sigma_0 .. sigma_{T-1}, then 0."""
+    f = load_npz("reference_grids.npz")
+    sigmas, offsets = f["daps_annealing_sigmas"], f["daps_annealing_sigmas_offsets"]
+    for i, t in enumerate(f["daps_annealing_steps"]):
+        want = sigmas[offsets[i]:offsets[i + 1]]
+        levels = daps.annealing(solvers.make_options(daps.SOLVER, steps=int(t)))
+        got = np.append(np.asarray(levels["sigma"]), 0.0)
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"T={t}")
+        np.testing.assert_array_equal(np.asarray(levels["sigma_next"]), want[1:])

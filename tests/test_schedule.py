@@ -89,3 +89,22 @@ def test_every_step_count_gives_the_references_grid():
         for t in range(1, 1001):
             np.testing.assert_array_equal(schedule.space_timesteps(1000, spec(t)), grids[offsets[t - 1]:offsets[t]],
                                           err_msg=f"{name} T={t}")
+
+
+def test_every_quadratic_step_count_is_diffpirs_grid_or_refused():
+    """For T = 1 .. 1000: "quadT" keeps 999 - seq of the `seq` DiffPIR's SR script builds (its own lines,
+    tests/fixtures/reference_grids.npz); a T whose seq repeats a timestep (the script then runs the repeat),
+    and T = 1 (seq [-1]), are refused."""
+    f = load_npz("reference_grids.npz")
+    seqs, offsets = f["diffpir_quad_seq"], f["diffpir_quad_seq_offsets"]
+    refused = []
+    for t in range(1, 1001):
+        seq = seqs[offsets[t - 1]:offsets[t]]
+        if t == 1 or len(np.unique(seq)) != len(seq):
+            with pytest.raises(ValueError):
+                schedule.space_timesteps(1000, f"quad{t}")
+            refused.append(t)
+        else:
+            np.testing.assert_array_equal(schedule.space_timesteps(1000, f"quad{t}"), np.sort(999 - seq),
+                                          err_msg=f"T={t}")
+    assert refused == [1] + list(range(502, 1001))          # repeats from T = 502 on

@@ -147,3 +147,21 @@ def test_pnpdm_runs_the_schedule_its_grid_found_and_the_reference_on_the_paper_p
         assert (c.steps, c.rho, c.rho_decay, c.denoiser_steps) == (100, 10.0, 0.9, 100) == (
             reference.steps, reference.rho, reference.rho_decay, reference.denoiser_steps)
         assert c.rho_min == (0.1 if task == "phase_retrieval" else 0.3)
+
+
+def test_diffpir_runs_what_its_scripts_run():
+    """Per task, DiffPIR's step count, zeta and lambda are those the reference's own script for the task runs
+    (tests/fixtures/reference_defaults.json: the header values and the experiment loops' lists, read from
+    the scripts): deblurring lambda 7, zeta 0.3; inpainting 20 steps, zeta 1; super-resolution zeta 0.25 and
+    a lambda from its sweep 2 .. 12 (2: the best on the shipped prior, benchmarks/diffpir_grid.json)."""
+    with open(os.path.join(REPO, "tests", "fixtures", "reference_defaults.json")) as f:
+        scripts = json.load(f)["diffpir"]
+    script_of = {"super_resolution": "sisr", "inpainting_box": "inpainting", "inpainting_random": "inpainting",
+                 "gaussian_deblur": "deblur", "motion_deblur": "deblur"}
+    for task, name in script_of.items():
+        ref = scripts[name]
+        assert ref["skip_type"] == "quad" and len(ref["zetas"]) == 1
+        for preset in ("", "ffhq256"):
+            c = config_base.task_config(task, preset, pick=False).solver.diffpir
+            assert c.steps == ref["iter_num"] and c.zeta == pytest.approx(ref["zetas"][0]), (task, preset)
+            assert c.lam in ref["lambdas"], (task, preset, c.lam, ref["lambdas"])

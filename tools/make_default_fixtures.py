@@ -2,7 +2,7 @@
 
     pip install pyyaml
     python -m tools.make_default_fixtures --official DPS_PATH --daps DAPS_PATH --reddiff REDDIFF_PATH \\
-        --out tests/fixtures
+        --diffpir DIFFPIR_PATH --out tests/fixtures
 
 - `dps`: the official DPS code's `configs/<task>_config.yaml`: the step size `conditioning.params.scale` and
   the noise sigma, per dps_jax task (both inpainting tasks read `inpainting_config.yaml`).
@@ -10,9 +10,13 @@
   `mcmc_sampler_config` (Langevin `num_steps`, `lr`, `tau`, `lr_min_ratio`) and the operator's sigma, and
   `configs/sampler/edm_daps.yaml` (the annealing and ODE grids).
 - `reddiff`: NVlabs/RED-diff's `_configs/algo/pgdm.yaml` and `reddiff.yaml`.
+- `diffpir`: yuanzhi-zhu/DiffPIR's three scripts (`main_ddpir_deblur.py`, `_sisr.py`, `_inpainting.py`) have
+  no config file: their header values (`iter_num`, `lambda_`, `zeta`, `skip_type`, `noise_level_img`) and the
+  lambda and zeta lists their experiment loops run (`lambdas = [lambda_*i for i in range(..)]`, `for zeta_i
+  in [...]`), read from each script's syntax tree and evaluated as arithmetic on those header values.
 
 tests/test_configs.py compares the paper presets of dps_jax's task configs with them; a departure is listed
-there with its reason. Only YAML is read: nothing of the references runs.
+there with its reason. Only YAML and those constant expressions are read: nothing of the references runs.
 """
 
 from __future__ import annotations
@@ -39,9 +43,35 @@ def load(path):
         return yaml.load(f, Loader=Loader)
 
 
+HEADER = ("iter_num", "lambda_", "zeta", "skip_type", "noise_level_img")
+
+
+def diffpir_settings(script: str) -> dict:
+    """A DiffPIR script's header values and the lambda / zeta lists its experiment loops run."""
+    import ast
+
+    tree = ast.parse(open(script).read(), script)
+    # the names as globals: a list comprehension's scope sees globals, not an eval's locals
+    arithmetic = lambda node, scope: eval(compile(ast.Expression(node), script, "eval"),
+                                          {"__builtins__": {}, "range": range, **scope})
+    header = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in HEADER and node.targets[0].id not in header):
+            header[node.targets[0].id] = arithmetic(node.value, {})
+    lambdas = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and len(n.targets) == 1
+               and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "lambdas"]
+    zetas = [n.iter for n in ast.walk(tree) if isinstance(n, ast.For) and isinstance(n.target, ast.Name)
+             and n.target.id == "zeta_i"]
+    if len(lambdas) != 1 or len(zetas) != 1:
+        raise SystemExit(f"{script}: expected one `lambdas = ...` and one `for zeta_i in ...`, found "
+                         f"{len(lambdas)} and {len(zetas)}")
+    return {**header, "lambdas": arithmetic(lambdas[0], header), "zetas": arithmetic(zetas[0], header)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("official", "daps", "reddiff"):
+    for name in ("official", "daps", "reddiff", "diffpir"):
         ap.add_argument(f"--{name}", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -59,6 +89,8 @@ def main():
     out["daps_sampler"] = {"annealing": s["annealing_scheduler_config"], "diffusion": s["diffusion_scheduler_config"]}
     for algo in ("pgdm", "reddiff"):
         out["reddiff"][algo] = load(os.path.join(args.reddiff, "_configs", "algo", f"{algo}.yaml"))
+    out["diffpir"] = {name: diffpir_settings(os.path.join(args.diffpir, f"main_ddpir_{name}.py"))
+                      for name in ("deblur", "sisr", "inpainting")}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "reference_defaults.json")
     with open(path, "w") as f:

@@ -10,8 +10,10 @@ solver's. Two test beds:
 and linear tasks with Gaussian noise sigma = 0.05 (one ground truth drawn from the prior per task), whose
 exact posterior is again a mixture (`gmm.posterior`). For every solver and NFE, N posterior samples
 (vmapped) are scored against it (`dps_jax.analytic.calibration`): RMS error of the posterior mean and of the per-pixel
-std, the mixture-weight error (total variation) and the sliced Wasserstein distance to exact samples; the
-"exact" row is N exact samples (the sampling floor). Every solver runs with its default options (the
+std, the mixture-weight error (total variation), the sliced Wasserstein distance to exact samples and the
+coverage of the truth by per-pixel 90% credible intervals (one truth per task: a coarse figure, see
+benchmarks/calibration_protocol.py for coverage over many draws); the "exact" row is N exact samples (the
+sampling floor). Every solver runs with its default options (the
 paper's or reference code's), the NFE set through each solver's `steps` (DAPS: NFE / 5 annealing levels
 of 5 ODE steps, its 1k preset's split).
 Cells are saved as they finish; a rerun skips the cells already in --out.
@@ -26,7 +28,7 @@ import jax
 import numpy as np
 
 from benchmarks import plot
-from dps_jax import operators, solvers
+from dps_jax import config_base, operators, solvers
 from dps_jax.analytic import calibration, gmm
 
 SIGMA = 0.05
@@ -74,17 +76,24 @@ def problem_for(bed, task, mix, key):
     x, _ = gmm.sample(mix, k_x, 1)
     y = op(x[0].reshape(shape)) + SIGMA * jax.random.normal(k_n, op(x[0].reshape(shape)).shape)
     exact = gmm.posterior(mix, gmm.operator_matrix(op, shape), np.asarray(y).reshape(-1), SIGMA)
-    return solvers.make_problem(op, y, shape, sigma=SIGMA), exact
+    return solvers.make_problem(op, y, shape, sigma=SIGMA), exact, np.asarray(x[0])
 
 
 def nfe_options(solver, nfe):
-    """The options that make `solver` spend `nfe` network evaluations per sample."""
+    """The options that make `solver` spend about `nfe` network evaluations per sample (each cell records
+    what it spent: `evaluations`)."""
     if solver == "daps":                                     # levels x 5 ODE steps, as its 1k preset
         return {"steps": max(1, nfe // 5), "ode_steps": 5}
+    if solver == "mcgdiff":                                  # 16 particles over nfe / 16 transitions
+        return {"particles": 16, "steps": max(2, nfe // 16 + 1)}
+    if solver == "pnpdm":                                    # the shipped prior's schedule, iterations scaled
+        return {**config_base.PNPDM_SHIPPED, "steps": max(3, round(nfe * 30 / 139))}
+    if solver == "sitcom":                                   # its 30 Adam steps a level at most
+        return {"steps": max(1, nfe // 30)}
     return {"steps": nfe}
 
 
-def run_cell(solver, nfe, pr, problem, exact, shape, num, key):
+def run_cell(solver, nfe, pr, problem, exact, truth, shape, num, key):
     options = nfe_options(solver, nfe)
     runner = solvers.build(pr, shape, solver=solver, options=options, num_samples=num)
     runner.compile(problem)
@@ -94,7 +103,8 @@ def run_cell(solver, nfe, pr, problem, exact, shape, num, key):
     x = out["samples"].reshape(num, -1)
     if not np.all(np.isfinite(x)):
         return {"diverged": True, "seconds": seconds}
-    return {**calibration.compare(x, exact, jax.random.fold_in(key, 1)), "seconds": seconds}
+    return {**calibration.compare(x, exact, jax.random.fold_in(key, 1)), "seconds": seconds,
+            "coverage90": calibration.coverage(x, truth), "evaluations": runner.evaluations}
 
 
 def main():
@@ -115,16 +125,19 @@ def main():
         for t, task in enumerate(TASKS[bed]):
             name = f"{bed}/{task}"
             # the task's index alone picks its truth and noise: a bed run on its own gives the same problem
-            problem, exact = problem_for(bed, task, mix, jax.random.PRNGKey(t))
+            problem, exact, truth = problem_for(bed, task, mix, jax.random.PRNGKey(t))
             cells = results.setdefault(name, {})
             cells.setdefault("exact", calibration.floor(exact, args.num, jax.random.PRNGKey(7)))
+            if "coverage90" not in cells["exact"]:          # added 2026-12-03: exact draws' coverage of the truth
+                draws = gmm.sample(calibration.float32(exact), jax.random.PRNGKey(8), args.num)[0]
+                cells["exact"]["coverage90"] = calibration.coverage(np.asarray(draws), truth)
             for solver in args.solvers.split(","):
                 for nfe in map(int, args.nfes.split(",")):
                     cell = f"{solver}@{nfe}"
                     if cell in cells:
                         continue
                     try:
-                        cells[cell] = run_cell(solver, nfe, pr, problem, exact, SHAPES[bed], args.num,
+                        cells[cell] = run_cell(solver, nfe, pr, problem, exact, truth, SHAPES[bed], args.num,
                                                jax.random.PRNGKey(1))
                     except ValueError as e:          # a pair the solver refuses, or an NFE it cannot take
                         cells[cell] = {"n/a": str(e).splitlines()[0]}

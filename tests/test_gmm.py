@@ -109,6 +109,29 @@ def test_calibration_figures():
     assert floor["weight_error"] < 0.03 and floor["mean_error"] < 0.05
 
 
+def test_coverage_of_exact_posteriors_is_the_level():
+    """Over draws of x_0 from a Gaussian prior and y given x_0, exact posterior samples cover the truth with
+    probability `level` per coordinate; samples of half the posterior std cover P(|Z| < 1.645 / 2) = 0.59."""
+    rng = np.random.default_rng(0)
+    d, m, sigma, problems, num = 6, 3, 0.3, 300, 400
+    root = rng.standard_normal((d, d)) * 0.4
+    cov = root @ root.T + 0.1 * np.eye(d)
+    a = rng.standard_normal((m, d))
+    gain = cov @ a.T @ np.linalg.inv(a @ cov @ a.T + sigma ** 2 * np.eye(m))
+    post_root = np.linalg.cholesky(cov - gain @ a @ cov)
+    hits, narrow = [], []
+    for _ in range(problems):
+        x0 = np.linalg.cholesky(cov) @ rng.standard_normal(d)
+        y = a @ x0 + sigma * rng.standard_normal(m)
+        z = rng.standard_normal((num, d)) @ post_root.T
+        hits.append(calibration.coverage(gain @ y + z, x0))
+        narrow.append(calibration.coverage(gain @ y + 0.5 * z, x0))
+    assert abs(np.mean(hits) - 0.9) < 0.02, np.mean(hits)
+    assert abs(np.mean(narrow) - 0.59) < 0.03, np.mean(narrow)
+    with pytest.raises(ValueError, match="credible level must be in"):
+        calibration.coverage(np.zeros((4, 2)), np.zeros(2), level=1.0)
+
+
 def _unconditional(mix, shape, sampler, steps, n=4000):
     pr = gmm.as_prior(mix, shape)
     op = operators.build("identity", shape)

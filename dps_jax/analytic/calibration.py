@@ -9,6 +9,8 @@
   posterior assigns to each component (highest responsibility); 0 when modes are visited in proportion.
 - sliced_wasserstein: SW_2 between the samples and as many exact draws, over `projections` random
   directions (the same directions for every call with the same key).
+- coverage (`coverage`, given the true x_0): the share of coordinates whose central credible interval from
+  the samples holds the truth; over many draws of (x_0, y) a calibrated sampler covers `level` of them.
 
 Every figure has a sampling floor: what N exact draws score against the exact posterior (`floor`).
 """
@@ -84,3 +86,16 @@ def floor(exact: gmm_lib.GaussianMixture, num: int, key, projections: int = 256)
     k_draw, k_cmp = jax.random.split(key)
     x, _ = gmm_lib.sample(float32(exact), k_draw, num)
     return compare(x, exact, k_cmp, projections)
+
+
+def coverage(samples, truth, level: float = 0.9) -> float:
+    """Share of the coordinates of truth (D,) inside the samples' (N, D) central `level` interval (their
+    (1 - level) / 2 and (1 + level) / 2 quantiles)."""
+    x = np.asarray(samples, np.float64).reshape(len(samples), -1)
+    truth = np.asarray(truth, np.float64).reshape(-1)
+    if x.shape[1] != truth.size:
+        raise ValueError(f"samples have dimension {x.shape[1]}; the truth has {truth.size}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"credible level must be in (0, 1), got {level!r}")
+    lo, hi = np.quantile(x, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return float(np.mean((truth >= lo) & (truth <= hi)))

@@ -43,6 +43,26 @@ CONFIG_DIR = (list(_configs.submodule_search_locations)[0] if _configs and _conf
 PNPDM_SHIPPED = dict(steps=30, rho_min=0.1, rho_decay=(0.1 / 10.0) ** (1 / 10), denoiser_steps=20)
 
 
+# The measurement protocols of the comparison command (`evaluate --config.protocol=`): "dps", the DPS paper's
+# (each task config as it is); "daps", the pixel-space task configs of DAPS (zhangbingliang2019/DAPS
+# `configs/task/*.yaml`, which InverseBench follows): box holes drawn at least 1/8 of the side from the border
+# (its mask generator's margin 32 of 256; the DPS code's 16) and phase retrieval measured on the image mapped
+# to [0, 1]. Both: sigma 0.05, oversampling 2, the same kernels; masks, kernels and noise drawn per image index.
+PROTOCOLS = ("dps", "daps")
+
+
+def apply_protocol(c: ml_collections.ConfigDict, protocol: str) -> ml_collections.ConfigDict:
+    """The task config c measured as `protocol` measures its task (c itself, changed in place)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r:.40}; expected one of {PROTOCOLS}")
+    if protocol == "daps":
+        if c.task == "inpainting_box":
+            c.operator.margin = c.data.image_size // 8
+        if c.task == "phase_retrieval":
+            c.operator.unit_range = True
+    return c
+
+
 def solver_sections() -> ml_collections.ConfigDict:
     """`solver.name` and one section of options per registered solver (`solver.<name>.<option>`), each at
     the solver's own defaults (the reference's)."""

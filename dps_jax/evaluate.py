@@ -76,7 +76,7 @@ def split(names: str) -> List[str]:
 def task_config(cfg, task: str, method: str):
     """The config of one cell: the task's settings with this solver, the evaluation's seed, data, model and
     `cells` overrides."""
-    t = config_base.task_config(task, cfg.preset, pick=False)
+    t = config_base.apply_protocol(config_base.task_config(task, cfg.preset, pick=False), cfg.protocol)
     t.solver.name = method
     t.seed = cfg.seed
     t.num_samples = cfg.pr_samples if task == "phase_retrieval" else 1
@@ -265,7 +265,8 @@ def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None,
     columns = table_columns(tasks)
     head = "| method | " + " | ".join(c[3] for c in columns) + " |"
     lines = [f"PSNR [dB] / SSIM, mean ± standard error over {num_images} images "
-             f"(preset {cfg.preset}; phase retrieval: best of {cfg.pr_samples} by measurement residual, "
+             f"(preset {cfg.preset}, {cfg.protocol.upper()} protocol; phase retrieval: best of {cfg.pr_samples} "
+             f"by measurement residual, "
              f"and the oracle best by PSNR as the paper reports)", "", head,
              "|" + " --- |" * (len(columns) + 1)]
     for method in methods:

@@ -174,3 +174,25 @@ def test_a_stored_cell_is_reused_only_with_the_identity_it_was_computed_with(tmp
     cell_path.write_text(json.dumps(cell))
     done, text = rerun(**{"cells.solver.ddrm.eta": 0.5, "seed": 5, "data.num_images": 3})
     assert done and "changed after it was written" in text
+
+
+def test_the_daps_protocol_measures_as_daps_does(tmp_path):
+    """--config.protocol=daps: box holes 1/8 of the side from the border (DAPS's margin 32 of 256), phase
+    retrieval on [0, 1] images; the other tasks as the DPS protocol; the cells' identities differ where the
+    measurement does. An unknown protocol is refused by name."""
+    dps, daps = config(tmp_path), config(tmp_path, protocol="daps")
+    box = {p: evaluate.task_config(c, "inpainting_box", "ps").operator for p, c in (("dps", dps), ("daps", daps))}
+    assert (box["dps"].margin, box["daps"].margin) == (2, 4)
+    for preset, margin in (("ffhq256", 32),):
+        c = config(tmp_path, protocol="daps", preset=preset)
+        c.data.image_size = 256
+        assert evaluate.task_config(c, "inpainting_box", "ps").operator.margin == margin
+    pr = {p: evaluate.task_config(c, "phase_retrieval", "hio").operator for p, c in (("dps", dps), ("daps", daps))}
+    assert not pr["dps"].get("unit_range", False) and pr["daps"].unit_range is True
+    for task in ("super_resolution", "gaussian_deblur", "motion_deblur", "inpainting_random"):
+        assert evaluate.task_config(dps, task, "ps").operator == evaluate.task_config(daps, task, "ps").operator
+    images = np.zeros((1, 32, 32, 1), np.float32)
+    assert (evaluate.cell_identity(evaluate.task_config(dps, "phase_retrieval", "hio"), images)
+            != evaluate.cell_identity(evaluate.task_config(daps, "phase_retrieval", "hio"), images))
+    with pytest.raises(ValueError, match="unknown protocol 'inverse'; expected one of"):
+        evaluate.task_config(config(tmp_path, protocol="inverse"), "super_resolution", "ps")

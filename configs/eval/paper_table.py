@@ -11,6 +11,12 @@ override away, for example:
     python -m dps_jax.evaluate --config=configs/eval/paper_table.py --config.preset=ffhq256 \
         --config.model.checkpoint=ffhq256.msgpack --config.data.source=folder --config.data.root=ffhq_val \
         --config.data.image_size=256 --config.data.num_images=1000
+
+and DAPS's (its 100 FFHQ test images, box holes 32 pixels from the border, phase retrieval on [0, 1]):
+
+    python -m dps_jax.evaluate --config=configs/eval/paper_table.py --config.preset=ffhq256 --config.protocol=daps \
+        --config.model.checkpoint=ffhq256.msgpack --config.data.source=folder --config.data.root=ffhq_test \
+        --config.data.image_size=256 --config.data.num_images=100
 """
 
 import ml_collections
@@ -27,6 +33,10 @@ def get_config():
     c.methods = ("ps,ddrm,mcg,projection,admm_tv,er,hio,oss,pnp_admm,"
                  "pigdm,reddiff,diffpir,daps,ps_unit,scoreald,sdedit")
     c.pr_samples = 4                      # samples / restarts per image for phase retrieval (the paper: 4)
+    # How each task is measured: "dps" (the DPS paper's: each task config) or "daps" (DAPS's and
+    # InverseBench's: box holes 1/8 of the side from the border, phase retrieval on [0, 1] images;
+    # `config_base.PROTOCOLS`).
+    c.protocol = "dps"
     c.seed = 0
     # Task-config fields set in every cell (None: each task config's own), e.g. cells.solver.ps.steps.
     c.cells = config_base.cell_overrides()

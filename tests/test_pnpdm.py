@@ -70,7 +70,8 @@ def test_gaussian_likelihood_step_mean_matches_the_reference(fx, name):
     for rho in (0.3, 2.0):
         want = nhwc(fx[f"lik_{name}_{rho:g}_mean"])
         by_svd = pnpdm.gaussian_step_spectral(problem.aux, problem.y, x, SIGMA_Y, rho, jnp.zeros(SHAPE))
-        by_cg = pnpdm.gaussian_step_cg(problem, x, SIGMA_Y, rho, jnp.zeros_like(problem.y), jnp.zeros(SHAPE), 200)
+        by_cg = jax.jit(pnpdm.gaussian_step_cg, static_argnums=6)(problem, x, SIGMA_Y, rho, jnp.zeros_like(problem.y),
+                                                                 jnp.zeros(SHAPE), 200)
         np.testing.assert_allclose(np.asarray(by_svd), want, rtol=1e-4, atol=1e-4, err_msg=f"svd rho {rho}")
         np.testing.assert_allclose(np.asarray(by_cg), want, rtol=1e-4, atol=1e-4, err_msg=f"cg rho {rho}")
 
@@ -86,11 +87,13 @@ def test_gaussian_likelihood_step_draws_the_conditional_exactly():
     rho = 0.7
     want = np.linalg.inv(a.T @ a / 0.2 ** 2 + np.eye(16) / rho ** 2)
     x = jnp.zeros(SHAPE)
-    svd_map = jax.jacobian(lambda e: pnpdm.gaussian_step_spectral(problem.aux, problem.y, x, 0.2, rho, e).reshape(-1))
+    svd_map = jax.jit(jax.jacobian(lambda e: pnpdm.gaussian_step_spectral(problem.aux, problem.y, x, 0.2, rho,
+                                                                           e).reshape(-1)))
     l_svd = np.asarray(svd_map(jnp.zeros(SHAPE))).reshape(16, 16)
     np.testing.assert_allclose(l_svd @ l_svd.T, want, atol=1e-5)
     cg = lambda e1, e2: pnpdm.gaussian_step_cg(problem, x, 0.2, rho, e1, e2, 100).reshape(-1)
-    j1, j2 = (np.asarray(j).reshape(16, -1) for j in jax.jacobian(cg, argnums=(0, 1))(jnp.zeros(6), jnp.zeros(SHAPE)))
+    jac = jax.jit(jax.jacobian(cg, argnums=(0, 1)))(jnp.zeros(6), jnp.zeros(SHAPE))
+    j1, j2 = (np.asarray(j).reshape(16, -1) for j in jac)
     np.testing.assert_allclose(j1 @ j1.T + j2 @ j2.T, want, atol=1e-4)
 
 

@@ -15,6 +15,7 @@ config runs as the main job runs it with `api.from_config` (`dps_jax.experiment`
 
 from __future__ import annotations
 
+import collections
 from typing import Callable, Mapping, Optional
 
 import jax
@@ -95,10 +96,10 @@ def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", op
             raise ValueError("image_shape=(H, W, C) is needed: the prior does not state its image size")
         image_shape = prior.image_shape
     op = as_operator(op, image_shape)
-    runner = solvers.build(prior, image_shape, solver=solver, options=dict(options or {}), schedule=schedule,
-                           num_timesteps=num_timesteps, num_samples=num_samples, chunk_size=chunk_size,
-                           record_every=record_every, steps_per_call=steps_per_call, devices=devices,
-                           network=network)
+    build = dict(solver=solver, options=dict(options or {}), schedule=schedule, num_timesteps=num_timesteps,
+                 num_samples=num_samples, chunk_size=chunk_size, record_every=record_every,
+                 steps_per_call=steps_per_call, devices=devices, network=network)
+    runner = _cached_runner(prior, tuple(image_shape), build)
     y_shape = jax.eval_shape(op, jax.ShapeDtypeStruct(runner.image_shape, jnp.float32)).shape
     y = np.asarray(y, np.float32)
     if y.ndim == len(y_shape) + 1 and tuple(y.shape[1:]) == tuple(y_shape):     # B measurements: one program
@@ -106,6 +107,39 @@ def sample(prior: Optional[prior_lib.Prior], op: Operator, y, *, solver="ps", op
         return runner.call_many(problems, jax.random.PRNGKey(seed), progress)
     problem = solvers.make_problem(op, y, runner.image_shape, noise, sigma)
     return runner(problem, jax.random.PRNGKey(seed), progress)
+
+
+# The runners of earlier calls, by everything that shapes their compiled programs (the prior's structure and
+# shapes, not its values; the solver and its options; the sizes): a repeated call with another y, other prior
+# weights or the same operator object reuses the compiled sampler instead of compiling it again.
+_RUNNERS: "collections.OrderedDict" = collections.OrderedDict()
+RUNNER_CACHE_SIZE = 8
+
+
+def _cached_runner(prior, image_shape, build: dict):
+    """A Runner for these arguments: an earlier call's, given this prior's values, or a new one."""
+    if build["network"] is not None:          # a network object's values are not part of the key: build anew
+        return solvers.build(prior, image_shape, **build)
+    leaves, tree = jax.tree_util.tree_flatten(prior)
+    key = (tree, tuple((tuple(getattr(l, "shape", ())), str(getattr(l, "dtype", type(l).__name__))) for l in leaves),
+           image_shape, tuple(sorted((k, repr(v)) for k, v in build["options"].items())),
+           tuple((k, v if k != "devices" or v is None else tuple(v)) for k, v in build.items() if k != "options"))
+    try:
+        runner = _RUNNERS.pop(key)
+    except (KeyError, TypeError):             # TypeError: an unhashable argument; no caching then
+        runner = solvers.build(prior, image_shape, **build)
+    else:
+        if prior is not None and runner.solver.kind == "diffusion":
+            runner.model = jax.device_put(prior, runner.replicated)
+        if len(runner._compiled) > RUNNER_CACHE_SIZE:      # a new operator function per call: keep memory bounded
+            runner._compiled.clear()
+    try:
+        _RUNNERS[key] = runner
+        while len(_RUNNERS) > RUNNER_CACHE_SIZE:
+            _RUNNERS.popitem(last=False)
+    except TypeError:
+        pass
+    return runner
 
 
 def task_config(task: str, preset: str = "", **overrides):

@@ -78,3 +78,25 @@ def test_api_rejects_bad_input():
         api.sample(pr, op, jnp.zeros((32, 32, 1)), options={"zeta": 0.5})
     with pytest.raises(TypeError, match="options must be a mapping"):
         api.sample(pr, op, jnp.zeros((32, 32, 1)), options=0.5)
+
+
+def test_repeated_calls_reuse_the_compiled_sampler_with_the_new_prior_and_measurement():
+    """A second api.sample with the same operator object, another y and other prior weights compiles nothing
+    (the runner and its one compiled program are reused) and gives what a fresh runner gives for them."""
+    from dps_jax import solvers
+
+    shape = (4, 4, 1)
+    op = operators.build("inpainting", shape, key=jax.random.PRNGKey(0), mask_type="random",
+                         drop_fraction=(0.5, 0.5))
+    options = {"steps": 5, "scale": 0.5}
+    y1, y2 = (np.asarray(op(np.full(shape, v, np.float32))) for v in (0.2, -0.4))
+    api._RUNNERS.clear()
+    api.sample(linear_prior(0.3), op, y1, options=options, num_samples=2, image_shape=shape, seed=1)
+    (runner,) = api._RUNNERS.values()
+    second = api.sample(linear_prior(0.7), op, y2, options=options, num_samples=2, image_shape=shape, seed=1)
+    assert list(api._RUNNERS.values()) == [runner] and len(runner._compiled) == 1
+    fresh = solvers.build(linear_prior(0.7), shape, solver="ps", options=options, num_samples=2)
+    want = fresh(solvers.make_problem(op, y2, shape), jax.random.PRNGKey(1))
+    np.testing.assert_allclose(second["samples"], want["samples"], rtol=1e-6, atol=1e-6)
+    other = api.sample(linear_prior(0.3), op, y2, options=options, num_samples=2, image_shape=shape, seed=1)
+    assert not np.allclose(other["samples"], second["samples"])       # the prior's values do reach the runner

@@ -56,6 +56,11 @@ SOLVER_TASKS = [
     ("reddiff", "super_resolution", 1000), ("diffpir", "gaussian_deblur", 100), ("daps", "phase_retrieval", None),
     ("ps_unit", "motion_deblur", 1000), ("scoreald", "motion_deblur", 1000), ("sdedit", "super_resolution", 1000),
     ("admm_tv", "gaussian_deblur", None), ("pnp_admm", "gaussian_deblur", None), ("hio", "phase_retrieval", None),
+    # the newer samplers at their references' counts (MCGdiff: 64 particles x 100 times; SITCOM 20 levels; PnP-DM
+    # 100 iterations). SITCOM's Adam loop may stop early and PnP-DM's first iterations (rho near 10) walk the
+    # most EDM levels, so their first steps scaled by the step count bound their time from above.
+    ("tmpd", "super_resolution", 1000), ("mcgdiff", "super_resolution", None), ("sitcom", "super_resolution", None),
+    ("pnpdm", "gaussian_deblur", None),
 ]
 DRY_SOLVERS = "ps,ddrm,daps,hio"
 PARTS = ("step", "solvers", "scaling")

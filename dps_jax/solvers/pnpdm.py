@@ -222,15 +222,11 @@ def check(problem, options: Options) -> None:
 
 
 def init(key, problem, prior, options, image_shape):
-    """The reference's starts: A^+ y for an operator with an SVD, 0 for a linear one without, N(0, I) for a
-    nonlinear one."""
-    if problem.aux is not None:
-        x = spectral.regularised_pinv(problem.aux, problem.y)
-    elif problem.op.linear:
-        x = jnp.zeros(tuple(image_shape), jnp.float32)
-    else:
-        x = jax.random.normal(key, tuple(image_shape), jnp.float32)
-    return {"x": x, "z": jnp.zeros(tuple(image_shape), jnp.float32)}
+    """0 for a linear A (the reference's start for its blurs; it starts its SVD super-resolution from A^+ y,
+    which on a blur would divide the noise by singular values down to 1e-12), N(0, I) for a nonlinear one."""
+    shape = tuple(image_shape)
+    x = jnp.zeros(shape, jnp.float32) if problem.op.linear else jax.random.normal(key, shape, jnp.float32)
+    return {"x": x, "z": jnp.zeros(shape, jnp.float32)}
 
 
 def draw(key, state, problem, options):

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from tools import make_fixtures as mf
 from tools.reference import importable
 
 SHAPE, PR_SIZE, LEVELS, SIGMA_Y = (1, 1, 4, 4), 8, 12, 0.05
@@ -53,13 +54,7 @@ class Draws:
 
 
 def main():
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pnpdm", required=True, help="a clone of zihuiwu/PnP-DM-public")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = mf.arguments(__doc__, 0, [("pnpdm", "a clone of zihuiwu/PnP-DM-public")], network=False).parse_args()
     os.makedirs(args.out, exist_ok=True)
     importable(args.pnpdm)
     import torch
@@ -71,6 +66,7 @@ def main():
     from pnpdm.tasks.super_resolution_svd import SuperResolution
 
     torch.set_default_dtype(torch.float32)
+    torch.manual_seed(args.seed)             # PnPEDMBatch draws its start with the global torch.randn
     rng = np.random.default_rng(args.seed)
     draws = Draws(torch, args.seed)
     torch.randn_like = draws

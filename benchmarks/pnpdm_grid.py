@@ -66,12 +66,15 @@ def main(argv=None):
     ap.add_argument("--first", type=int, default=1000)
     ap.add_argument("--num_images", type=int, default=8)
     ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--steps", default=",".join(map(str, STEPS)), help="iteration counts")
+    ap.add_argument("--rho_mins", default=",".join(map(str, RHO_MINS)))
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     images = jnp.asarray(data.fashion_mnist("test")[args.first:args.first + args.num_images])
     t0 = time.time()
     result = {"command": "python -m benchmarks.pnpdm_grid " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "tasks": {t: search(t, images) for t in args.tasks.split(",")}, "seconds": time.time() - t0,
+              "tasks": {t: search(t, images, tuple(float(r) for r in args.rho_mins.split(",")),
+                                tuple(int(n) for n in args.steps.split(","))) for t in args.tasks.split(",")}, "seconds": time.time() - t0,
               "date": time.strftime("%Y-%m-%d"), "images": [args.first, args.first + len(images)],
               "device": jax.devices()[0].device_kind}
     if args.out:

@@ -225,8 +225,7 @@ def init(key, problem, prior, options, image_shape):
     """0 for a linear A (the reference's start for its blurs; it starts its SVD super-resolution from A^+ y,
     which on a blur would divide the noise by singular values down to 1e-12), N(0, I) for a nonlinear one."""
     shape = tuple(image_shape)
-    x = jnp.zeros(shape, jnp.float32) if problem.op.linear else jax.random.normal(key, shape, jnp.float32)
-    return {"x": x, "z": jnp.zeros(shape, jnp.float32)}
+    return jnp.zeros(shape, jnp.float32) if problem.op.linear else jax.random.normal(key, shape, jnp.float32)
 
 
 def draw(key, state, problem, options):
@@ -247,11 +246,12 @@ def likelihood_step(problem, x, rho, key, options: Options):
     return langevin_step(problem, x, sigma_y, rho, options.langevin_lr, noise_at, options.langevin_steps)
 
 
-def update(state, row, noise, problem, prior, options: Options):
-    z = likelihood_step(problem, state["x"], row["rho"], noise["likelihood"], options)
+def update(x, row, noise, problem, prior, options: Options):
+    """One split-Gibbs iteration; the state is x (H, W, C), the current draw of x_0 (recorded as x0_hat)."""
+    z = likelihood_step(problem, x, row["rho"], noise["likelihood"], options)
     noise_at = lambda i: jax.random.normal(jax.random.fold_in(noise["prior"], i), z.shape, jnp.float32)
     x = prior_step(prior, z, row["start"], row["start_scale"], denoiser_table(options), noise_at)
-    return {"x": x, "z": z}, {"distance": likelihoods.distance(problem.y, problem.op(x), "gaussian"), "x0_hat": z}
+    return x, {"distance": likelihoods.distance(problem.y, problem.op(x), "gaussian"), "x0_hat": x}
 
 
 SOLVER = base.Solver("pnpdm", Options, init=init, update=update, draw=draw, grid=grid, check=check,

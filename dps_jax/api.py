@@ -125,20 +125,20 @@ def _cached_runner(prior, image_shape, build: dict):
            image_shape, tuple(sorted((k, repr(v)) for k, v in build["options"].items())),
            tuple((k, v if k != "devices" or v is None else tuple(v)) for k, v in build.items() if k != "options"))
     try:
-        runner = _RUNNERS.pop(key)
-    except (KeyError, TypeError):             # TypeError: an unhashable argument; no caching then
+        hash(key)
+    except TypeError:                         # an unhashable argument: no caching
+        return solvers.build(prior, image_shape, **build)
+    runner = _RUNNERS.pop(key, None)
+    if runner is None:
         runner = solvers.build(prior, image_shape, **build)
     else:
         if prior is not None and runner.solver.kind == "diffusion":
             runner.model = jax.device_put(prior, runner.replicated)
         if len(runner._compiled) > RUNNER_CACHE_SIZE:      # a new operator function per call: keep memory bounded
             runner._compiled.clear()
-    try:
-        _RUNNERS[key] = runner
-        while len(_RUNNERS) > RUNNER_CACHE_SIZE:
-            _RUNNERS.popitem(last=False)
-    except TypeError:
-        pass
+    _RUNNERS[key] = runner                    # the newest last; the oldest goes first
+    while len(_RUNNERS) > RUNNER_CACHE_SIZE:
+        _RUNNERS.popitem(last=False)
     return runner
 
 

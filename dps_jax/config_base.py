@@ -40,6 +40,7 @@ CONFIG_DIR = (list(_configs.submodule_search_locations)[0] if _configs and _conf
               else os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 
+# PnP-DM's schedule on the shipped prior (`base` below; benchmarks/pnpdm_grid.py found it)
 PNPDM_SHIPPED = dict(steps=30, rho_min=0.1, rho_decay=(0.1 / 10.0) ** (1 / 10), denoiser_steps=20)
 
 

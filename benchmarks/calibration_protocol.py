@@ -9,7 +9,7 @@ A (dy x dx) = U diag(s) V_dy^T from the SVD of a Gaussian matrix with its singul
 sorted U(0, 1) draws; x_0 from the prior, y = A x_0 + sigma n with sigma = U(0, 1) max(s). One bed per
 seed and dy in {1, 2, 4}. Each solver draws 1000 posterior samples (the script's sample size) at 100
 network evaluations where its count is a choice (MCGdiff: the script's 128 particles over 100 grid times,
-kappa 1e-8 as its `gaussian_var`, so 12,672 evaluations); scored by `dps_jax.analytic.calibration`:
+kappa 1e-8 as its `gaussian_var`, so 12,672 evaluations; PnP-DM its reference schedule, 3,032); scored by `dps_jax.analytic.calibration`:
 sliced W2 to 1000 exact draws, the modes' shares (total variation), and the coverage of per-coordinate 90%
 credible intervals (the samples' 5% and 95% quantiles) of the true x_0 over the seeds' coordinates. The
 `exact` row is exact draws scored the same way (the sampling floor; its coverage is 0.9 in expectation).
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import operators, solvers
+from dps_jax import api, operators, solvers
 from dps_jax.analytic import calibration, gmm
 
 DYS = (1, 2, 4)
@@ -41,7 +41,7 @@ SOLVERS = {                                # name -> options (100 network evalua
     "tmpd": {"steps": 100, "covariance": "full"},
     "diffpir": {"steps": 100},
     "daps": {"steps": 20, "ode_steps": 5},
-    "pnpdm": {},
+    "pnpdm": {},                           # its reference schedule: 100 iterations, 3,032 calls
 }
 
 
@@ -75,22 +75,20 @@ def main(argv=None) -> dict:
         # one operator, its matrix swapped per seed (an argument of the compiled program, not a new program)
         op = operators.from_callables(lambda x, d: (d["a"] @ x.reshape(-1)), shape, linear=True,
                                       data={"a": jnp.zeros((dy, args.dx), jnp.float32)})
-        problems = [solvers.make_problem(op.replace(arrays={"a": jnp.asarray(a, jnp.float32)}), y.astype(np.float32),
-                                         shape, sigma=sigma) for _, a, y, sigma, _ in beds]
+        ops = [op.replace(arrays={"a": jnp.asarray(a, jnp.float32)}) for _, a, _, _, _ in beds]
         exacts = [gmm.posterior(mix, a, y, sigma) for mix, a, y, sigma, _ in beds]
         for name in ["exact"] + args.solvers.split(","):
-            t0, scores = time.perf_counter(), []
-            runner = None
-            for seed, ((mix, a, y, sigma, x0), problem, exact) in enumerate(zip(beds, problems, exacts)):
+            t0, scores, evaluations = time.perf_counter(), [], None
+            for seed, ((mix, a, y, sigma, x0), op_seed, exact) in enumerate(zip(beds, ops, exacts)):
                 key = jax.random.PRNGKey(1000 + seed)
                 if name == "exact":
                     x = np.asarray(gmm.sample(calibration.float32(exact), key, NUM)[0])
-                else:
-                    prior = gmm.as_prior(mix, shape)
-                    if runner is None:
-                        runner = solvers.build(prior, shape, solver=name, options=SOLVERS[name], num_samples=NUM)
-                    runner.model = jax.device_put(prior, runner.replicated)     # the seed's mixture, same program
-                    x = runner(problem, key)["samples"].reshape(NUM, -1)
+                else:       # api.sample reuses the first seed's compiled program for the others
+                    x = api.sample(gmm.as_prior(mix, shape), op_seed, y.astype(np.float32), solver=name,
+                                   options=SOLVERS[name], sigma=sigma, num_samples=NUM, image_shape=shape,
+                                   seed=1000 + seed)["samples"].reshape(NUM, -1)
+                    evaluations = solvers.get(name).step_grid(solvers.make_options(solvers.get(name),
+                                                                                   **SOLVERS[name])).evaluations
                 if not np.all(np.isfinite(x)):          # a diverged run: counted, kept out of the means
                     scores.append({"diverged": True})
                     continue
@@ -104,7 +102,7 @@ def main(argv=None) -> dict:
             row["diverged"] = len(scores) - len(ok)
             row["per_seed"] = scores
             row["seconds"] = round(time.perf_counter() - t0, 1)
-            row["evaluations"] = None if runner is None else runner.evaluations
+            row["evaluations"] = evaluations
             rows[f"{name}/dy{dy}"] = row
             print(f"dy {dy}  {name:8s} SW {row['sliced_wasserstein'][0]:.3f} +- {row['sliced_wasserstein'][1]:.3f}  "
                   f"modes off {row['weight_error'][0]:.3f}  coverage90 {row['coverage90'][0]:.3f}  "

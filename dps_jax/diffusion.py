@@ -14,7 +14,7 @@ import numpy as np
 
 from dps_jax.schedule import DiffusionTables
 
-MEAN_TYPES = ("epsilon", "start_x", "previous_x")
+MEAN_TYPES = ("epsilon", "start_x", "v", "previous_x")
 VAR_TYPES = ("learned_range", "fixed_small", "fixed_large", "learned")
 
 
@@ -62,6 +62,11 @@ def x0_from_eps(x_t, c: StepCoefficients, eps):
 def eps_from_x0(x_t, c: StepCoefficients, x0):
     """The noise that x_t and x0 imply: the inverse of `x0_from_eps`."""
     return (c.sqrt_recip_alphas_cumprod * x_t - x0) / c.sqrt_recipm1_alphas_cumprod
+
+
+def x0_from_v(x_t, c: StepCoefficients, v):
+    """x0 from the velocity v = sqrt(ab) eps - sqrt(1 - ab) x_0 (Salimans & Ho 2022): sqrt(ab) x_t - sqrt(1 - ab) v."""
+    return c.sqrt_alphas_cumprod * x_t - c.sqrt_one_minus_alphas_cumprod * v
 
 
 def x0_from_previous_x(x_t, c: StepCoefficients, x_prev):
@@ -118,6 +123,9 @@ def p_mean_variance(model_output, x_t, c: StepCoefficients, *, mean_type: str = 
         mean = posterior_mean(x0_hat, x_t, c)
     elif mean_type == "start_x":
         x0_hat = process_x0(out, clip_denoised, use_dynamic_threshold)
+        mean = posterior_mean(x0_hat, x_t, c)
+    elif mean_type == "v":
+        x0_hat = process_x0(x0_from_v(x_t, c, out), clip_denoised, use_dynamic_threshold)
         mean = posterior_mean(x0_hat, x_t, c)
     elif mean_type == "previous_x":
         mean = out

@@ -89,8 +89,8 @@ def test_dynamic_threshold_rescales_outliers():
 def test_bad_types_are_named(coefs):
     c = row(coefs, 0)
     x = jnp.zeros((2, 2, 3))
-    with pytest.raises(ValueError, match="unknown model mean type 'v'"):
-        diffusion.p_mean_variance(x, x, c, mean_type="v")
+    with pytest.raises(ValueError, match="unknown model mean type 'velocity'"):
+        diffusion.p_mean_variance(x, x, c, mean_type="velocity")
     with pytest.raises(ValueError, match="unknown model variance type 'huge'"):
         diffusion.p_mean_variance(x, x, c, var_type="huge")
     with pytest.raises(ValueError, match="needs a model with 2 x 3 output channels"):

@@ -115,8 +115,14 @@ class MixtureEps:
     def x0_at_sigma(self, params, x, sigma):
         """E[x_0 | x_0 + sigma n = x] (`prior.x0_at_sigma`): the VP view x / sqrt(1 + sigma^2) at
         alphas_cumprod 1 / (1 + sigma^2), exactly."""
-        ab = 1 / (1 + sigma ** 2)
-        return exact_x0_hat(params["gmm"], x.reshape(-1) * jnp.sqrt(ab), ab).reshape(x.shape)
+        return denoiser(params["gmm"], x, sigma)
+
+
+def denoiser(gmm: GaussianMixture, x, sigma):
+    """E[x_0 | x_0 + sigma n = x] for one image x (H, W, C) of the mixture's dimension: the exact D(x; sigma)
+    (`analytic.networks` writes it as the network of any process and parametrisation)."""
+    ab = 1 / (1 + sigma ** 2)
+    return exact_x0_hat(gmm, x.reshape(-1) * jnp.sqrt(ab), ab).reshape(x.shape)
 
 
 def as_prior(gmm: GaussianMixture, image_shape: Tuple[int, int, int], beta_schedule: str = "linear",

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dps_jax import likelihoods, schedule as schedule_lib
+from dps_jax import likelihoods, prior as prior_lib, schedule as schedule_lib
 from dps_jax.operators import spectral
 from dps_jax.solvers import base
 
@@ -137,22 +137,12 @@ def pick(log_w, u):
     return jnp.minimum(jnp.searchsorted(cdf, u * cdf[-1]), log_w.shape[0] - 1)
 
 
-def network_eps(prior, x, t, ab):
-    """The network's eps at x (H, W, C) and timestep t (an x_0-predicting network converted)."""
-    out = prior.apply(prior.params, x, t)[..., :x.shape[-1]]
-    if prior.mean_type == "epsilon":
-        return out
-    return (x - jnp.sqrt(ab) * out) / jnp.sqrt(1 - ab)
-
-
 def check(problem, options) -> None:
     if problem.noise != "gaussian":
         raise ValueError("mcgdiff models Gaussian measurement noise")
 
 
 def init(key, problem, prior, options: Options, image_shape):
-    if prior.mean_type not in ("epsilon", "start_x"):
-        raise ValueError(f"mcgdiff needs a network that predicts epsilon or x_0; this one predicts {prior.mean_type!r}")
     shape = (options.particles,) + tuple(image_shape)
     v = jax.random.normal(key, shape, jnp.float32)
     zeros = jnp.zeros(options.particles)
@@ -183,7 +173,7 @@ def update(state, c, noise, problem, prior, options: Options):
     image_shape = v.shape[1:]
     coords, tau_min = coordinates(problem, image_shape, c)
     x = jax.vmap(lambda p: spectral.from_spectral(sp, p))(v)
-    eps = jax.vmap(lambda xi: network_eps(prior, xi, c["t"], c["ab"]))(x)
+    eps = jax.vmap(lambda xi: prior_lib.eps_at_step(prior, xi, c["t"], c["ab"]))(x)
     v_eps = jax.vmap(lambda e: spectral.to_spectral(sp, e))(eps)
     n, c_x, c_eps = ddim_coefficients(c["ab"], c["ab_prev"], options.eta)
     mean = c_x * v + c_eps * v_eps

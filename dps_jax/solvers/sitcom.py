@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dps_jax import likelihoods, schedule as schedule_lib
+from dps_jax import likelihoods, prior as prior_lib, schedule as schedule_lib
 from dps_jax.solvers import base
 
 
@@ -60,9 +60,8 @@ def grid(options: Options, schedule: base.Schedule) -> base.Grid:
 
 
 def x0_of(prior, v, t, ab):
-    """clip(x0_hat(v)) from the network's eps at timestep t: (H, W, C)."""
-    eps = prior.apply(prior.params, v, t)[..., :v.shape[-1]]
-    return jnp.clip((v - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab), -1.0, 1.0)
+    """clip(x0_hat(v)) at timestep t: (H, W, C)."""
+    return jnp.clip(prior_lib.x0_at_step(prior, v, t, ab), -1.0, 1.0)
 
 
 def fit(prior, problem, x_t, t, ab, options: Options):

@@ -33,11 +33,16 @@ PAPER_PRESETS = ("ffhq256", "imagenet256")
 OWN_STEP_COUNTS = ("ddrm",)
 # The solvers that take a gradient step of size `scale` (zeta) on the measurement distance (`set_scale`).
 GRADIENT_SOLVERS = ("ps", "ps+", "mcg")
-# The task configs: the package `dps_jax.configs`, which is the repository's top-level `configs/` (setup.cfg
-# maps it), so an installed copy finds them as an editable one does.
-_configs = importlib.util.find_spec("dps_jax.configs")
-CONFIG_DIR = (list(_configs.submodule_search_locations)[0] if _configs and _configs.submodule_search_locations
-              else os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+# The task configs: the `configs/` beside the imported package when it is a checkout (so a second checkout run
+# with PYTHONPATH reads its own configs, not those of the copy installed in the environment), else the package
+# `dps_jax.configs`, which setup.cfg maps to the repository's top-level `configs/` for an installed copy.
+_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_checkout, "setup.cfg")) and os.path.isdir(os.path.join(_checkout, "configs")):
+    CONFIG_DIR = os.path.join(_checkout, "configs")
+else:
+    _configs = importlib.util.find_spec("dps_jax.configs")
+    CONFIG_DIR = (list(_configs.submodule_search_locations)[0] if _configs and _configs.submodule_search_locations
+                  else os.path.join(_checkout, "configs"))
 
 
 # PnP-DM's schedule on the shipped prior (`base` below; benchmarks/pnpdm_grid.py found it)

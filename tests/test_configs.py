@@ -165,3 +165,22 @@ def test_diffpir_runs_what_its_scripts_run():
             c = config_base.task_config(task, preset, pick=False).solver.diffpir
             assert c.steps == ref["iter_num"] and c.zeta == pytest.approx(ref["zetas"][0]), (task, preset)
             assert c.lam in ref["lambdas"], (task, preset, c.lam, ref["lambdas"])
+
+
+def test_a_second_checkout_reads_its_own_configs(tmp_path):
+    """A checkout run with PYTHONPATH while another copy is installed in the environment (a git worktree for a
+    benchmark at a fixed commit) must read the task configs of its own commit."""
+    import shutil
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(config_base.__file__)))
+    copy = tmp_path / "checkout"
+    shutil.copytree(os.path.join(root, "dps_jax"), copy / "dps_jax", ignore=shutil.ignore_patterns("assets", "__pycache__"))
+    shutil.copytree(os.path.join(root, "configs"), copy / "configs")
+    shutil.copy(os.path.join(root, "setup.cfg"), copy / "setup.cfg")
+    out = subprocess.run([sys.executable, "-c", "from dps_jax import config_base; print(config_base.CONFIG_DIR)"],
+                         env={**os.environ, "PYTHONPATH": str(copy)}, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(copy / "configs")
+    assert config_base.CONFIG_DIR == os.path.join(root, "configs")

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from dps_jax import diffusion
 from dps_jax.diffusion import StepCoefficients
+from dps_jax.models import checkpoint, diffusers_unet
 from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint
 
 
@@ -70,7 +71,8 @@ class Prior:
     """A diffusion prior: `apply(params, x_t, t)` and how to turn its output into x0_hat.
 
     process / mean_type: how the network is conditioned and what it outputs (the module docstring);
-    sigma_data: EDM's data std (the edm process only). image_size / channels / size_multiple: the size it
+    sigma_data: EDM's data std (the edm process only); schedule: (beta schedule, timesteps) a discrete VP
+    network was trained on when its checkpoint records it (a run on another is refused). image_size / channels / size_multiple: the size it
     was trained at, the image channels it takes and the multiple its height and width must be (the UNet's
     total downsampling); None / None / 1 when unknown (hand-written test priors).
     """
@@ -85,6 +87,7 @@ class Prior:
     channels: Optional[int] = flax.struct.field(pytree_node=False, default=None)
     size_multiple: int = flax.struct.field(pytree_node=False, default=1)
     sigma_data: float = flax.struct.field(pytree_node=False, default=0.5)
+    schedule: Optional[Tuple[str, int]] = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def image_shape(self) -> Optional[Tuple[int, int, int]]:
@@ -123,7 +126,7 @@ class Prior:
 
 
 def from_unet(model, params, var_type: str = "", **options) -> Prior:
-    """A Prior for a Flax `UNet` module and its params.
+    """A Prior for a Flax `UNet` (or `DiffusersUNet`) module and its params.
 
     var_type "" picks learned_range for a discrete VP model with 2C outputs and fixed_large otherwise (the
     shipped prior's training choice). `options`: process, mean_type (default: epsilon, edm for the edm
@@ -142,20 +145,29 @@ def from_unet(model, params, var_type: str = "", **options) -> Prior:
 
 
 def load(path: Optional[str] = None, dtype=None, var_type: str = "", **options) -> Prior:
-    """The Prior stored in a dps_jax checkpoint (the shipped prior by default), read once.
+    """The Prior stored in a dps_jax checkpoint (the shipped prior by default; an ADM UNet or a converted
+    diffusers UNet2DModel), read once.
 
-    The variance type is, in order: `var_type` if given, learned_range for a 2C-output model, the one the
-    checkpoint records (`extra["var_type"]`), fixed_large.
+    The variance type is, in order: `var_type` if given, the one the checkpoint records (`extra["var_type"]`),
+    learned_range for a 2C-output model, fixed_large. How its network is read (process, mean_type,
+    sigma_data) and the schedule it was trained on come from the checkpoint when it records them.
     """
-    ckpt = load_checkpoint(path or SHIPPED_PRIOR, dtype=dtype)
+    path = path or SHIPPED_PRIOR
+    if checkpoint.file_format(path) == diffusers_unet.FORMAT:
+        params, config, extra = checkpoint.read_checkpoint(path, diffusers_unet.FORMAT,
+                                                           diffusers_unet.DiffusersUNetConfig.from_json,
+                                                           diffusers_unet.param_shapes)
+        model = diffusers_unet.DiffusersUNet(config)
+    else:
+        model, params, config, extra = load_checkpoint(path, dtype=dtype)
     for name in ("process", "mean_type"):       # a converted checkpoint records how its network is read
-        if name in ckpt.extra:
-            options.setdefault(name, str(ckpt.extra[name]))
-    if "sigma_data" in ckpt.extra:
-        options.setdefault("sigma_data", float(ckpt.extra["sigma_data"]))
-    if not var_type and (not ckpt.config.learn_sigma or options.get("process", "discrete_vp") != "discrete_vp"):
-        var_type = str(ckpt.extra.get("var_type", "")) or "fixed_large"
-    return from_unet(ckpt.model, ckpt.params, var_type, **options)
+        if name in extra:
+            options.setdefault(name, str(extra[name]))
+    if "sigma_data" in extra:
+        options.setdefault("sigma_data", float(extra["sigma_data"]))
+    if "beta_schedule" in extra and "num_timesteps" in extra:
+        options.setdefault("schedule", (str(extra["beta_schedule"]), int(extra["num_timesteps"])))
+    return from_unet(model, params, var_type or str(extra.get("var_type", "")), **options)
 
 
 class Denoised(NamedTuple):

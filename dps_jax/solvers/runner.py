@@ -83,6 +83,10 @@ def build(prior, image_shape: Sequence[int], *, solver="ps", options: Optional[d
             raise ValueError(f"solver {spec.name!r} needs a diffusion prior")
         prior.check()
         prior.check_image_shape(image_shape)
+        if prior.schedule is not None and tuple(prior.schedule) != (schedule, num_timesteps):
+            raise ValueError(f"the prior was trained on the {prior.schedule[0]} schedule of {prior.schedule[1]} "
+                             f"steps; the run asks for {schedule} with {num_timesteps} (set the config's "
+                             f"diffusion schedule to match)")
         model = prior
     elif spec.network is not None:      # an iterative solver gets its own network in the model's place
         model = network if network is not None else spec.network(opts)

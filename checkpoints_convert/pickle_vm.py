@@ -8,9 +8,9 @@ uses (protocols 2 to 5) in one pass over the bytes, nothing else:
 - every opcode creates at most one object, so the object count, the memo and the stack are bounded
   by the number of opcodes, itself capped (MAX_OPCODES, a few hundred MB of Python objects at most);
   the memo is a dict, so `LONG_BINPUT 2**27` costs one entry, not 2**27; strings are capped;
-- nothing here recurses or hashes a container: dict keys must be atoms (str, bytes, int, float, bool,
-  None), sets are refused, and errors name types and byte positions, never repr() a decoded object
-  (the repr of a shared or self-referencing object graph can be exponential).
+- nothing here recurses or hashes a container: dict keys and set items must be atoms (str, bytes, int,
+  float, bool, None), and errors name types and byte positions, never repr() a decoded object (the repr
+  of a shared or self-referencing object graph can be exponential).
 
 Every failure is a `PickleError` with one line that names the opcode and its byte position.
 """
@@ -45,6 +45,7 @@ _OPCODE_NAMES = {
     b"U": "SHORT_BINSTRING", b"B": "BINBYTES", b"C": "SHORT_BINBYTES", b"\x8e": "BINBYTES8",
     b"c": "GLOBAL", b"\x93": "STACK_GLOBAL", b"q": "BINPUT", b"r": "LONG_BINPUT", b"\x94": "MEMOIZE",
     b"h": "BINGET", b"j": "LONG_BINGET", b"Q": "BINPERSID", b"R": "REDUCE", b"b": "BUILD",
+    b"\x81": "NEWOBJ", b"\x8f": "EMPTY_SET", b"\x90": "ADDITEMS", b"\x91": "FROZENSET",
 }
 
 
@@ -53,8 +54,9 @@ def load(data, pos: int, allowed: Dict[Tuple[str, str], object],
     """Run one pickle from `data[pos:]`; returns (the object, the position after its STOP).
 
     `allowed` maps (module, name) to what GLOBAL pushes: a function REDUCE may call (one marked
-    `_pickle_callable = True`, called with a tuple of decoded objects), or an inert value (a storage type).
-    BUILD is accepted only on objects whose type defines `_pickle_setstate` (written by the caller).
+    `_pickle_callable = True`, called with a tuple of decoded objects), a class stand-in NEWOBJ may
+    instantiate (one with a `_pickle_new(args)` method, written by the caller), or an inert value (a storage
+    type). BUILD is accepted only on objects whose type defines `_pickle_setstate` (written by the caller).
     """
     view = memoryview(data)
     end = len(view)
@@ -99,7 +101,7 @@ def load(data, pos: int, allowed: Dict[Tuple[str, str], object],
 
     def key_ok(k):
         if not isinstance(k, _ATOMS):
-            fail(f"a dict key of type {type(k).__name__} (a checkpoint's keys are strings)")
+            fail(f"a dict key or set item of type {type(k).__name__} (a checkpoint's keys are strings)")
         return k
 
     def top(kind, what):
@@ -244,6 +246,21 @@ def load(data, pos: int, allowed: Dict[Tuple[str, str], object],
             if not (callable(func) and getattr(func, "_pickle_callable", False)):
                 fail(f"REDUCE of a {type(func).__name__}, which is not a function this reader allows")
             stack.append(func(*args))
+        elif op == b"\x81":
+            args = pop()
+            cls = pop()
+            new = getattr(cls, "_pickle_new", None)
+            if not isinstance(args, tuple) or new is None:
+                fail(f"NEWOBJ of a {type(cls).__name__}, which is not a class this reader allows")
+            stack.append(new(args))
+        elif op == b"\x8f":
+            stack.append(set())
+        elif op in (b"\x90", b"\x91"):
+            items = [key_ok(k) for k in pop_mark()]
+            if op == b"\x91":
+                stack.append(frozenset(items))
+            else:
+                top(set, "ADDITEMS").update(items)
         elif op == b"b":
             state = pop()
             obj = stack[-1] if stack else None

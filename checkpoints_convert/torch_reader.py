@@ -303,11 +303,8 @@ def _read_zip(path: str, budget: _Budget, key, strip_prefix):
     return state, blobs, big_endian
 
 
-def _read_legacy(path: str, size: int, key, strip_prefix):
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) != size:
-        raise CheckpointError("the file changed while it was read")
+def _legacy_parts(data):
+    """(the pickled object, {storage key: its bytes}, little-endian?) of a legacy-format file's bytes."""
     pos = 0
     objs = []
     storages: Dict[str, _StorageRef] = {}
@@ -345,11 +342,29 @@ def _read_legacy(path: str, size: int, key, strip_prefix):
             raise CheckpointError(f"legacy checkpoint is truncated in storage {k[:40]!r}")
         blobs[k] = view[pos + 8:pos + 8 + nbytes]      # a view of the file's bytes: read once
         pos += 8 + nbytes
+    return obj, blobs, little
+
+
+def _read_legacy(path: str, size: int, key, strip_prefix):
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) != size:
+        raise CheckpointError("the file changed while it was read")
+    obj, blobs, little = _legacy_parts(data)
     state = _select(obj, key, strip_prefix)
     for ref in state.values():
         if ref.storage.key not in blobs:
             raise CheckpointError(f"storage {ref.storage.key[:40]!r} is missing (truncated file?)")
     return state, blobs, not little
+
+
+def storage_from_legacy_bytes(data) -> Tuple[_StorageRef, memoryview, bool]:
+    """(the storage, its bytes, big-endian?) of `torch.save(storage)` in the legacy format: what a pickled
+    torch storage holds (`torch.storage._load_from_bytes`, in plain pickles such as EDM's networks)."""
+    obj, blobs, little = _legacy_parts(data)
+    if not isinstance(obj, _StorageRef) or obj.key not in blobs:
+        raise CheckpointError(f"a pickled storage holds a {type(obj).__name__}, not one storage")
+    return obj, blobs[obj.key], not little
 
 
 def load_state_dict(path: str, key: Optional[str] = None, strip_prefix: Optional[str] = None,

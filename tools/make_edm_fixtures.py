@@ -1,0 +1,73 @@
+"""Regenerate tests/fixtures/edm_songunet_small.pkl / .npz from a clone of NVlabs/edm (torch besides; seconds).
+
+    python -m tools.make_edm_fixtures --edm EDM_PATH --out tests/fixtures
+
+An `EDMPrecond` around a `SongUNet` (DDPM++ layout: positional noise embedding, standard encoder and decoder,
+[1, 1] resampling filter, attention at 4 x 4) at 8 x 8 x 3 and 8 base channels, its parameters and buffers set to
+`checkpoints_convert.mapping.random_state_dict(shapes, 21)`, pickled the way EDM's training loop writes its
+network snapshots (`pickle.dump(dict(ema=net), f)`, each class's source carried inside by EDM's persistence).
+The .npz holds the state_dict's keys and shapes (JSON), the recorded constructor arguments, and the network's
+denoiser output D(x; sigma) on fixed inputs, for the Flax port that reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import sys
+import types
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KWARGS = dict(img_resolution=8, img_channels=3, label_dim=0, model_type="SongUNet", model_channels=8,
+              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], embedding_type="positional",
+              encoder_type="standard", decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1])
+SEED = 21
+SIGMAS = np.array([0.3, 7.5], np.float32)
+
+
+def random_state_dict(shapes, seed):
+    """checkpoints_convert.mapping.random_state_dict, imported without the package's __init__ (which needs jax)."""
+    pkg = types.ModuleType("checkpoints_convert")
+    pkg.__path__ = [os.path.join(ROOT, "checkpoints_convert")]
+    sys.modules.setdefault("checkpoints_convert", pkg)
+    from checkpoints_convert.mapping import random_state_dict as make
+    return make(shapes, seed)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--edm", required=True, help="a clone of NVlabs/edm")
+    ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"))
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.abspath(args.edm))      # EDM's modules import each other by top-level name
+    import torch
+    from training import networks
+
+    net = networks.EDMPrecond(**KWARGS).eval()
+    state = net.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    weights = random_state_dict(shapes, SEED)
+    weights = {k: (w if not k.endswith("resample_filter") else state[k].numpy()) for k, w in weights.items()}
+    net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(w)) for k, w in weights.items()})
+    buf = io.BytesIO()
+    pickle.dump(dict(ema=net), buf)
+    with open(os.path.join(args.out, "edm_songunet_small.pkl"), "wb") as f:
+        f.write(buf.getvalue())
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        d = net(torch.from_numpy(x), torch.from_numpy(SIGMAS)).numpy()
+    np.savez_compressed(os.path.join(args.out, "edm_songunet_small.npz"),
+                        keys=np.array(json.dumps(shapes)), init_kwargs=np.array(json.dumps(KWARGS)),
+                        x=x.transpose(0, 2, 3, 1), sigma=SIGMAS, denoised=d.transpose(0, 2, 3, 1),
+                        resample_filter_keys=np.array(json.dumps(sorted(k for k in shapes if k.endswith("resample_filter")))))
+    print(f"{len(shapes)} tensors, {sum(int(np.prod(s)) for s in shapes.values())} values, pickle {len(buf.getvalue())} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,9 +35,11 @@ def main():
     ap.add_argument("--tasks", default="", help="comma-separated tasks of the beds to run (default: all)")
     args = ap.parse_args()
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
-    results["meta"] = {"sigma": bench.SIGMA, "num": args.num, "nfe": args.nfe, "device": str(jax.devices()[0]),
-                       "jax": jax.__version__, "command": " ".join(["python -m benchmarks.calibration_priors"] + sys.argv[1:]),
-                       "commit": experiment.git_commit()}
+    meta = results.setdefault("meta", {})
+    command = " ".join(["python -m benchmarks.calibration_priors"] + sys.argv[1:])
+    meta.update({"sigma": bench.SIGMA, "num": args.num, "nfe": args.nfe, "device": str(jax.devices()[0]),
+                 "jax": jax.__version__, "commit": experiment.git_commit(),
+                 "commands": sorted(set(meta.get("commands", [])) | {command})})
     for bed in args.beds.split(","):
         mix = bench.mixture(bed)
         shape = bench.SHAPES[bed]

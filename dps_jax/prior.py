@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from dps_jax import diffusion
 from dps_jax.diffusion import StepCoefficients
-from dps_jax.models import checkpoint, diffusers_unet
+from dps_jax.models import checkpoint, diffusers_unet, edm_unet
 from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint
 
 
@@ -145,15 +145,26 @@ def from_unet(model, params, var_type: str = "", **options) -> Prior:
 
 
 def load(path: Optional[str] = None, dtype=None, var_type: str = "", **options) -> Prior:
-    """The Prior stored in a dps_jax checkpoint (the shipped prior by default; an ADM UNet or a converted
-    diffusers UNet2DModel), read once.
+    """The Prior stored in a dps_jax checkpoint (the shipped prior by default; an ADM UNet, a converted
+    diffusers UNet2DModel or an EDM SongUNet), read once.
 
     The variance type is, in order: `var_type` if given, the one the checkpoint records (`extra["var_type"]`),
     learned_range for a 2C-output model, fixed_large. How its network is read (process, mean_type,
     sigma_data) and the schedule it was trained on come from the checkpoint when it records them.
     """
     path = path or SHIPPED_PRIOR
-    if checkpoint.file_format(path) == diffusers_unet.FORMAT:
+    fmt = checkpoint.file_format(path)
+    if fmt == edm_unet.FORMAT:
+        params, config, extra = checkpoint.read_checkpoint(path, fmt, edm_unet.SongUNetConfig.from_json,
+                                                           edm_unet.param_structs)
+        for name, value in edm_unet.prior_options(config).items():
+            options.setdefault(name, value)
+        p = Prior(params=params, apply=edm_unet.EDMApply(config), var_type=var_type or "fixed_large",
+                  image_size=config.img_resolution, channels=config.in_channels,
+                  size_multiple=config.downsample_factor, **options)
+        p.check()
+        return p
+    if fmt == diffusers_unet.FORMAT:
         params, config, extra = checkpoint.read_checkpoint(path, diffusers_unet.FORMAT,
                                                            diffusers_unet.DiffusersUNetConfig.from_json,
                                                            diffusers_unet.param_shapes)

@@ -1,19 +1,24 @@
-"""EDM's network pickles read as data: the parameters and recorded constructor arguments of a pickle EDM's own
-code wrote (tests/fixtures/edm_songunet_small.pkl, tools/make_edm_fixtures.py), and pickles whose carried source
-or globals would run code."""
+"""EDM's network pickles read as data (the parameters and recorded constructor arguments of a pickle EDM's own
+code wrote, tests/fixtures/edm_songunet_small.pkl from tools/make_edm_fixtures.py; pickles whose carried source or
+globals would run code), and the JAX port of its SongUNet against EDM's forward pass."""
 
+import dataclasses
 import json
 import os
 import pickle
 import sys
 import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from checkpoints_convert import edm_pickle
+from checkpoints_convert import edm as edm_convert, edm_pickle
 from checkpoints_convert.mapping import random_state_dict
 from checkpoints_convert.torch_reader import CheckpointError
+from dps_jax import api, operators, prior as prior_lib
+from dps_jax.models import edm_unet
 from helpers import fixture_path, load_npz
 
 FX = load_npz("edm_songunet_small.npz")
@@ -102,3 +107,66 @@ def test_wrong_or_truncated_files_fail_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match="no entry 'net'"):
         edm_pickle.load_network(fixture_path("edm_songunet_small.pkl"), key="net")
+
+
+# --- the JAX port of SongUNet, through the converter and the prior -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    dst = str(tmp_path_factory.mktemp("edm") / "edm.msgpack")
+    extra = edm_convert.convert(fixture_path("edm_songunet_small.pkl"), dst)
+    assert (extra["process"], extra["mean_type"], extra["sigma_data"]) == ("edm", "edm", 0.5)
+    return dst
+
+
+def test_converted_network_is_edm_denoiser(converted):
+    """D(x; sigma) of the converted network, read through prior.x0_at_sigma, is EDM's own (EDMPrecond(SongUNet))."""
+    pr = prior_lib.load(converted, clip_denoised=False)
+    assert (pr.process, pr.image_shape, pr.size_multiple) == ("edm", (8, 8, 3), 2)
+    d = jax.jit(jax.vmap(lambda x, s: prior_lib.x0_at_sigma(pr, x, s)))(FX["x"], FX["sigma"])
+    np.testing.assert_allclose(d, FX["denoised"], atol=1e-4 * np.abs(FX["denoised"]).max())   # measured 2e-6
+
+
+def test_vp_and_ve_preconditionings_read_the_same_network(converted):
+    """VPPrecond: D = x - sigma F(x / sqrt(1 + sigma^2), 999 s(sigma)); VEPrecond: D = x + sigma F(x, log(sigma / 2))."""
+    base = prior_lib.load(converted)
+    x, sigma = jnp.asarray(FX["x"][0]), 0.8
+    for precond in ("VPPrecond", "VEPrecond"):
+        cfg = dataclasses.replace(base.apply.config, precond=precond)
+        pr = prior_lib.Prior(params=base.params, apply=edm_unet.EDMApply(cfg), var_type="fixed_small",
+                             clip_denoised=False, **edm_unet.prior_options(cfg))
+        if precond == "VPPrecond":
+            s = (np.sqrt(0.1 ** 2 + 2 * 19.9 * np.log1p(sigma ** 2)) - 0.1) / 19.9
+            f = edm_unet.songunet(base.params, cfg, (x / np.sqrt(1 + sigma ** 2))[None], jnp.asarray([999 * s]))[0]
+            want = x - sigma * f
+        else:
+            want = x + sigma * edm_unet.songunet(base.params, cfg, x[None], jnp.log(jnp.asarray([0.5 * sigma])))[0]
+        np.testing.assert_allclose(prior_lib.x0_at_sigma(pr, x, sigma), want, atol=1e-5)
+
+
+def test_solvers_run_on_the_converted_network(converted):
+    pr = prior_lib.load(converted)
+    op = operators.build("super_resolution", (8, 8, 3), scale_factor=2)
+    y = np.asarray(op(jnp.asarray(FX["x"][0]) * 0.3))
+    for solver in ("ps", "daps"):
+        out = api.sample(pr, op, y, solver=solver, options={"steps": 2}, num_samples=2, sigma=0.05)
+        assert out["samples"].shape == (2, 8, 8, 3) and np.all(np.isfinite(out["samples"]))
+
+
+def test_networks_it_cannot_run_are_refused(monkeypatch, tmp_path):
+    net = edm_pickle.load_network(fixture_path("edm_songunet_small.pkl"))
+    adm = net._replace(inner=net.inner._replace(class_name="DhariwalUNet"))
+    with pytest.raises(CheckpointError, match="not yet DhariwalUNet"):
+        edm_convert.config_of(adm)
+    labelled = net._replace(init_kwargs={**net.init_kwargs, "label_dim": 10})
+    with pytest.raises(CheckpointError, match="class-conditional"):
+        edm_convert.config_of(labelled)
+    cut = dict(net.state_dict)
+    del cut["model.map_layer0.bias"]
+    cut["model.junk"] = np.zeros(2, np.float32)
+    monkeypatch.setattr(edm_convert, "load_network", lambda src, key: net._replace(state_dict=cut))
+    dst = tmp_path / "x.msgpack"
+    with pytest.raises(CheckpointError, match="1 missing keys: map_layer0.bias; 1 unexpected keys: junk"):
+        edm_convert.convert("ignored.pkl", str(dst))
+    assert not dst.exists()

@@ -1,0 +1,288 @@
+"""EDM's SongUNet (Karras et al. 2022, NVlabs/edm: its DDPM++ and NCSN++ networks) as pure JAX functions over a
+params dict keyed by the torch state_dict's own keys ("enc.64x64_conv.weight"), NHWC images.
+
+    out = songunet(params, config, x, noise_label)          # x (N, H, W, C), noise_label (N,) -> (N, H, W, C)
+
+A functional port rather than Flax modules: the network's layer names ("64x64_block0", "8x8_aux_norm") are its
+structure, and keeping them as keys makes the converter a layout change only (conv weights stay OIHW, linear
+(out, in)). `param_shapes(config)` is the key table, built as EDM's constructor builds its layers; the
+converter checks a pickle's tensors against it. `EDMApply` reads it as a dps_jax prior under the
+preconditioning it was trained with (EDM, VP or VE; `dps_jax.prior`).
+
+Implemented: positional and Fourier noise embeddings, the 'standard' and 'residual' encoders, the 'standard'
+decoder, any symmetric resampling filter, unconditional networks (class and augmentation labels are not used
+at sampling time; a class-conditional network is refused). Proved against EDM's forward pass
+(tests/fixtures/edm_songunet_small.npz).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dps_jax.models.config_json import JsonConfig
+
+FORMAT = "dps_jax.edm_songunet"
+PRECONDITIONINGS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SongUNetConfig(JsonConfig):
+    """SongUNet's constructor arguments (EDM's names), plus the preconditioning it was trained under."""
+    KIND = "EDM SongUNet"
+    WHAT = "SongUNet arguments"
+    img_resolution: int = 64
+    in_channels: int = 3
+    out_channels: int = 3
+    model_channels: int = 128
+    channel_mult: Tuple[int, ...] = (1, 2, 2, 2)
+    channel_mult_emb: int = 4
+    num_blocks: int = 4
+    attn_resolutions: Tuple[int, ...] = (16,)
+    embedding_type: str = "positional"
+    channel_mult_noise: int = 1
+    encoder_type: str = "standard"
+    decoder_type: str = "standard"
+    resample_filter: Tuple[int, ...] = (1, 1)
+    augment_dim: int = 0
+    precond: str = "EDMPrecond"
+    sigma_data: float = 0.5
+    vp_timesteps: int = 1000             # VPPrecond's M
+
+    def __post_init__(self):
+        for name in ("channel_mult", "attn_resolutions", "resample_filter"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        checks = [("embedding_type", self.embedding_type in ("positional", "fourier"), "'positional' or 'fourier'"),
+                  ("encoder_type", self.encoder_type in ("standard", "residual"), "'standard' or 'residual'"),
+                  ("decoder_type", self.decoder_type == "standard", "'standard'"),
+                  ("precond", self.precond in PRECONDITIONINGS, f"one of {sorted(PRECONDITIONINGS)}"),
+                  ("img_resolution", isinstance(self.img_resolution, int) and
+                   self.img_resolution % 2 ** (len(self.channel_mult) - 1) == 0, "divisible by the downsampling"),
+                  ("resample_filter", len(self.resample_filter) >= 1 and
+                   tuple(self.resample_filter) == tuple(self.resample_filter)[::-1], "a symmetric filter")]
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"{self.KIND}: {name} {getattr(self, name)!r:.60} is not implemented; expected {want}")
+
+    @property
+    def image_size(self) -> int:
+        return self.img_resolution
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def layers(self):
+        """[(section, name, kind, options)] in EDM's constructor order: kind 'conv' (in, out, kernel, up, down,
+        fused), 'block' (in, out, up, down, attention), 'norm' (channels)."""
+        out, cout, caux = [], self.in_channels, self.in_channels
+        block = lambda cin, cout, **kw: dict(cin=cin, cout=cout, up=kw.get("up", False), down=kw.get("down", False),
+                                            attention=kw.get("attention", False))
+        for level, mult in enumerate(self.channel_mult):
+            res = self.img_resolution >> level
+            if level == 0:
+                out.append(("enc", f"{res}x{res}_conv", "conv", dict(cin=cout, cout=self.model_channels, kernel=3)))
+                cout = self.model_channels
+            else:
+                out.append(("enc", f"{res}x{res}_down", "block", block(cout, cout, down=True)))
+                if self.encoder_type == "residual":
+                    out.append(("enc", f"{res}x{res}_aux_residual", "conv",
+                                dict(cin=caux, cout=cout, kernel=3, down=True, fused=True)))
+                    caux = cout
+            for idx in range(self.num_blocks):
+                cin, cout = cout, self.model_channels * mult
+                out.append(("enc", f"{res}x{res}_block{idx}", "block",
+                            block(cin, cout, attention=res in self.attn_resolutions)))
+        skips = [o["cout"] for s, n, k, o in out if "aux" not in n]
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            res = self.img_resolution >> level
+            if level == len(self.channel_mult) - 1:
+                out.append(("dec", f"{res}x{res}_in0", "block", block(cout, cout, attention=True)))
+                out.append(("dec", f"{res}x{res}_in1", "block", block(cout, cout)))
+            else:
+                out.append(("dec", f"{res}x{res}_up", "block", block(cout, cout, up=True)))
+            for idx in range(self.num_blocks + 1):
+                cin, cout = cout + skips.pop(), self.model_channels * mult
+                out.append(("dec", f"{res}x{res}_block{idx}", "block",
+                            block(cin, cout, attention=idx == self.num_blocks and res in self.attn_resolutions)))
+            if level == 0:
+                out.append(("dec", f"{res}x{res}_aux_norm", "norm", dict(cout=cout)))
+                out.append(("dec", f"{res}x{res}_aux_conv", "conv", dict(cin=cout, cout=self.out_channels, kernel=3)))
+        return out
+
+
+def _filter(config) -> np.ndarray:
+    f = np.asarray(config.resample_filter, np.float32)
+    return (np.outer(f, f) / f.sum() ** 2)[None, None]
+
+
+def param_shapes(config: SongUNetConfig) -> Dict[str, tuple]:
+    """{torch key (without the 'model.' prefix): shape} of every parameter and buffer the network uses."""
+    shapes = {}
+    noise = config.model_channels * config.channel_mult_noise
+    emb = config.model_channels * config.channel_mult_emb
+    if config.embedding_type == "fourier":
+        shapes["map_noise.freqs"] = (noise // 2,)
+    if config.augment_dim:
+        shapes["map_augment.weight"] = (noise, config.augment_dim)
+    shapes.update({"map_layer0.weight": (emb, noise), "map_layer0.bias": (emb,),
+                   "map_layer1.weight": (emb, emb), "map_layer1.bias": (emb,)})
+    k = len(config.resample_filter)
+
+    def conv(name, cin, cout, kernel, resample=False):
+        if kernel:
+            shapes[name + ".weight"] = (cout, cin, kernel, kernel)
+            shapes[name + ".bias"] = (cout,)
+        if resample:
+            shapes[name + ".resample_filter"] = (1, 1, k, k)
+
+    for section, name, kind, o in config.layers():
+        p = f"{section}.{name}"
+        if kind == "conv":
+            conv(p, o["cin"], o["cout"], o["kernel"], o.get("down", False) or o.get("up", False))
+        elif kind == "norm":
+            shapes[p + ".weight"] = shapes[p + ".bias"] = (o["cout"],)
+        else:
+            cin, cout, resample = o["cin"], o["cout"], o["up"] or o["down"]
+            shapes[p + ".norm0.weight"] = shapes[p + ".norm0.bias"] = (cin,)
+            conv(p + ".conv0", cin, cout, 3, resample)
+            shapes[p + ".affine.weight"], shapes[p + ".affine.bias"] = (cout, emb), (cout,)
+            shapes[p + ".norm1.weight"] = shapes[p + ".norm1.bias"] = (cout,)
+            conv(p + ".conv1", cout, cout, 3)
+            if cout != cin or resample:
+                conv(p + ".skip", cin, cout, 1, resample)          # SongUNet projects its resampled skips
+            if o["attention"]:
+                shapes[p + ".norm2.weight"] = shapes[p + ".norm2.bias"] = (cout,)
+                conv(p + ".qkv", cout, 3 * cout, 1)
+                conv(p + ".proj", cout, cout, 1)
+    return shapes
+
+
+def param_structs(config: SongUNetConfig) -> Dict[str, jax.ShapeDtypeStruct]:
+    """`param_shapes` as the params tree of ShapeDtypeStructs a checkpoint is checked against."""
+    return {k: jax.ShapeDtypeStruct(tuple(s), jnp.float32) for k, s in param_shapes(config).items()}
+
+
+def _group_norm(p, name, x, eps):
+    c = x.shape[-1]
+    groups = min(32, c // 4)
+    n, h, w, _ = x.shape
+    g = x.reshape(n, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+    g = (g - mean) / jnp.sqrt(var + eps)
+    return g.reshape(n, h, w, c) * p[name + ".weight"] + p[name + ".bias"]
+
+
+def _conv2d(x, w, stride=1, padding=0, groups=1, lhs_dilation=(1, 1)):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=("NHWC", "OIHW", "NHWC"), feature_group_count=groups)
+
+
+def _conv(p, name, x, up=False, down=False, fused=False):
+    """EDM's Conv2d: an optional resampling by its FIR filter (transposed for up), then the convolution."""
+    w, b, f = p.get(name + ".weight"), p.get(name + ".bias"), p.get(name + ".resample_filter")
+    w_pad = w.shape[-1] // 2 if w is not None else 0
+    f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
+    if fused and down and w is not None:
+        x = _conv2d(x, w, padding=w_pad + f_pad)
+        x = _conv2d(x, jnp.tile(f, (x.shape[-1], 1, 1, 1)), stride=2, groups=x.shape[-1])
+    else:
+        c = x.shape[-1]
+        if up:      # conv_transpose2d(stride 2, padding f_pad) = dilated input, padded k - 1 - f_pad, flipped kernel
+            k = f.shape[-1]
+            x = _conv2d(x, jnp.tile(4 * f[..., ::-1, ::-1], (c, 1, 1, 1)), padding=k - 1 - f_pad, groups=c,
+                        lhs_dilation=(2, 2))
+        if down:
+            x = _conv2d(x, jnp.tile(f, (c, 1, 1, 1)), stride=2, padding=f_pad, groups=c)
+        if w is not None:
+            x = _conv2d(x, w, padding=w_pad)
+    return x + b if b is not None else x
+
+
+def _linear(p, name, x):
+    y = x @ p[name + ".weight"].T
+    return y + p[name + ".bias"] if name + ".bias" in p else y
+
+
+def _block(p, name, x, emb, o):
+    """SongUNet's UNetBlock (additive embedding, skip scale sqrt(1/2), one attention head)."""
+    orig = x
+    x = _conv(p, name + ".conv0", jax.nn.silu(_group_norm(p, name + ".norm0", x, 1e-6)), up=o["up"], down=o["down"])
+    x = jax.nn.silu(_group_norm(p, name + ".norm1", x + _linear(p, name + ".affine", emb)[:, None, None, :], 1e-6))
+    x = _conv(p, name + ".conv1", x)
+    skip = _conv(p, name + ".skip", orig, up=o["up"], down=o["down"]) if name + ".skip.weight" in p else orig
+    x = (x + skip) * np.sqrt(0.5)
+    if o["attention"]:
+        n, h, w, c = x.shape
+        qkv = _conv(p, name + ".qkv", _group_norm(p, name + ".norm2", x, 1e-6)).reshape(n, h * w, c, 3)
+        q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]              # one head: channels in order, then q / k / v
+        weights = jax.nn.softmax(jnp.einsum("nqc,nkc->nqk", q, k / np.sqrt(c)), axis=-1)
+        a = jnp.einsum("nqk,nkc->nqc", weights, v).reshape(n, h, w, c)
+        x = (_conv(p, name + ".proj", a) + x) * np.sqrt(0.5)
+    return x
+
+
+def songunet(params, config: SongUNetConfig, x, noise_label):
+    """F(x, noise_label): x (N, H, W, C), noise_label (N,) -> (N, H, W, out_channels)."""
+    p = params
+    half = config.model_channels * config.channel_mult_noise // 2
+    if config.embedding_type == "positional":
+        freqs = (1 / 10000) ** (jnp.arange(half, dtype=jnp.float32) / (half - 1))
+    else:
+        freqs = 2 * np.pi * p["map_noise.freqs"]
+    arg = noise_label[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)      # EDM swaps its cos/sin after embedding
+    emb = jax.nn.silu(_linear(p, "map_layer1", jax.nn.silu(_linear(p, "map_layer0", emb))))
+    skips, aux = [], x
+    layers = config.layers()
+    for section, name, kind, o in layers:
+        if section != "enc":
+            continue
+        key = f"enc.{name}"
+        if "aux_residual" in name:
+            x = aux = skips[-1] = (x + _conv(p, key, aux, down=True, fused=True)) / np.sqrt(2)
+        else:
+            x = _conv(p, key, x) if kind == "conv" else _block(p, key, x, emb, o)
+            skips.append(x)
+    out = None
+    for section, name, kind, o in layers:
+        if section != "dec":
+            continue
+        key = f"dec.{name}"
+        if "aux_norm" in name:
+            tmp = _group_norm(p, key, x, 1e-6)
+        elif "aux_conv" in name:
+            out = _conv(p, key, jax.nn.silu(tmp))
+        else:
+            if x.shape[-1] != o["cin"]:
+                x = jnp.concatenate([x, skips.pop()], axis=-1)
+            x = _block(p, key, x, emb, o)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EDMApply:
+    """A SongUNet read as a dps_jax prior (`Prior.apply` for one image): EDMPrecond -> process 'edm' (fed
+    c_in x and sigma; noise label log(sigma) / 4); VPPrecond -> 'vp' epsilon (fed x_s and (M - 1) s);
+    VEPrecond -> 've' epsilon (fed x and sigma; its F is -epsilon, noise label log(sigma / 2))."""
+    config: SongUNetConfig
+
+    def __call__(self, params, x, cond):
+        cond = jnp.asarray(cond, jnp.float32).reshape(1)
+        kind = self.config.precond
+        label = jnp.log(cond) / 4 if kind == "EDMPrecond" else jnp.log(0.5 * cond) if kind == "VEPrecond" else cond
+        out = songunet(params, self.config, x[None], label)[0]
+        return -out if kind == "VEPrecond" else out
+
+
+def prior_options(config: SongUNetConfig) -> dict:
+    """process / mean_type / sigma_data of the dps_jax prior that reads this network."""
+    process = PRECONDITIONINGS[config.precond]
+    return {"process": process, "mean_type": "edm" if process == "edm" else "epsilon",
+            "sigma_data": float(config.sigma_data)}

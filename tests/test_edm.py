@@ -170,3 +170,27 @@ def test_networks_it_cannot_run_are_refused(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="1 missing keys: map_layer0.bias; 1 unexpected keys: junk"):
         edm_convert.convert("ignored.pkl", str(dst))
     assert not dst.exists()
+
+
+@pytest.mark.parametrize("name", ["ncsnpp_ve", "ddpmpp_vp"])
+def test_ncsnpp_under_ve_and_ddpmpp_under_vp_are_edm_forward_pass(name):
+    """NCSN++'s layout (Fourier embedding, residual encoder, [1, 3, 3, 1] filter) under VEPrecond and DDPM++ under
+    VPPrecond: EDM's own D(x; sigma), from the same random weights built on the port's key table."""
+    kwargs = json.loads(str(FX[f"{name}/init_kwargs"]))
+    net = edm_pickle.Network(str(FX[f"{name}/precond"]), kwargs,
+                             edm_pickle.Network("SongUNet", {**{k: v for k, v in kwargs.items() if k not in
+                                                                ("img_channels", "model_type")},
+                                                             "in_channels": 3, "out_channels": 3}, None, {}), {})
+    cfg = edm_convert.config_of(net)
+    shapes = {"model." + k: s for k, s in edm_unet.param_shapes(cfg).items()}
+    assert shapes == {k: tuple(v) for k, v in json.loads(str(FX[f"{name}/keys"])).items()}
+    weights = random_state_dict(shapes, 21)
+    for k in shapes:
+        if f"{name}/buffer/{k}" in FX:      # EDM's own filters and Fourier frequencies
+            weights[k] = FX[f"{name}/buffer/{k}"]
+    params = {k[len("model."):]: jnp.asarray(v) for k, v in weights.items()}
+    pr = prior_lib.Prior(params=params, apply=edm_unet.EDMApply(cfg), var_type="fixed_small", clip_denoised=False,
+                         **edm_unet.prior_options(cfg))
+    d = jax.jit(jax.vmap(lambda x, s: prior_lib.x0_at_sigma(pr, x, s)))(FX["x"], FX["sigma"])
+    want = FX[f"{name}/denoised"]
+    np.testing.assert_allclose(d, want, atol=1e-4 * np.abs(want).max())

@@ -28,6 +28,16 @@ KWARGS = dict(img_resolution=8, img_channels=3, label_dim=0, model_type="SongUNe
               encoder_type="standard", decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1])
 SEED = 21
 SIGMAS = np.array([0.3, 7.5], np.float32)
+# Two more networks, not pickled (the test builds their weights from the same seed and the port's key table):
+# NCSN++'s layout under VEPrecond (Fourier noise embedding, residual encoder, [1, 3, 3, 1] filter) and DDPM++ under
+# VPPrecond.
+MORE = {
+    "ncsnpp_ve": ("VEPrecond", dict(img_resolution=8, img_channels=3, label_dim=0, model_type="SongUNet",
+                                    model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+                                    embedding_type="fourier", encoder_type="residual", decoder_type="standard",
+                                    channel_mult_noise=2, resample_filter=[1, 3, 3, 1])),
+    "ddpmpp_vp": ("VPPrecond", dict(KWARGS)),
+}
 
 
 def random_state_dict(shapes, seed):
@@ -62,10 +72,22 @@ def main():
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     with torch.no_grad():
         d = net(torch.from_numpy(x), torch.from_numpy(SIGMAS)).numpy()
-    np.savez_compressed(os.path.join(args.out, "edm_songunet_small.npz"),
-                        keys=np.array(json.dumps(shapes)), init_kwargs=np.array(json.dumps(KWARGS)),
-                        x=x.transpose(0, 2, 3, 1), sigma=SIGMAS, denoised=d.transpose(0, 2, 3, 1),
-                        resample_filter_keys=np.array(json.dumps(sorted(k for k in shapes if k.endswith("resample_filter")))))
+    out = dict(keys=np.array(json.dumps(shapes)), init_kwargs=np.array(json.dumps(KWARGS)),
+               x=x.transpose(0, 2, 3, 1), sigma=SIGMAS, denoised=d.transpose(0, 2, 3, 1),
+               resample_filter_keys=np.array(json.dumps(sorted(k for k in shapes if k.endswith("resample_filter")))))
+    for name, (precond, kwargs) in MORE.items():
+        other = getattr(networks, precond)(**kwargs).eval()
+        st = other.state_dict()
+        sh = {k: tuple(v.shape) for k, v in st.items()}
+        w = random_state_dict(sh, SEED)
+        w = {k: (v if not k.endswith(("resample_filter", "freqs")) else st[k].numpy()) for k, v in w.items()}
+        other.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()})
+        with torch.no_grad():
+            dd = other(torch.from_numpy(x), torch.from_numpy(SIGMAS)).numpy()
+        out.update({f"{name}/keys": np.array(json.dumps(sh)), f"{name}/init_kwargs": np.array(json.dumps(kwargs)),
+                    f"{name}/precond": np.array(precond), f"{name}/denoised": dd.transpose(0, 2, 3, 1)})
+        out.update({f"{name}/buffer/{k}": st[k].numpy() for k in sh if k.endswith(("resample_filter", "freqs"))})
+    np.savez_compressed(os.path.join(args.out, "edm_songunet_small.npz"), **out)
     print(f"{len(shapes)} tensors, {sum(int(np.prod(s)) for s in shapes.values())} values, pickle {len(buf.getvalue())} bytes")
 
 

@@ -194,3 +194,17 @@ def test_ncsnpp_under_ve_and_ddpmpp_under_vp_are_edm_forward_pass(name):
     d = jax.jit(jax.vmap(lambda x, s: prior_lib.x0_at_sigma(pr, x, s)))(FX["x"], FX["sigma"])
     want = FX[f"{name}/denoised"]
     np.testing.assert_allclose(d, want, atol=1e-4 * np.abs(want).max())
+
+
+def test_published_parameter_counts():
+    """EDM's published SongUNets (CIFAR-10 32 and FFHQ 64, DDPM++ and NCSN++), counted on the port's key table, equal
+    the counts of EDM's own constructor (buffers, the filters and Fourier frequencies, are not parameters)."""
+    counts = json.loads(str(FX["published_parameters"]))
+    for name, kwargs in json.loads(str(FX["published_configs"])).items():
+        inner = {k: v for k, v in kwargs.items() if k not in ("img_channels", "model_type")}
+        net = edm_pickle.Network("EDMPrecond", kwargs,
+                                 edm_pickle.Network("SongUNet", {**inner, "in_channels": 3, "out_channels": 3}, None, {}),
+                                 {})
+        shapes = edm_unet.param_shapes(edm_convert.config_of(net))
+        n = sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(("resample_filter", "freqs")))
+        assert n == counts[name], name

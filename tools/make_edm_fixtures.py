@@ -38,6 +38,17 @@ MORE = {
                                     channel_mult_noise=2, resample_filter=[1, 3, 3, 1])),
     "ddpmpp_vp": ("VPPrecond", dict(KWARGS)),
 }
+# The published networks' configurations, as EDM's train.py builds them from the options its README lists (for the
+# parameter counts): --arch ddpmpp / ncsnpp, --cres 1,2,2,2 at 64 x 64, augmentation on (augment_dim 9).
+_ARCH = {"ddpmpp": dict(embedding_type="positional", encoder_type="standard", decoder_type="standard",
+                        channel_mult_noise=1, resample_filter=[1, 1]),
+         "ncsnpp": dict(embedding_type="fourier", encoder_type="residual", decoder_type="standard",
+                        channel_mult_noise=2, resample_filter=[1, 3, 3, 1])}
+PUBLISHED = {f"edm-{data}-uncond-{'vp' if arch == 'ddpmpp' else 've'}":
+             dict(img_resolution=res, img_channels=3, label_dim=0, model_type="SongUNet", model_channels=128,
+                  channel_mult=cres, augment_dim=9, **_ARCH[arch])
+             for data, res, cres in (("cifar10-32x32", 32, [2, 2, 2]), ("ffhq-64x64", 64, [1, 2, 2, 2]))
+             for arch in ("ddpmpp", "ncsnpp")}
 
 
 def random_state_dict(shapes, seed):
@@ -87,6 +98,10 @@ def main():
         out.update({f"{name}/keys": np.array(json.dumps(sh)), f"{name}/init_kwargs": np.array(json.dumps(kwargs)),
                     f"{name}/precond": np.array(precond), f"{name}/denoised": dd.transpose(0, 2, 3, 1)})
         out.update({f"{name}/buffer/{k}": st[k].numpy() for k in sh if k.endswith(("resample_filter", "freqs"))})
+    counts = {name: sum(p.numel() for p in networks.EDMPrecond(**kw).parameters()) for name, kw in PUBLISHED.items()}
+    out["published_configs"] = np.array(json.dumps(PUBLISHED))
+    out["published_parameters"] = np.array(json.dumps(counts))
+    print(counts)
     np.savez_compressed(os.path.join(args.out, "edm_songunet_small.npz"), **out)
     print(f"{len(shapes)} tensors, {sum(int(np.prod(s)) for s in shapes.values())} values, pickle {len(buf.getvalue())} bytes")
 

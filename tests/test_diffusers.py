@@ -4,8 +4,6 @@ step (tests/fixtures/diffusers_unet.npz, tools/make_diffusers_fixtures.py), and 
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -113,8 +111,6 @@ def test_old_attention_names_and_schedule_records(tmp_path):
     y = np.zeros((4, 4, 1), np.float32)
     with pytest.raises(ValueError, match="trained on the cosine schedule of 1000 steps; the run asks for linear"):
         api.sample(b, op, y, options={"steps": 2}, num_samples=1)
-    out = api.sample(b, op, y, options={"steps": 2}, num_samples=1, schedule="cosine")
-    assert np.all(np.isfinite(out["samples"]))
 
 
 @pytest.mark.parametrize("change, match", [
@@ -186,13 +182,11 @@ def test_safetensors_round_trip_and_bf16(tmp_path):
     np.testing.assert_array_equal(load_safetensors(path)["b"], [1.0, -3.5])
 
 
-def test_cli_converts_and_fails_in_one_line(tmp_path):
+def test_cli_converts_and_fails_in_one_line(tmp_path, capsys):
     src = model_folder(str(tmp_path / "pipe"), "variants")
-    dst = tmp_path / "v.msgpack"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "checkpoints_convert.diffusers", *a], capture_output=True,
-                                    text=True, timeout=300)
-    ok = run(src, str(dst))
-    assert ok.returncode == 0 and "epsilon network, linear schedule of 1000 steps" in ok.stdout, ok.stderr
-    bad = run(str(tmp_path / "nowhere"), str(tmp_path / "w.msgpack"))
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "expected a diffusers pipeline" in bad.stderr
+    assert conv.main([src, str(tmp_path / "v.msgpack")]) == 0
+    assert "epsilon network, linear schedule of 1000 steps" in capsys.readouterr().out
+    assert conv.main([str(tmp_path / "nowhere"), str(tmp_path / "w.msgpack")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected a diffusers pipeline" in err
     assert not (tmp_path / "w.msgpack").exists()

@@ -111,3 +111,28 @@ def test_solvers_with_other_readings_run_on_an_edm_prior(name):
     out = api.sample(gaussian("edm", "edm"), op, y, solver=name, options={"steps": 3}, num_samples=2, sigma=0.05,
                      image_shape=SHAPE)
     assert out["samples"].shape == (2,) + SHAPE and np.all(np.isfinite(out["samples"]))
+
+
+@pytest.mark.parametrize("process, mean_type", [("ve", "score"), ("edm", "edm"), ("vp", "v")])
+def test_dps_step_on_a_gaussian_prior_is_the_closed_form(process, mean_type):
+    """One DPS step on a VE, EDM or continuous-VP prior of x_0 ~ N(m, s^2 I): x0_hat(x_t) = m + k (x_t / sqrt(ab) - m)
+    with k = s^2 / (s^2 + sigma_t^2), sigma_t^2 = 1 / ab - 1, so the step and its gradient have closed forms."""
+    c = jax.tree_util.tree_map(lambda a: a[999 - 400], COEFS)
+    pr = gaussian(process, mean_type)
+    solver = solvers.get("ps")
+    options = solvers.make_options(solver, scale=0.7)
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(4), 3)
+    x, y, nx = (jax.random.normal(k, SHAPE) for k in (k1, k2, k3))
+    problem = solvers.make_problem(operators.build("identity", SHAPE), y, SHAPE)
+    x_next, record = solver.update(x, c, {"x": nx}, problem, pr, options)
+
+    ab = float(c.alphas_cumprod)
+    k = 0.25 / (0.25 + 1 / ab - 1)
+    a, b = k / np.sqrt(ab), 0.2 * (1 - k)                        # x0_hat = a x + b
+    x, y, nx = map(np.asarray, (x, y, nx))
+    r = y - (a * x + b)
+    grad = -a * r / np.linalg.norm(r)
+    mean = float(c.posterior_mean_coef1) * (a * x + b) + float(c.posterior_mean_coef2) * x
+    want = mean + np.sqrt(float(c.posterior_variance)) * nx - 0.7 * grad
+    np.testing.assert_allclose(record["x0_hat"], a * x + b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x_next, want, rtol=1e-4, atol=1e-5)

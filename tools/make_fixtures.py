@@ -71,6 +71,15 @@ TRAJECTORIES = {
                                                                    "in_shape": [1, 3, 16, 16], "scale_factor": 2},
                                          noise={"name": "gaussian", "sigma": 0.05}, scale=0.3,
                                          timestep_respacing="20"),
+    # Settings the runs above do not cover: 24 x 24 images, 15 steps (not a divisor of 1000), other noise levels.
+    "ddpm_ps_sr2_24px_15steps": dict(sampler="ddpm", operator={"name": "super_resolution", "in_shape": [1, 3, 24, 24],
+                                                               "scale_factor": 2},
+                                     noise={"name": "gaussian", "sigma": 0.1}, scale=0.5, timestep_respacing="15",
+                                     size=24),
+    "ddim_ps_gaussian_blur_24px_15steps": dict(sampler="ddim", operator={"name": "gaussian_blur", "kernel_size": 7,
+                                                                         "intensity": 1.5},
+                                               noise={"name": "gaussian", "sigma": 0.02}, scale=0.4,
+                                               timestep_respacing="15", size=24),
 }
 RESPACINGS = ["1000", "250", "100", "10", "ddim50", "ddim100", "10,20,30", "5,5"]
 EXPLOIT_MARKER = "/tmp/dps_jax_pickle_exploit_marker"
@@ -251,14 +260,15 @@ def make_trajectory(official, out, name, spec, model, reuse, rng):
     else:
         torch.manual_seed(int(rng.integers(2 ** 31)))
         np.random.seed(int(rng.integers(2 ** 31)))          # the official Poisson noise draws from numpy
-        ref = torch.rand(1, 3, 16, 16) * 2 - 1
+        size = spec.get("size", 16)
+        ref = torch.rand(1, 3, size, size) * 2 - 1
         mask = None
         if spec["operator"]["name"] == "inpainting":
-            mask = torch.ones(1, 1, 16, 16)
+            mask = torch.ones(1, 1, size, size)
             mask[..., 5:11, 4:10] = 0
         with torch.no_grad():          # the blur's kernel is a parameter: y must not carry its graph
             y = noiser(operator.forward(ref, mask=mask) if mask is not None else operator.forward(ref))
-        x_T = torch.randn(1, 3, 16, 16)
+        x_T = torch.randn(1, 3, size, size)
     extra = {} if mask is None else {"mask": mask}
 
     n = sampler.num_timesteps
@@ -289,7 +299,8 @@ def make_trajectory(official, out, name, spec, model, reuse, rng):
                   spec=np.array(json.dumps({"sampler": spec["sampler"], "operator": spec["operator"],
                                             "noise": spec["noise"], "method": "ps", "scale": spec["scale"],
                                             "timestep_respacing": spec["timestep_respacing"],
-                                            "model": "adm_ffhq_like", "pad": spec.get("pad")})))
+                                            "model": "adm_ffhq_like", "pad": spec.get("pad"),
+                                            "size": spec.get("size", 16)})))
     if mask is not None:
         arrays["mask"] = mask.numpy()
     np.savez_compressed(os.path.join(out, f"dps_{name}.npz"), **arrays)

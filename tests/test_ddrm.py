@@ -89,3 +89,51 @@ def test_ddrm_through_the_api_fits_the_measurement():
         api.sample(pr, op, y, solver="ddrm", options={"steps": 10, "eta": 2.0}, sigma=sigma)
     with pytest.raises(ValueError, match=re.escape("'ddrm' needs the Gaussian noise std of y")):
         api.sample(pr, op, y, solver="ddrm")
+
+
+# --- the reference's own operator classes and runner grid (ddrm_sr2_own, ddrm_inpaint_own) ------------------------
+
+def own_case(name, ffhq_like):
+    """A fixture run on DDRM's own SuperResolution / Inpainting class, and the same problem on dps_jax's operator:
+    its SVD derived by dps_jax, the reference's noises (stored as images) mapped into it."""
+    f = load_npz(f"ddrm_{name}.npz")
+    spec = json.loads(str(f["spec"]))
+    n = spec["size"]
+    shape = (n, n, 3)
+    if spec["operator"] == "SuperResolution":
+        r = spec["ratio"]
+        op = operators.from_callables(lambda x: x.reshape(n // r, r, n // r, r, 3).mean(axis=(1, 3)), shape,
+                                      linear=True, name="block_average")
+        y = f["y"].reshape(3, n // r, n // r).transpose(1, 2, 0)        # the reference's y: (C, h, w) block means
+    else:
+        keep = np.ones(n * n * 3, bool)
+        keep[f["missing_indices"]] = False            # the reference indexes pixels, channels interleaved: HWC order
+        op = operators.build("inpainting", shape, mask=keep.reshape(shape).astype(np.float32))
+        y = np.zeros(n * n * 3, np.float32)
+        y[keep] = f["y"]
+        y = y.reshape(shape)
+    options = solvers.make_options(ddrm.SOLVER, steps=spec["steps"], eta=spec["eta"], eta_b=spec["eta_b"])
+    problem = base.prepare(ddrm.SOLVER, solvers.make_problem(op, y, shape, sigma=spec["sigma_0"]), options, shape)
+    tables = schedule.build_tables("linear", 1000, base.reference_stride(options))
+    np.testing.assert_array_equal(tables.timestep_map, f["timesteps"])
+    model, params, _ = ffhq_like
+    z = jax.vmap(lambda img: spectral.to_spectral(problem.aux, img))(jnp.asarray(f["z_steps_image"]))
+    return f, problem, prior.from_unet(model, params, "learned_range"), options, diffusion.step_coefficients(tables), z
+
+
+@pytest.mark.parametrize("name", ["sr2_own", "inpaint_own"])
+def test_reference_operator_classes_at_other_settings(name, ffhq_like):
+    """24 x 24, 15 steps (the runner's 16 at stride 66), other etas and noise: the start and every step
+    teacher-forced within 1e-5 relative."""
+    f, problem, pr, options, coefs, z = own_case(name, ffhq_like)
+    xs, x0s = nhwc(f["xs"]), nhwc(f["x0_preds"])
+    y_bar = spectral.measurement_to_spectral(problem.aux, problem.y)
+    z_init = spectral.to_spectral(problem.aux, jnp.asarray(f["z_init_image"]))
+    x_T = ddrm.initial_x(problem.aux, y_bar, problem.sigma, z_init, coefs.alphas_cumprod[0])
+    np.testing.assert_allclose(x_T, xs[0], atol=1e-5 * np.abs(xs[0]).max())
+    states = {"x": jnp.asarray(xs[:-1]), "started": jnp.ones(len(x0s), bool)}
+    step = lambda s, c, zz: ddrm.update(s, c, {"x": zz}, problem, pr, options)
+    new, record = jax.jit(jax.vmap(step))(states, coefs, z)
+    scale = np.abs(xs[1:]).reshape(len(x0s), -1).max(axis=1)
+    err = np.abs(np.asarray(new["x"]) - xs[1:]).reshape(len(x0s), -1).max(axis=1) / scale
+    assert err.max() <= 1e-5, err

@@ -382,7 +382,7 @@ def import_ddrm(path: str):
     spec = importlib.util.spec_from_file_location("ddrm_svd", os.path.join(path, "functions", "svd_replacement.py"))
     svd = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(svd)
-    return types.SimpleNamespace(denoising=module, H_functions=svd.H_functions)
+    return types.SimpleNamespace(denoising=module, H_functions=svd.H_functions, svd=svd)
 
 
 @contextlib.contextmanager
@@ -559,6 +559,84 @@ def make_ddrm(ddrm, out, name, case, model, reuse, rng):
     np.savez_compressed(os.path.join(out, f"ddrm_{name}.npz"), **arrays)
 
 
+# DDRM through its own operator classes (functions/svd_replacement.py) and its runner's step grid, at settings the
+# files above do not cover: 24 x 24 images, 15 steps (the runner's stride 1000 // 15 = 66: 16 steps), other etas
+# and noise levels. The noises (on each coordinate the draw its case uses) are stored as images, mapped through the
+# reference's V: a test maps them into dps_jax's spectral layout of its own operator, and --reuse back through V^T.
+DDRM_OWN_CASES = {
+    "sr2_own": dict(operator="SuperResolution", ratio=2, eta=1.0, eta_b=0.8, sigma_0=0.1, steps=15, size=24),
+    "inpaint_own": dict(operator="Inpainting", missing=0.5, eta=0.5, eta_b=1.0, sigma_0=0.02, steps=15, size=24),
+}
+
+
+def make_ddrm_own(ddrm, out, name, case, model, reuse, rng):
+    """One reference DDRM run on the reference's own H_functions class, noises recorded per coordinate."""
+    import torch
+
+    old = read(reuse, f"ddrm_{name}.npz")
+    size, channels = case["size"], 3
+    to_image = lambda H, z: H.V(z.reshape(1, -1)).numpy().reshape(channels, size, size).transpose(1, 2, 0)
+    from_image = lambda H, img: H.Vt(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None])[0]
+    if old is not None:
+        ref, y_noise = (torch.from_numpy(old[k]) for k in ("ref", "y_noise"))
+        missing = torch.from_numpy(old["missing_indices"]) if "missing_indices" in old.files else None
+    else:
+        torch.manual_seed(int(rng.integers(2 ** 31)))
+        ref = torch.rand(1, channels, size, size) * 2 - 1
+        missing = None
+        if case["operator"] == "Inpainting":     # the reference's index order: pixel-major, channels interleaved
+            pixels = torch.randperm(size * size)[: int(case["missing"] * size * size)]
+            missing = torch.sort(torch.cat([pixels * channels + c for c in range(channels)]))[0]
+        y_noise = None
+        x_T_noise = torch.randn(1, channels, size, size)
+    if case["operator"] == "SuperResolution":
+        H = ddrm.svd.SuperResolution(channels, size, case["ratio"], "cpu")
+    else:
+        H = ddrm.svd.Inpainting(channels, size, missing, "cpu")
+    if old is not None:       # the stored images of the noises, back in the reference's coordinates (V is orthogonal)
+        x_T_noise = from_image(H, old["z_init_image"]).reshape(1, channels, size, size)
+    y_clean = H.H(ref)
+    if y_noise is None:
+        y_noise = torch.randn_like(y_clean)
+    sigma_0 = case["sigma_0"]
+    y_0 = y_clean + sigma_0 * y_noise
+    betas = torch.from_numpy(np.linspace(1e-4, 0.02, 1000, dtype=np.float64)).float()
+    seq = list(range(0, 1000, 1000 // case["steps"]))          # the runner's grid (runners/diffusion.py)
+    s = H.singulars()
+    n_obs, dim = len(s), channels * size * size
+    cases = []
+    for j in reversed([-1] + seq[:-1]):
+        at_next = ddrm.denoising.compute_alpha(betas, torch.tensor([j]))[0, 0, 0, 0]
+        sigma_next = (1 - at_next).sqrt() / at_next.sqrt()
+        cases.append(((s * sigma_next > sigma_0).numpy(), (s * sigma_next < sigma_0).numpy()))
+    replay = None
+    if old is not None:
+        replay = []
+        for img, (before, after) in zip(old["z_steps_image"], cases):
+            z = from_image(H, img).numpy()
+            replay += [z, z[:n_obs][after], z[:n_obs]]
+    with torch.no_grad(), cuda_on_cpu(), recorded_randn_like(replay) as drawn:
+        xs, x0_preds = ddrm.denoising.efficient_generalized_steps(
+            x_T_noise.clone(), seq, model, betas, H, y_0, sigma_0, etaB=case["eta_b"], etaA=case["eta"],
+            etaC=case["eta"])
+    z_img = []
+    for i, (before, after) in enumerate(cases):
+        r1, r2, r3 = (drawn[3 * i + q].numpy().reshape(-1) for q in range(3))
+        z = r1.copy()
+        z[:n_obs][after] = r2
+        z[:n_obs][before] = r3[before]
+        z_img.append(to_image(H, torch.from_numpy(z)))
+    arrays = dict(
+        ref=ref.numpy(), y=y_0.numpy().reshape(-1), y_noise=y_noise.numpy(),
+        z_init_image=to_image(H, x_T_noise), z_steps_image=np.stack(z_img).astype(np.float32),
+        xs=np.concatenate([x.numpy() for x in xs]), x0_preds=np.concatenate([x.numpy() for x in x0_preds]),
+        timesteps=np.asarray(seq, np.int64),
+        spec=np.array(json.dumps({**case, "model": "adm_ffhq_like"})))
+    if missing is not None:
+        arrays["missing_indices"] = missing.numpy()
+    np.savez_compressed(os.path.join(out, f"ddrm_{name}.npz"), **arrays)
+
+
 # ---- comparison --------------------------------------------------------------------------------
 
 def compare(out, ref_dir):
@@ -651,6 +729,8 @@ def main():
         ddrm = import_ddrm(args.ddrm)
         for name, case in DDRM_CASES.items():
             make_ddrm(ddrm, args.out, name, case, models["ffhq_like"][0], args.reuse, rng)
+        for name, case in DDRM_OWN_CASES.items():
+            make_ddrm_own(ddrm, args.out, name, case, models["ffhq_like"][0], args.reuse, rng)
     print(f"wrote {len(os.listdir(args.out))} files to {args.out}")
     if args.compare:
         compare(args.out, args.compare)

@@ -142,3 +142,11 @@ def tiny_prior_file(path, seed: int = 0) -> str:
     params = jax.tree_util.tree_map(lambda s: rng.normal(0.0, 0.05, s.shape).astype(np.float32), shapes)
     checkpoint.save_checkpoint(str(path), params, config, extra={"var_type": "fixed_large"})
     return str(path)
+
+
+def block_average(n: int, r: int, channels: int = 3):
+    """DDRM's and RED-diff's own super-resolution operator (r x r block means) written in JAX, its SVD derived by
+    dps_jax; and the map of those references' measurement vector ((C, h, w) block means, flat) to its y."""
+    op = operators.from_callables(lambda x: x.reshape(n // r, r, n // r, r, channels).mean(axis=(1, 3)),
+                                  (n, n, channels), linear=True, name="block_average")
+    return op, lambda y: np.asarray(y).reshape(channels, n // r, n // r).transpose(1, 2, 0)

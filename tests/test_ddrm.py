@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import SpectralOp, load_npz, nhwc
+from helpers import SpectralOp, block_average, load_npz, nhwc
 from dps_jax import api, diffusion, operators, prior, schedule, solvers
 from dps_jax.operators import spectral
 from dps_jax.solvers import base, ddrm, loop
@@ -101,10 +101,8 @@ def own_case(name, ffhq_like):
     n = spec["size"]
     shape = (n, n, 3)
     if spec["operator"] == "SuperResolution":
-        r = spec["ratio"]
-        op = operators.from_callables(lambda x: x.reshape(n // r, r, n // r, r, 3).mean(axis=(1, 3)), shape,
-                                      linear=True, name="block_average")
-        y = f["y"].reshape(3, n // r, n // r).transpose(1, 2, 0)        # the reference's y: (C, h, w) block means
+        op, to_y = block_average(n, spec["ratio"])
+        y = to_y(f["y"])
     else:
         keep = np.ones(n * n * 3, bool)
         keep[f["missing_indices"]] = False            # the reference indexes pixels, channels interleaved: HWC order

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import SpectralOp, load_npz, measurement_fit, mixture_sr_case, nhwc, row
+from helpers import SpectralOp, block_average, load_npz, measurement_fit, mixture_sr_case, nhwc, row
 from dps_jax import api, diffusion, operators, prior, schedule, solvers
 from dps_jax.operators import spectral
 from dps_jax.solvers import base, pigdm, proximal, reddiff
@@ -116,6 +116,51 @@ def test_reddiff_against_reference(name, ffhq_like):
          "adam": reddiff.optimizer(options).init(jnp.asarray(nhwc(f["start"])[0]))}
     randn = nhwc(f["randn"][:, 0])                                 # per step: noise_x0 (unused), noise_xt
     mus = nhwc(f["mus"])
+    step = jax.jit(lambda s, c, z: reddiff.update(s, c, {"x": z}, problem, pr, options))
+    for i in range(len(mus)):
+        state, _ = step(state, row(coefs, i), jnp.asarray(randn[2 * i + 1]))
+        assert rel(state["mu"], mus[i]) <= 2e-5, (i, rel(state["mu"], mus[i]))
+    assert rel(reddiff.result(state), nhwc(f["x0_pred"])[0]) <= 2e-5
+
+
+def own_case(prefix, ffhq_like):
+    """The reference's own SuperResolution class at 24 x 24 and 15 steps (its 16), on dps_jax's block average."""
+    f = load_npz(f"{prefix}_sr2_own.npz")
+    spec = json.loads(str(f["spec"]))
+    n = spec["size"]
+    op, to_y = block_average(n, spec["ratio"])
+    problem = solvers.Problem(op=op, y=jnp.asarray(to_y(f["y"])), sigma=np.float32(spec["sigma"]),
+                              aux=op.svd((n, n, 3)))
+    want = op(jnp.asarray(nhwc(f["ref"])[0])) + spec["sigma"] * to_y(f["y_noise"])
+    np.testing.assert_allclose(problem.y, want, atol=1e-5)      # the same A, and the same layout of y
+    tables = schedule.build_tables("linear", 1000, base.reference_stride(
+        solvers.make_options(solvers.get(prefix), steps=spec["num_steps"])))
+    np.testing.assert_array_equal(tables.timestep_map, f["timesteps"])
+    model, params, _ = ffhq_like
+    return f, spec, problem, prior.from_unet(model, params, "learned_range"), diffusion.step_coefficients(tables)
+
+
+def test_pigdm_on_the_references_own_super_resolution(ffhq_like):
+    """24 x 24, 15 steps (16 at stride 66): every step teacher-forced within 1e-5 relative."""
+    f, spec, problem, pr, coefs = own_case("pigdm", ffhq_like)
+    traj, randn = nhwc(f["xs"])[::-1], nhwc(f["randn"][:, 0])
+    num = len(f["timesteps"])
+    states = {"x": jnp.asarray(np.concatenate([randn[:1], traj[1:-1]])), "started": jnp.arange(num) > 0}
+    options = solvers.make_options(pigdm.SOLVER)
+    new, _ = jax.jit(jax.vmap(lambda s, c, z: pigdm.update(s, c, {"x": z}, problem, pr, options)))(
+        states, coefs, jnp.asarray(randn[1:]))
+    errs = [rel(new["x"][i], traj[i + 1]) for i in range(num)]
+    assert max(errs) <= 1e-5, errs
+
+
+def test_reddiff_on_the_references_own_super_resolution(ffhq_like):
+    """24 x 24, 15 steps (16), y with noise 0.1: the start and mu after every Adam step within 2e-5 relative."""
+    f, spec, problem, pr, coefs = own_case("reddiff", ffhq_like)
+    options = solvers.make_options(reddiff.SOLVER, lr=spec["lr"], lam=spec["grad_term_weight"],
+                                   obs_weight=spec["obs_weight"])
+    state = reddiff.init(None, problem, pr, options, (spec["size"],) * 2 + (3,))
+    np.testing.assert_allclose(state["mu"], nhwc(f["start"])[0], atol=2e-6)
+    randn, mus = nhwc(f["randn"][:, 0]), nhwc(f["mus"])
     step = jax.jit(lambda s, c, z: reddiff.update(s, c, {"x": z}, problem, pr, options))
     for i in range(len(mus)):
         state, _ = step(state, row(coefs, i), jnp.asarray(randn[2 * i + 1]))

@@ -66,12 +66,12 @@ def import_reddiff(path: str):
                                  path=path, restore=lambda: setattr(torch.Tensor, "cuda", original_cuda))
 
 
-def config(ref, algo: str):
+def config(ref, algo: str, num_steps: int = NUM_STEPS):
     """The reference's defaults for `algo` (its yaml files), with our step count."""
     oc = ref.OmegaConf
     return oc.create({"algo": oc.load(os.path.join(ref.path, "_configs", "algo", f"{algo}.yaml")),
                       "exp": {**oc.to_container(oc.load(os.path.join(ref.path, "_configs", "exp", "default.yaml"))),
-                              "num_steps": NUM_STEPS, "save_evolution": False}})
+                              "num_steps": num_steps, "save_evolution": False}})
 
 
 def timesteps(cfg):
@@ -208,6 +208,57 @@ def make_reddiff(ref, model, out, name, reuse, rng):
     np.savez_compressed(os.path.join(out, f"reddiff_{name}.npz"), **arrays)
 
 
+# Through the reference's own SuperResolution class (utils/degredations.py, 2 x 2 block averaging) at settings the
+# files above do not cover: 24 x 24 images, 15 steps (its get_timesteps: stride 66, 16 steps); RED-diff's y with
+# noise 0.1.
+OWN = dict(size=24, ratio=2, num_steps=15, reddiff_sigma=0.1)
+
+
+def make_own(ref, model, out, algo_name, reuse, rng):
+    """PiGDM or RED-diff on the reference's own SuperResolution degradation."""
+    import torch
+
+    from utils import degredations
+
+    name = f"{'pigdm' if algo_name == 'pgdm' else algo_name}_sr2_own"
+    old = mf.read(reuse, f"{name}.npz")
+    n = OWN["size"]
+    if old is not None:
+        img, y_noise = torch.from_numpy(old["ref"]), torch.from_numpy(old["y_noise"])
+    else:
+        torch.manual_seed(int(rng.integers(2 ** 31)))
+        img = torch.rand(1, CHANNELS, n, n) * 2 - 1
+        y_noise = torch.randn(1, CHANNELS * (n // OWN["ratio"]) ** 2)
+    H = degredations.SuperResolution(CHANNELS, n, OWN["ratio"], torch.device("cpu"))
+    cls = ref.PGDM if algo_name == "pgdm" else ref.REDDIFF
+    cfg = config(ref, algo_name, OWN["num_steps"])
+    sys.modules[cls.__module__].build_degredation_model = lambda c: H
+    algo = cls(ref.ClassifierGuidanceModel(model, None, ref.Diffusion(), cfg), cfg)
+    sigma = 0.0 if algo_name == "pgdm" else OWN["reddiff_sigma"]
+    y_0 = H.H(img) + sigma * y_noise
+    ts = timesteps(cfg)
+    trail = []
+    original_adam = torch.optim.Adam
+    torch.optim.Adam = recording_adam(torch, trail)
+    try:
+        with mf.cuda_on_cpu(), mf.recorded_randn_like(draws(old, "randn")) as drawn:
+            result = algo.sample(torch.zeros_like(img), None, ts, y_0=y_0)
+    finally:
+        torch.optim.Adam = original_adam
+    arrays = dict(ref=img.numpy(), y_noise=y_noise.numpy(), y=y_0.numpy().reshape(-1),
+                  randn=np.stack([d.numpy() for d in drawn]), timesteps=np.asarray(ts, np.int64),
+                  spec=np.array(json.dumps({**ref.OmegaConf.to_container(cfg.algo), **OWN, "sigma": sigma,
+                                            "operator": "SuperResolution (its own class)", "model": "adm_ffhq_like"})))
+    if algo_name == "pgdm":
+        xs, x0s = result
+        arrays.update(xs=np.concatenate([x.numpy() for x in xs]), x0s=np.concatenate([x.numpy() for x in x0s]))
+    else:
+        x0_pred, mu = result
+        arrays.update(mus=np.concatenate([t.numpy() for t in trail]), start=H.H_pinv(y_0).reshape(img.shape).numpy(),
+                      x0_pred=x0_pred.detach().numpy())
+    np.savez_compressed(os.path.join(out, f"{name}.npz"), **arrays)
+
+
 def main():
     args = mf.arguments(__doc__, 1, [("official", "a clone of DPS2022/diffusion-posterior-sampling (the UNet)"),
                                      ("reddiff", "a clone of NVlabs/RED-diff")]).parse_args()
@@ -225,9 +276,11 @@ def main():
             make_pigdm(ref, model, args.out, name, args.reuse, rng)
             make_reddiff(ref, model, args.out, name, args.reuse, rng)
         make_pigdm_in2(ref, model, args.out, args.reuse, rng)
+        for algo_name in ("pgdm", "reddiff"):
+            make_own(ref, model, args.out, algo_name, args.reuse, rng)
     finally:
         ref.restore()
-    print(f"wrote {len(CASES) * 2 + 1} files to {args.out}")
+    print(f"wrote {len(CASES) * 2 + 3} files to {args.out}")
     if args.compare:
         mf.compare(args.out, args.compare)
 

@@ -23,11 +23,15 @@ SHAPE = (16, 16, 3)
 def case(name, ffhq_like):
     f = load_npz(f"daps_{name}.npz")
     spec = json.loads(str(f["spec"]))
+    shape = nhwc(f["x_start"])[0].shape
+    o = spec["operator"]
     if spec["task"] == "down_sampling":
-        op = operators.build("super_resolution", SHAPE, scale_factor=spec["operator"]["scale_factor"])
+        op = operators.build("super_resolution", shape, scale_factor=o["scale_factor"])
+    elif spec["task"] == "gaussian_blur":
+        op = operators.build("gaussian_blur", shape, kernel_size=o["kernel_size"], intensity=o["intensity"])
     else:       # the reference measures the image in [0, 1]
-        op = operators.build("phase_retrieval", SHAPE, oversample=spec["operator"]["oversample"], unit_range=True)
-    problem = solvers.make_problem(op, nhwc(f["y"])[0], SHAPE, sigma=spec["sigma_y"])
+        op = operators.build("phase_retrieval", shape, oversample=o["oversample"], unit_range=True)
+    problem = solvers.make_problem(op, nhwc(f["y"])[0], shape, sigma=spec["sigma_y"])
     mcmc, sampler = spec["mcmc"], spec["sampler"]
     annealing, ode = sampler["annealing_scheduler_config"], sampler["diffusion_scheduler_config"]
     options = solvers.make_options(
@@ -39,7 +43,9 @@ def case(name, ffhq_like):
     return f, problem, prior.from_unet(model, params, "learned_range"), options
 
 
-@pytest.mark.parametrize("name", ["sr4", "pr"])
+# sr4, pr: 16 x 16, 4 levels x 5 ODE x 3 Langevin steps; blur24 (Gaussian kernel 9, sigma 2, noise 0.1, 6 x 3 x 2)
+# and sr2_24 (noise 0.02, 5 x 4 x 4): 24 x 24
+@pytest.mark.parametrize("name", ["sr4", "pr", "blur24", "sr2_24"])
 def test_levels_teacher_forced_against_reference(name, ffhq_like):
     f, problem, pr, options = case(name, ffhq_like)
     levels = daps.annealing(options)
@@ -50,7 +56,7 @@ def test_levels_teacher_forced_against_reference(name, ffhq_like):
     randn = nhwc(f["randn"][:, 0])
     noise = {"langevin": jnp.asarray(np.stack([randn[per * i:per * i + per - 1] for i in range(num)])),
              "x": jnp.asarray(randn[per - 1::per])}
-    states = {"x": jnp.asarray(np.concatenate([nhwc(f["x_start"]), xt[:-1]])), "x0": jnp.zeros((num,) + SHAPE)}
+    states = {"x": jnp.asarray(np.concatenate([nhwc(f["x_start"]), xt[:-1]])), "x0": jnp.zeros((num,) + xt.shape[1:])}
     step = jax.jit(jax.vmap(lambda s, c, z: daps.update(s, c, z, problem, pr, options)))
     new, record = step(states, levels, noise)
 

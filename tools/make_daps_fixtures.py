@@ -32,9 +32,14 @@ from tools.reference import importable
 
 SIZE = 16
 CASES = {"sr4": ("down_sampling", dict(resolution=SIZE, scale_factor=4, device="cpu")),
-         "pr": ("phase_retrieval", dict(oversample=2.0, resolution=SIZE))}
+         "pr": ("phase_retrieval", dict(oversample=2.0, resolution=SIZE)),
+         # settings the two above do not cover: 24 x 24 images, other level / ODE / Langevin counts, other noise
+         "blur24": ("gaussian_blur", dict(kernel_size=9, intensity=2.0, device="cpu")),
+         "sr2_24": ("down_sampling", dict(resolution=24, scale_factor=2, device="cpu"))}
 ANNEALING_STEPS, ODE_STEPS, LANGEVIN_STEPS = 4, 5, 3
 SIGMA_Y = 0.05
+# (size, annealing levels, ODE steps, Langevin steps, sigma_y) where a case departs from the defaults above
+SETTINGS = {"blur24": (24, 6, 3, 2, 0.1), "sr2_24": (24, 5, 4, 4, 0.02)}
 
 
 def import_daps(path: str):
@@ -90,24 +95,28 @@ def make_case(ref, net, out, name, reuse, rng):
 
     old = mf.read(reuse, f"daps_{name}.npz")
     task, op_kwargs = CASES[name]
+    size, levels, ode_steps, langevin_steps, sigma_y = SETTINGS.get(
+        name, (SIZE, ANNEALING_STEPS, ODE_STEPS, LANGEVIN_STEPS, SIGMA_Y))
     task_cfg = ref.load("task", f"{task}.yaml")["pixel"]
-    mcmc = dict(task_cfg["mcmc_sampler_config"], num_steps=LANGEVIN_STEPS)
+    mcmc = dict(task_cfg["mcmc_sampler_config"], num_steps=langevin_steps)
     sampler_cfg = ref.load("sampler", "edm_daps.yaml")
-    sampler_cfg["annealing_scheduler_config"]["num_steps"] = ANNEALING_STEPS
-    sampler_cfg["diffusion_scheduler_config"]["num_steps"] = ODE_STEPS
+    sampler_cfg["annealing_scheduler_config"]["num_steps"] = levels
+    sampler_cfg["diffusion_scheduler_config"]["num_steps"] = ode_steps
     sampler = ref.sampler.get_sampler(**sampler_cfg, mcmc_sampler_config=mcmc)
-    operator = ref.operators.get_operator(task, **op_kwargs, sigma=SIGMA_Y)
+    operator = ref.operators.get_operator(task, **op_kwargs, sigma=sigma_y)
 
     if old is not None:
         img, y_noise, x_start = (torch.from_numpy(old[k]) for k in ("ref", "y_noise", "x_start"))
         replay = [np.asarray(a) for a in old["randn"]]
     else:
         torch.manual_seed(int(rng.integers(2 ** 31)))
-        img = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
+        img = torch.rand(1, 3, size, size) * 2 - 1
         y_noise = torch.randn_like(operator(img))
-        x_start = sampler.get_start(1, net)
+        # the reference's get_start draws at its model's configured size (16); other sizes the same way
+        x_start = sampler.get_start(1, net) if size == SIZE else \
+            torch.randn(1, 3, size, size) * sampler.annealing_scheduler.get_prior_sigma()
         replay = None
-    y = operator(img) + SIGMA_Y * y_noise
+    y = operator(img) + sigma_y * y_noise
     with mf.recorded_randn_like(replay) as drawn:
         sample = sampler.sample(net, x_start, operator, y, record=True)
     traj = sampler.trajectory.compile().tensor_data
@@ -117,7 +126,7 @@ def make_case(ref, net, out, name, reuse, rng):
                   sigmas=sampler.annealing_scheduler.sigma_steps.numpy(),
                   spec=np.array(json.dumps({"task": task, "operator": {k: v for k, v in op_kwargs.items()
                                                                        if k != "device"},
-                                            "sigma_y": SIGMA_Y, "mcmc": mcmc, "sampler": sampler_cfg,
+                                            "sigma_y": sigma_y, "mcmc": mcmc, "sampler": sampler_cfg, "size": size,
                                             "model": "adm_ffhq_like"})))
     np.savez_compressed(os.path.join(out, f"daps_{name}.npz"), **arrays)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 
 
 def main(argv=None) -> int:
-    from checkpoints_convert import CheckpointError, convert
+    from checkpoints_convert import cli, convert
     from dps_jax.models import kernel_wizard
     from dps_jax.models.unet import PRESETS, UNetConfig, preset
 
@@ -35,11 +34,6 @@ def main(argv=None) -> int:
                          "(repeatable; e.g. 'sqrt_*' for deepinv's DiffUNet); one that matches none is an error")
     args = ap.parse_args(argv)
 
-    def fail(e) -> int:
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
-        print("error: " + "; ".join(lines), file=sys.stderr)
-        return 1
-
     try:
         if args.model:
             config = kernel_wizard.PRESETS.get(args.model) or preset(args.model)
@@ -50,19 +44,11 @@ def main(argv=None) -> int:
                     text = f.read()
             config = (UNetConfig if args.config else kernel_wizard.KernelWizardConfig).from_dict(json.loads(text))
     except (ValueError, TypeError, OSError) as e:     # a bad --config: JSON, keys or values
-        return fail(f"--{'config' if args.config else 'kernel-config'}: {e}")
-    # A termination signal unwinds like Ctrl-C, so the atomic writer removes its temporary file.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        convert(args.src, args.dst, config, dtype=args.dtype, key=args.key, strip_prefix=args.strip_prefix,
-                allow_nonfinite=args.allow_nonfinite, drop_unexpected=args.drop_unexpected)
-    except (CheckpointError, OSError) as e:
-        return fail(e)
-    except KeyboardInterrupt:
-        return fail("interrupted; nothing was written")
-    print(f"wrote {args.dst}")
-    return 0
-
+        return cli.fail(f"--{'config' if args.config else 'kernel-config'}: {e}")
+    return cli.run(lambda: convert(args.src, args.dst, config, dtype=args.dtype, key=args.key,
+                                   strip_prefix=args.strip_prefix, allow_nonfinite=args.allow_nonfinite,
+                                   drop_unexpected=args.drop_unexpected),
+                   lambda _: f"wrote {args.dst}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from typing import Optional, Tuple
 
 import jax
 import numpy as np
 
+from checkpoints_convert import cli
 from checkpoints_convert.mapping import convert_mapped
 from checkpoints_convert.safetensors_io import load_safetensors
 from checkpoints_convert.torch_reader import CheckpointError, load_state_dict
@@ -167,19 +167,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        extra = convert(args.src, args.dst, args.dtype, args.scheduler_config, args.allow_nonfinite)
-    except (CheckpointError, OSError) as e:
-        print("error: " + "; ".join(l.strip() for l in str(e).splitlines() if l.strip()), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 1
-    print(f"wrote {args.dst} ({extra['mean_type']} network, {extra['beta_schedule']} schedule of "
-          f"{extra['num_timesteps']} steps, {extra['var_type']} variance; scheduler: {extra['scheduler_config']})")
-    return 0
-
+    return cli.run(lambda: convert(args.src, args.dst, args.dtype, args.scheduler_config, args.allow_nonfinite),
+                   lambda extra: f"wrote {args.dst} ({extra['mean_type']} network, {extra['beta_schedule']} schedule "
+                                 f"of {extra['num_timesteps']} steps, {extra['var_type']} variance; scheduler: "
+                                 f"{extra['scheduler_config']})")
 
 if __name__ == "__main__":
     sys.exit(main())

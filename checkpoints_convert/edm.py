@@ -15,11 +15,11 @@ continuous VP epsilon network, VEPrecond -> a VE one.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 import numpy as np
 
+from checkpoints_convert import cli
 from checkpoints_convert.edm_pickle import load_network
 from checkpoints_convert.mapping import convert_mapped
 from checkpoints_convert.torch_reader import CheckpointError
@@ -93,18 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        extra = convert(args.src, args.dst, args.key, args.dtype, args.allow_nonfinite)
-    except (CheckpointError, OSError) as e:
-        print("error: " + "; ".join(l.strip() for l in str(e).splitlines() if l.strip()), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 1
-    print(f"wrote {args.dst} (a {extra['process']} prior, {extra['mean_type']} output)")
-    return 0
-
+    return cli.run(lambda: convert(args.src, args.dst, args.key, args.dtype, args.allow_nonfinite),
+                   lambda extra: f"wrote {args.dst} (a {extra['process']} prior, {extra['mean_type']} output)")
 
 if __name__ == "__main__":
     sys.exit(main())

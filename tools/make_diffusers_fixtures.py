@@ -11,7 +11,7 @@ Two configurations of UNet2DModel, small enough to run anywhere:
               factor, one input channel and two outputs
 For each: the model's state_dict keys and shapes, its output on fixed inputs at two timesteps (one fractional),
 and one deterministic DDIM step (eta 0) of diffusers' DDIMScheduler on the linear 1000-step schedule from t 900 to
-800. The weights are `checkpoints_convert.mapping.random_state_dict(shapes, seed)`, which the test makes again
+800. The weights are `checkpoints_convert.mapping.project_random_state_dict(shapes, seed)`, which the test makes again
 from the converter's own key table. Parameter counts of the published ddpm-cifar10-32 and ddpm-celebahq-256
 configurations are recorded as diffusers builds them.
 """
@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import types
 
 import numpy as np
+
+from tools.reference import project_random_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,15 +58,6 @@ SEED = {"cifar_like": 11, "variants": 12}
 TIMESTEPS = np.array([3.0, 517.5], np.float32)
 
 
-def random_state_dict(shapes, seed):
-    """checkpoints_convert.mapping.random_state_dict, imported without the package's __init__ (which needs jax)."""
-    pkg = types.ModuleType("checkpoints_convert")
-    pkg.__path__ = [os.path.join(ROOT, "checkpoints_convert")]
-    sys.modules.setdefault("checkpoints_convert", pkg)
-    from checkpoints_convert.mapping import random_state_dict as make
-    return make(shapes, seed)
-
-
 def main():
     import diffusers
     import torch
@@ -78,7 +69,7 @@ def main():
     for name, cfg in CONFIGS.items():
         model = diffusers.UNet2DModel(**cfg).eval()
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in random_state_dict(shapes, SEED[name]).items()})
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in project_random_state_dict(shapes, SEED[name]).items()})
         rng = np.random.default_rng(100 + SEED[name])
         s, c = cfg["sample_size"], cfg["in_channels"]
         x = rng.standard_normal((2, c, s, s)).astype(np.float32)

@@ -4,7 +4,7 @@
 
 An `EDMPrecond` around a `SongUNet` (DDPM++ layout: positional noise embedding, standard encoder and decoder,
 [1, 1] resampling filter, attention at 4 x 4) at 8 x 8 x 3 and 8 base channels, its parameters and buffers set to
-`checkpoints_convert.mapping.random_state_dict(shapes, 21)`, pickled the way EDM's training loop writes its
+`checkpoints_convert.mapping.project_random_state_dict(shapes, 21)`, pickled the way EDM's training loop writes its
 network snapshots (`pickle.dump(dict(ema=net), f)`, each class's source carried inside by EDM's persistence).
 The .npz holds the state_dict's keys and shapes (JSON), the recorded constructor arguments, and the network's
 denoiser output D(x; sigma) on fixed inputs, for the Flax port that reads it.
@@ -17,10 +17,10 @@ import io
 import json
 import os
 import pickle
-import sys
-import types
 
 import numpy as np
+
+from tools.reference import importable, project_random_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KWARGS = dict(img_resolution=8, img_channels=3, label_dim=0, model_type="SongUNet", model_channels=8,
@@ -51,28 +51,21 @@ PUBLISHED = {f"edm-{data}-uncond-{'vp' if arch == 'ddpmpp' else 've'}":
              for arch in ("ddpmpp", "ncsnpp")}
 
 
-def random_state_dict(shapes, seed):
-    """checkpoints_convert.mapping.random_state_dict, imported without the package's __init__ (which needs jax)."""
-    pkg = types.ModuleType("checkpoints_convert")
-    pkg.__path__ = [os.path.join(ROOT, "checkpoints_convert")]
-    sys.modules.setdefault("checkpoints_convert", pkg)
-    from checkpoints_convert.mapping import random_state_dict as make
-    return make(shapes, seed)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--edm", required=True, help="a clone of NVlabs/edm")
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"))
     args = ap.parse_args()
-    sys.path.insert(0, os.path.abspath(args.edm))      # EDM's modules import each other by top-level name
+    importable(args.edm)            # EDM's modules import each other by top-level name (training, torch_utils, dnnlib)
     import torch
     from training import networks
+
+    torch.manual_seed(SEED)         # NCSN++'s Fourier frequencies are drawn by its constructor
 
     net = networks.EDMPrecond(**KWARGS).eval()
     state = net.state_dict()
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    weights = random_state_dict(shapes, SEED)
+    weights = project_random_state_dict(shapes, SEED)
     weights = {k: (w if not k.endswith("resample_filter") else state[k].numpy()) for k, w in weights.items()}
     net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(w)) for k, w in weights.items()})
     buf = io.BytesIO()
@@ -90,7 +83,7 @@ def main():
         other = getattr(networks, precond)(**kwargs).eval()
         st = other.state_dict()
         sh = {k: tuple(v.shape) for k, v in st.items()}
-        w = random_state_dict(sh, SEED)
+        w = project_random_state_dict(sh, SEED)
         w = {k: (v if not k.endswith(("resample_filter", "freqs")) else st[k].numpy()) for k, v in w.items()}
         other.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()})
         with torch.no_grad():

@@ -493,6 +493,41 @@ def spectral_h_functions(ddrm, sp, channels: int):
     return Spectral(), perm
 
 
+def ddrm_cases(ddrm, betas, seq, singulars, sigma_0):
+    """Per reverse step, which observed coordinates the reference treats as noisier than y (before) and as less
+    noisy (after), as its sampler decides it: [(before, after)] boolean arrays over the singular values."""
+    import torch
+
+    cases = []
+    for j in reversed([-1] + seq[:-1]):
+        at_next = ddrm.denoising.compute_alpha(betas, torch.tensor([j]))[0, 0, 0, 0]
+        sigma_next = (1 - at_next).sqrt() / at_next.sqrt()
+        cases.append(((singulars * sigma_next > sigma_0).numpy(), (singulars * sigma_next < sigma_0).numpy()))
+    return cases
+
+
+def ddrm_replay(z_steps, cases, n_obs):
+    """The reference's three draws of each step from per-coordinate noises z (its spectral order): every
+    coordinate a draw's case uses has its value; the values no case uses do not change the result."""
+    replay = []
+    for z, (before, after) in zip(z_steps, cases):
+        replay += [z, z[:n_obs][after], z[:n_obs]]
+    return replay
+
+
+def ddrm_combined(drawn, cases, n_obs):
+    """The inverse of `ddrm_replay`: per step, on every coordinate the draw its case used (the reference draws
+    three arrays: all coordinates; those where y is less noisy; all of U^T y)."""
+    out = []
+    for i, (before, after) in enumerate(cases):
+        r1, r2, r3 = (drawn[3 * i + q].numpy().reshape(-1) for q in range(3))
+        z = r1.copy()
+        z[:n_obs][after] = r2
+        z[:n_obs][before] = r3[before]
+        out.append(z)
+    return out
+
+
 def make_ddrm(ddrm, out, name, case, model, reuse, rng):
     """One reference DDRM run (20 steps), with every noise it draws mapped to dps_jax's spectral layout."""
     import torch
@@ -516,34 +551,19 @@ def make_ddrm(ddrm, out, name, case, model, reuse, rng):
     y_0 = H.H(ref) + sigma_0 * y_noise
     betas = torch.from_numpy(np.linspace(1e-4, 0.02, 1000, dtype=np.float64)).float()
     seq = list(range(0, 1000, 1000 // DDRM_STEPS))
-    # Which case each observed coordinate is in at each step, as the reference decides it.
     s = H.singulars()
     n_obs, dim = len(s), channels * size * size
-    cases = []
-    for j in reversed([-1] + seq[:-1]):
-        at_next = ddrm.denoising.compute_alpha(betas, torch.tensor([j]))[0, 0, 0, 0]
-        sigma_next = (1 - at_next).sqrt() / at_next.sqrt()
-        cases.append(((s * sigma_next > sigma_0).numpy(), (s * sigma_next < sigma_0).numpy()))
+    cases = ddrm_cases(ddrm, betas, seq, s, sigma_0)
     replay = None
     if old is not None:
-        # The three draws of each step from the recorded z: every coordinate a draw's case uses has its
-        # value; the values no case uses do not change the result.
-        replay = []
-        for z_hwc, (before, after) in zip(old["z_steps"], cases):
-            z = z_hwc.reshape(-1)[perm]
-            replay += [z, z[:n_obs][after], z[:n_obs]]
+        replay = ddrm_replay([z_hwc.reshape(-1)[perm] for z_hwc in old["z_steps"]], cases, n_obs)
     with torch.no_grad(), cuda_on_cpu(), recorded_randn_like(replay) as drawn:
         xs, x0_preds = ddrm.denoising.efficient_generalized_steps(
             x_T_noise.clone(), seq, model, betas, H, y_0, sigma_0, etaB=case["eta_b"], etaA=case["eta"],
             etaC=case["eta"])
-    # The three draws of each step (all coordinates; those where y is the noisier; all of U^T y) become one
-    # array z: on every coordinate the draw its case uses, in dps_jax's (H, W, C) spectral layout.
+    # in dps_jax's (H, W, C) spectral layout
     z_steps = []
-    for i, (before, after) in enumerate(cases):
-        r1, r2, r3 = (drawn[3 * i + q].numpy().reshape(-1) for q in range(3))
-        z = r1.copy()
-        z[:n_obs][after] = r2
-        z[:n_obs][before] = r3[before]
+    for z in ddrm_combined(drawn, cases, n_obs):
         hwc = np.zeros(dim, np.float32)
         hwc[perm] = z
         z_steps.append(hwc.reshape(size, size, channels))
@@ -602,30 +622,16 @@ def make_ddrm_own(ddrm, out, name, case, model, reuse, rng):
     y_0 = y_clean + sigma_0 * y_noise
     betas = torch.from_numpy(np.linspace(1e-4, 0.02, 1000, dtype=np.float64)).float()
     seq = list(range(0, 1000, 1000 // case["steps"]))          # the runner's grid (runners/diffusion.py)
-    s = H.singulars()
-    n_obs, dim = len(s), channels * size * size
-    cases = []
-    for j in reversed([-1] + seq[:-1]):
-        at_next = ddrm.denoising.compute_alpha(betas, torch.tensor([j]))[0, 0, 0, 0]
-        sigma_next = (1 - at_next).sqrt() / at_next.sqrt()
-        cases.append(((s * sigma_next > sigma_0).numpy(), (s * sigma_next < sigma_0).numpy()))
+    n_obs = len(H.singulars())
+    cases = ddrm_cases(ddrm, betas, seq, H.singulars(), sigma_0)
     replay = None
     if old is not None:
-        replay = []
-        for img, (before, after) in zip(old["z_steps_image"], cases):
-            z = from_image(H, img).numpy()
-            replay += [z, z[:n_obs][after], z[:n_obs]]
+        replay = ddrm_replay([from_image(H, img).numpy() for img in old["z_steps_image"]], cases, n_obs)
     with torch.no_grad(), cuda_on_cpu(), recorded_randn_like(replay) as drawn:
         xs, x0_preds = ddrm.denoising.efficient_generalized_steps(
             x_T_noise.clone(), seq, model, betas, H, y_0, sigma_0, etaB=case["eta_b"], etaA=case["eta"],
             etaC=case["eta"])
-    z_img = []
-    for i, (before, after) in enumerate(cases):
-        r1, r2, r3 = (drawn[3 * i + q].numpy().reshape(-1) for q in range(3))
-        z = r1.copy()
-        z[:n_obs][after] = r2
-        z[:n_obs][before] = r3[before]
-        z_img.append(to_image(H, torch.from_numpy(z)))
+    z_img = [to_image(H, torch.from_numpy(z)) for z in ddrm_combined(drawn, cases, n_obs)]
     arrays = dict(
         ref=ref.numpy(), y=y_0.numpy().reshape(-1), y_noise=y_noise.numpy(),
         z_init_image=to_image(H, x_T_noise), z_steps_image=np.stack(z_img).astype(np.float32),

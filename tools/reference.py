@@ -36,3 +36,16 @@ def importable(root: str) -> CloneFinder:
     finder = CloneFinder(root)
     sys.meta_path.append(finder)
     return finder
+
+
+def project_random_state_dict(shapes, seed: int):
+    """`checkpoints_convert.mapping.random_state_dict` in an environment without jax (a reference's, with torch):
+    the module is imported without its package's __init__, which needs jax."""
+    import types
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pkg = types.ModuleType("checkpoints_convert")
+    pkg.__path__ = [os.path.join(root, "checkpoints_convert")]
+    sys.modules.setdefault("checkpoints_convert", pkg)
+    from checkpoints_convert.mapping import random_state_dict
+    return random_state_dict(shapes, seed)

@@ -3,7 +3,9 @@
 A cell is `cells/<task>__<method>.json` (its numbers, the identity it was computed with, a sha256 digest) and,
 unless the method does not apply to the task, `<task>__<method>.npz` (the reconstruction of every image,
 float16 (N, H, W, C)). The npz is written before the JSON that marks the cell done, each atomically, so an
-interrupted comparison leaves finished cells and nothing half-written: the same command resumes.
+interrupted comparison leaves finished cells and nothing half-written: the same command resumes. A cell in
+progress keeps the images it has done in `<task>__<method>.partial.json` / `.npz` (the same checks, its identity
+included; written at most once a minute), so a long cell resumes at its next image.
 
 Reading a cell checks, before it is used: the file sizes (a JSON of at most MAX_JSON_BYTES, an npz no
 larger than its array can need), that the JSON parses to an object, its digest, its identity, the types and
@@ -148,6 +150,42 @@ def check_cell(cell: Dict, num_images: int) -> None:
     if not isinstance(rows, list) or len(rows) != num_images or not all(
             isinstance(r, dict) and all(_finite(v) for v in r.values()) for r in rows):
         raise CellError(f"its per-image metrics are not {num_images} rows of finite numbers")
+
+
+def partial_path(cell_path: str) -> str:
+    """Where a cell in progress keeps the images it has done: `<task>__<method>.partial.json` (and .npz)."""
+    return cell_path[:-len(".json")] + ".partial.json"
+
+
+def read_partial(path: str, identity: Dict, shape: Sequence[int]) -> Tuple[Optional[Dict], Optional[np.ndarray], str]:
+    """(the progress stored at `path`, its reconstructions (N, H, W, C; the first `done` filled), "") when it is
+    intact and was computed with `identity`; else (None, None, why it is not used)."""
+    try:
+        part = json.loads(_read_bounded(path, MAX_JSON_BYTES, "JSON"))
+        if not isinstance(part, dict):
+            raise CellError("its JSON is not an object")
+        samples = _read_bounded(samples_path(path), 2 * math.prod(shape) * 2 + NPZ_OVERHEAD, "npz")
+        if part.get("digest") != digest(part, samples):
+            raise CellError("changed after it was written (its digest does not match)")
+        differs = changes(part.get("identity") if isinstance(part.get("identity"), dict) else {}, identity)
+        if differs:
+            raise CellError(f"computed with other settings: {differs}")
+        done, rows = part.get("done"), part.get("rows")
+        if not (isinstance(done, int) and 0 < done < int(shape[0]) and isinstance(rows, list) and len(rows) == done
+                and all(isinstance(r, dict) and all(_finite(v) for v in r.values()) for r in rows)
+                and _finite(part.get("seconds")) and part["seconds"] >= 0):
+            raise CellError("its progress is not a count of images with finite per-image metrics")
+        return part, parse_samples(samples, shape), ""
+    except (CellError, ValueError, RecursionError) as e:
+        return None, None, str(e) if isinstance(e, CellError) else f"its JSON is unreadable ({type(e).__name__})"
+    except OSError as e:
+        return None, None, f"unreadable ({type(e).__name__})"
+
+
+def remove_partial(cell_path: str) -> None:
+    for p in (partial_path(cell_path), samples_path(partial_path(cell_path))):
+        if os.path.lexists(p):
+            os.remove(p)
 
 
 def read(path: str, identity: Dict, shape: Sequence[int]) -> Tuple[Optional[Dict], str]:

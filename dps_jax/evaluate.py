@@ -99,14 +99,29 @@ def cell_runner(cfg, task, method, prior, images):
     return tcfg, runner
 
 
-def run_cell(cfg, task, method, tcfg, runner, images, progress):
+# A cell in progress stores the images it has done at most this often (seconds): a long cell resumes at its next
+# image, and a paper-sized one does not rewrite its reconstructions after every image.
+PARTIAL_EVERY_SECONDS = 60.0
+
+
+def run_cell(cfg, task, method, tcfg, runner, images, progress, path=None, identity=None):
     """One cell: (per-image metrics, the shown sample of image `cfg.grid_image`, cost; the reconstruction
     of every image (N, H, W, C), the sample picked by residual). The programs are compiled before the clock
-    starts: `seconds_per_image` is sampling alone, `compile_seconds` the compiling."""
+    starts: `seconds_per_image` is sampling alone, `compile_seconds` the compiling. With `path` (the cell's
+    file) and its `identity`, the images done so far are kept beside it and a rerun starts after them."""
     image_shape = images.shape[1:]
-    rows, shown, seconds, picked = [], None, 0.0, []
+    rows, shown, seconds, picked = [], None, 0.0, np.zeros(images.shape, np.float32)
+    start = 0
+    if path is not None:
+        part, done, _ = cell_store.read_partial(cell_store.partial_path(path), identity, images.shape)
+        if part is not None:
+            rows, seconds, start, picked = part["rows"], part["seconds"], part["done"], done
+            shown = None if part.get("shown") is None else np.asarray(part["shown"], np.float32)
+            progress(start)
     compile_seconds = runner.compile(experiment.measure(tcfg, images[0], 0, image_shape)[0])
-    for i, x in enumerate(images):
+    last_save = time.perf_counter()
+    for i in range(start, len(images)):
+        x = images[i]
         problem, k_sample = experiment.measure(tcfg, x, i, image_shape)
         t0 = time.perf_counter()
         samples = runner(problem, k_sample)["samples"]
@@ -118,15 +133,23 @@ def run_cell(cfg, task, method, tcfg, runner, images, progress):
         if len(samples) > 1:
             row.update(psnr_oracle=psnr[oracle], ssim_oracle=metrics.ssim(samples[oracle], x))
         rows.append(row)
-        picked.append(np.asarray(samples[pick]))
+        picked[i] = np.asarray(samples[pick])
         if i == cfg.grid_image:
             shown = samples[pick]
+        if path is not None and i + 1 < len(images) and time.perf_counter() - last_save >= PARTIAL_EVERY_SECONDS:
+            cell_store.write(cell_store.partial_path(path),
+                             {"identity": identity, "done": i + 1, "rows": rows, "seconds": seconds,
+                              "shown": None if shown is None else np.asarray(shown).tolist()}, picked)
+            last_save = time.perf_counter()
         progress(i + 1)
     summary = {k: summarise([r[k] for r in rows]) for k in rows[0]}
-    return {"task": task, "method": method, "num_images": len(images), "samples_per_image": tcfg.num_samples,
+    cell = {"task": task, "method": method, "num_images": len(images), "samples_per_image": tcfg.num_samples,
             "nfe": runner.evaluations, "seconds_per_image": seconds / len(images), "compile_seconds": compile_seconds,
             "metrics": summary, "per_image": rows,
-            "shown": None if shown is None else np.asarray(shown).tolist()}, np.stack(picked)
+            "shown": None if shown is None else np.asarray(shown).tolist()}
+    if start:
+        cell["resumed_at_image"] = start        # its time was measured in two runs (perhaps on other loads)
+    return cell, picked
 
 
 # ---- what a cell is: its identity and its digest ----------------------------------------------------
@@ -404,9 +427,10 @@ def run_cells(cfg, todo, images, cells, stream) -> None:
                     f"eta {eta / 60:5.1f} min")
             stream.write(f"\r{line} " if tty else line + "\n")      # a log file gets one line per image
             stream.flush()
-        cell, picked = run_cell(cfg, task, method, tcfg, runner, images, progress)
+        cell, picked = run_cell(cfg, task, method, tcfg, runner, images, progress, path, identity)
         cell["identity"], cell["provenance"] = identity, experiment.provenance()
         cells[(task, method)] = cell_store.write(path, cell, picked)
+        cell_store.remove_partial(path)
     if tty:
         stream.write("\n")
 

@@ -115,7 +115,7 @@ def test_bad_input_is_one_line(tmp_path, over, match):
 def fake_run_cell(computed, interrupt_at=None):
     """A stand-in for evaluate.run_cell that records what it ran (and raises KeyboardInterrupt at the
     cell numbered `interrupt_at`)."""
-    def run(cfg, task, method, tcfg, runner, images, progress):
+    def run(cfg, task, method, tcfg, runner, images, progress, path=None, identity=None):
         if interrupt_at is not None and len(computed) == interrupt_at:
             raise KeyboardInterrupt
         computed.append((task, method))
@@ -174,6 +174,49 @@ def test_a_stored_cell_is_reused_only_with_the_identity_it_was_computed_with(tmp
     cell_path.write_text(json.dumps(cell))
     done, text = rerun(**{"cells.solver.ddrm.eta": 0.5, "seed": 5, "data.num_images": 3})
     assert done and "changed after it was written" in text
+
+
+def test_an_interrupted_cell_resumes_at_its_next_image(tmp_path, monkeypatch):
+    """A cell stopped at its third image keeps the two it has done (beside the cell, with its identity); the same
+    command computes only the third, and the finished cell's numbers are those of an uninterrupted run."""
+    monkeypatch.setattr(evaluate, "PARTIAL_EVERY_SECONDS", 0.0)
+    calls = []
+    cell_runner = evaluate.cell_runner
+
+    def counting_cell_runner(*a, stop_at=None, **k):
+        tcfg, runner = cell_runner(*a, **k)
+        call = runner.__call__
+
+        class Counted:
+            def __getattr__(self, name):
+                return getattr(runner, name)
+
+            def __call__(self, *args, **kwargs):
+                calls.append(1)
+                if stop_at is not None and len(calls) == stop_at:
+                    raise KeyboardInterrupt
+                return call(*args, **kwargs)
+        return tcfg, Counted()
+
+    def run(out, stop_at=None):
+        calls.clear()
+        monkeypatch.setattr(evaluate, "cell_runner", lambda *a, **k: counting_cell_runner(*a, stop_at=stop_at, **k))
+        c = config(out, methods="ddrm", tasks="super_resolution")
+        c.data.num_images, c.metrics.fid_weights = 3, "none"
+        evaluate.evaluate(c, io.StringIO())
+        return len(calls)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "a", stop_at=3)
+    partial = tmp_path / "a" / "cells" / "super_resolution__ddrm.partial.json"
+    assert json.loads(partial.read_text())["done"] == 2
+    assert run(tmp_path / "a") == 1                     # only the third image
+    assert not partial.exists()
+    assert run(tmp_path / "b") == 3                     # the same cell in one go
+    a, b = (json.loads((tmp_path / d / "cells" / "super_resolution__ddrm.json").read_text()) for d in "ab")
+    assert a["per_image"] == b["per_image"] and a["resumed_at_image"] == 2 and "resumed_at_image" not in b
+    ra, rb = (np.load(tmp_path / d / "cells" / "super_resolution__ddrm.npz")["samples"] for d in "ab")
+    np.testing.assert_array_equal(ra, rb)
 
 
 def test_the_daps_protocol_measures_as_daps_does(tmp_path):

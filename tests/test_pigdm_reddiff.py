@@ -123,12 +123,22 @@ def test_reddiff_against_reference(name, ffhq_like):
     assert rel(reddiff.result(state), nhwc(f["x0_pred"])[0]) <= 2e-5
 
 
-def own_case(prefix, ffhq_like):
-    """The reference's own SuperResolution class at 24 x 24 and 15 steps (its 16), on dps_jax's block average."""
-    f = load_npz(f"{prefix}_sr2_own.npz")
+def own_case(prefix, ffhq_like, operator="sr2"):
+    """The reference's own SuperResolution (Inpainting) class at 24 x 24 and 15 steps (its 16), on dps_jax's block
+    average (inpainting operator)."""
+    f = load_npz(f"{prefix}_{operator}_own.npz")
     spec = json.loads(str(f["spec"]))
     n = spec["size"]
-    op, to_y = block_average(n, spec["ratio"])
+    if operator == "sr2":
+        op, to_y = block_average(n, spec["ratio"])
+    else:           # the reference's y: the kept values of the image in (C, H, W) order
+        keep = np.broadcast_to(f["mask"] > 0, (3, n, n)).reshape(-1)
+        op = operators.build("inpainting", (n, n, 3), mask=jnp.asarray(f["mask"])[..., None])
+
+        def to_y(v):
+            full = np.zeros(3 * n * n, np.float32)
+            full[keep] = np.asarray(v).reshape(-1)
+            return full.reshape(3, n, n).transpose(1, 2, 0)
     problem = solvers.Problem(op=op, y=jnp.asarray(to_y(f["y"])), sigma=np.float32(spec["sigma"]),
                               aux=op.svd((n, n, 3)))
     want = op(jnp.asarray(nhwc(f["ref"])[0])) + spec["sigma"] * to_y(f["y_noise"])
@@ -153,11 +163,16 @@ def test_pigdm_on_the_references_own_super_resolution(ffhq_like):
     assert max(errs) <= 1e-5, errs
 
 
-def test_reddiff_on_the_references_own_super_resolution(ffhq_like):
-    """24 x 24, 15 steps (16), y with noise 0.1: the start and mu after every Adam step within 2e-5 relative."""
-    f, spec, problem, pr, coefs = own_case("reddiff", ffhq_like)
+@pytest.mark.parametrize("operator", ["sr2", "inpaint"])
+def test_reddiff_on_the_references_own_operators(ffhq_like, operator):
+    """24 x 24, 15 steps (16); its SuperResolution with y at noise 0.1, its Inpainting at 0.05: the start and mu
+    after every Adam step within 2e-5 relative. The reference's `inp_*` class averages the data term over the kept
+    pixels, its `in2_*` class (the one its README runs) and dps_jax over the whole image: with the observation
+    weight scaled by that ratio the runs agree (tests/fixtures/README.md)."""
+    f, spec, problem, pr, coefs = own_case("reddiff", ffhq_like, operator)
+    ratio = 1.0 if operator == "sr2" else 1.0 / float(f["mask"].mean())
     options = solvers.make_options(reddiff.SOLVER, lr=spec["lr"], lam=spec["grad_term_weight"],
-                                   obs_weight=spec["obs_weight"])
+                                   obs_weight=spec["obs_weight"] * ratio)
     state = reddiff.init(None, problem, pr, options, (spec["size"],) * 2 + (3,))
     np.testing.assert_allclose(state["mu"], nhwc(f["start"])[0], atol=2e-6)
     randn, mus = nhwc(f["randn"][:, 0]), nhwc(f["mus"])

@@ -208,33 +208,46 @@ def make_reddiff(ref, model, out, name, reuse, rng):
     np.savez_compressed(os.path.join(out, f"reddiff_{name}.npz"), **arrays)
 
 
-# Through the reference's own SuperResolution class (utils/degredations.py, 2 x 2 block averaging) at settings the
-# files above do not cover: 24 x 24 images, 15 steps (its get_timesteps: stride 66, 16 steps); RED-diff's y with
-# noise 0.1.
+# Through the reference's own degradation classes (utils/degredations.py) at settings the files above do not
+# cover: 24 x 24 images, 15 steps (its get_timesteps: stride 66, 16 steps). SuperResolution (2 x 2 block means):
+# PiGDM's y noiseless, RED-diff's with noise 0.1; Inpainting (its `inp_*` class, a dense (C, H, W) mask, half the
+# pixels missing in every channel): RED-diff with noise 0.05.
 OWN = dict(size=24, ratio=2, num_steps=15, reddiff_sigma=0.1)
+OWN_INPAINT = dict(size=24, missing=0.5, num_steps=15, reddiff_sigma=0.05)
 
 
-def make_own(ref, model, out, algo_name, reuse, rng):
-    """PiGDM or RED-diff on the reference's own SuperResolution degradation."""
+def make_own(ref, model, out, algo_name, reuse, rng, operator="sr2"):
+    """PiGDM or RED-diff on the reference's own SuperResolution (or Inpainting) degradation."""
     import torch
 
     from utils import degredations
 
-    name = f"{'pigdm' if algo_name == 'pgdm' else algo_name}_sr2_own"
+    settings = OWN if operator == "sr2" else OWN_INPAINT
+    name = f"{'pigdm' if algo_name == 'pgdm' else algo_name}_{operator}_own"
     old = mf.read(reuse, f"{name}.npz")
-    n = OWN["size"]
+    n = settings["size"]
     if old is not None:
         img, y_noise = torch.from_numpy(old["ref"]), torch.from_numpy(old["y_noise"])
+        mask = old["mask"] if "mask" in old.files else None
     else:
         torch.manual_seed(int(rng.integers(2 ** 31)))
         img = torch.rand(1, CHANNELS, n, n) * 2 - 1
-        y_noise = torch.randn(1, CHANNELS * (n // OWN["ratio"]) ** 2)
-    H = degredations.SuperResolution(CHANNELS, n, OWN["ratio"], torch.device("cpu"))
+        mask = None
+        if operator == "inpaint":
+            mask = (rng.uniform(size=(n, n)) >= settings["missing"]).astype(np.float32)
+        kept = CHANNELS * (n // OWN["ratio"]) ** 2 if operator == "sr2" else CHANNELS * int(mask.sum())
+        y_noise = torch.randn(1, kept)
+    if operator == "sr2":
+        H = degredations.SuperResolution(CHANNELS, n, OWN["ratio"], torch.device("cpu"))
+    else:
+        dense = torch.from_numpy(np.broadcast_to(mask, (CHANNELS, n, n)).reshape(1, -1).copy())
+        H = degredations.Inpainting(CHANNELS, n, dense, torch.device("cpu"))
+        H.set_indices(torch.zeros(1, dtype=torch.long))
     cls = ref.PGDM if algo_name == "pgdm" else ref.REDDIFF
-    cfg = config(ref, algo_name, OWN["num_steps"])
+    cfg = config(ref, algo_name, settings["num_steps"])
     sys.modules[cls.__module__].build_degredation_model = lambda c: H
     algo = cls(ref.ClassifierGuidanceModel(model, None, ref.Diffusion(), cfg), cfg)
-    sigma = 0.0 if algo_name == "pgdm" else OWN["reddiff_sigma"]
+    sigma = 0.0 if algo_name == "pgdm" else settings["reddiff_sigma"]
     y_0 = H.H(img) + sigma * y_noise
     ts = timesteps(cfg)
     trail = []
@@ -247,8 +260,11 @@ def make_own(ref, model, out, algo_name, reuse, rng):
         torch.optim.Adam = original_adam
     arrays = dict(ref=img.numpy(), y_noise=y_noise.numpy(), y=y_0.numpy().reshape(-1),
                   randn=np.stack([d.numpy() for d in drawn]), timesteps=np.asarray(ts, np.int64),
-                  spec=np.array(json.dumps({**ref.OmegaConf.to_container(cfg.algo), **OWN, "sigma": sigma,
-                                            "operator": "SuperResolution (its own class)", "model": "adm_ffhq_like"})))
+                  spec=np.array(json.dumps({**ref.OmegaConf.to_container(cfg.algo), **settings, "sigma": sigma,
+                                            "operator": f"{type(H).__name__} (its own class)",
+                                            "model": "adm_ffhq_like"})))
+    if mask is not None:
+        arrays["mask"] = mask
     if algo_name == "pgdm":
         xs, x0s = result
         arrays.update(xs=np.concatenate([x.numpy() for x in xs]), x0s=np.concatenate([x.numpy() for x in x0s]))
@@ -278,9 +294,10 @@ def main():
         make_pigdm_in2(ref, model, args.out, args.reuse, rng)
         for algo_name in ("pgdm", "reddiff"):
             make_own(ref, model, args.out, algo_name, args.reuse, rng)
+        make_own(ref, model, args.out, "reddiff", args.reuse, rng, operator="inpaint")
     finally:
         ref.restore()
-    print(f"wrote {len(CASES) * 2 + 3} files to {args.out}")
+    print(f"wrote {len(CASES) * 2 + 4} files to {args.out}")
     if args.compare:
         mf.compare(args.out, args.compare)
 

@@ -150,7 +150,8 @@ def load(path: Optional[str] = None, dtype=None, var_type: str = "", **options) 
 
     The variance type is, in order: `var_type` if given, the one the checkpoint records (`extra["var_type"]`),
     learned_range for a 2C-output model, fixed_large. How its network is read (process, mean_type,
-    sigma_data) and the schedule it was trained on come from the checkpoint when it records them.
+    sigma_data) and the schedule it was trained on come from the checkpoint when it records them. `dtype`
+    is the ADM UNet's compute dtype; the diffusers and EDM ports compute in float32.
     """
     path = path or SHIPPED_PRIOR
     fmt = checkpoint.file_format(path)

@@ -16,15 +16,18 @@ from dps_jax import api, diffusion, operators, prior, schedule, solvers
 from dps_jax.solvers import diffpir, proximal
 
 
-def case(ffhq_like):
-    f = load_npz("diffpir_inpaint.npz")
+def case(ffhq_like, name="inpaint"):
+    f = load_npz(f"diffpir_{name}.npz")
     spec = json.loads(str(f["spec"]))
     options = solvers.make_options(diffpir.SOLVER, lam=spec["lambda"], zeta=spec["zeta"], steps=spec["iter_num"])
     mask = nhwc(f["mask"])[0]
     x = 2 * (f["img"].astype(np.float32) / 255) - 1
-    op = operators.build("inpainting", (16, 16, 3), mask=mask)
-    problem = solvers.make_problem(op, op(jnp.asarray(x)), (16, 16, 3), sigma=0.0)
-    problem = solvers.prepare(diffpir.SOLVER, problem, options, (16, 16, 3))
+    shape = x.shape
+    op = operators.build("inpainting", shape, mask=mask)
+    # the script's y: its noise N(0, (2 nl)^2) on the [-1, 1] image, kept pixels only (its holes at -1, ours 0)
+    noisy = x + (f["y_noise"].astype(np.float32) if "y_noise" in f else 0.0)
+    problem = solvers.make_problem(op, op(jnp.asarray(noisy)), shape, sigma=2 * spec.get("noise_level_img", 0.0))
+    problem = solvers.prepare(diffpir.SOLVER, problem, options, shape)
     tables = schedule.build_tables("linear", 1000, diffpir.respacing(options))
     model, params, _ = ffhq_like
     return f, problem, prior.from_unet(model, params, "learned_range"), options, diffusion.step_coefficients(tables)
@@ -64,6 +67,29 @@ def test_teacher_forced_steps_and_whole_run(ffhq_like):
     # the last step (t = 0) keeps x, which is the reference's output
     np.testing.assert_allclose(new["x"][-1], x_in[-1], atol=1e-6)
     np.testing.assert_allclose(nhwc(f["out"])[0] * 2 - 1, x_in[-1], atol=1e-6)   # what the reference saves
+
+
+@pytest.mark.parametrize("name", ["inpaint24_15", "inpaint16_30"])
+def test_the_scripts_runner_at_other_settings(name, ffhq_like):
+    """The script's own main recompiled with other header values: 24 x 24, 15 steps, noise 12.75 / 255, lambda 7,
+    zeta 0.3 (its deblurring runs'); 30 steps, noise 0.02, lambda 2, zeta 0.25. The schedule, and every step
+    teacher-forced within 1e-5 relative (x0_hat within 1e-4, 5e-4 at t = 999: the rounding above)."""
+    f, problem, pr, options, coefs = case(ffhq_like, name)
+    tables = schedule.build_tables("linear", 1000, 1000)
+    reduced = np.sqrt(1 - tables.alphas_cumprod) / np.sqrt(tables.alphas_cumprod)
+    np.testing.assert_array_equal(np.asarray(coefs.t_model),
+                                  [int(np.abs(reduced - level / 255).argmin()) for level in f["noise_level"]])
+    x_in, x0 = nhwc(f["x_in"]), nhwc(f["x0"])
+    randn = nhwc(f["randn"][:, 0])
+    num = len(x_in)
+    zeta_noise = np.stack([randn[1 + 3 * i + 2] for i in range(num - 1)] + [np.zeros_like(randn[0])])
+    states = {"x": jnp.asarray(x_in), "start": jnp.broadcast_to(problem.y, x_in.shape),
+              "noise_var": jnp.zeros(num), "started": jnp.ones(num, bool)}
+    new, record = jax.jit(jax.vmap(lambda s, c, z: diffpir.update(s, c, {"x": z}, problem, pr, options)))(
+        states, coefs, jnp.asarray(zeta_noise))
+    assert np.abs(np.asarray(new["x"][:-1]) - x_in[1:]).max() <= 1e-5 * np.abs(x_in).max()
+    np.testing.assert_allclose(record["x0_hat"][1:], x0[1:], atol=1e-4)
+    np.testing.assert_allclose(record["x0_hat"][0], x0[0], atol=5e-4)      # t = 999: rounding x 156 (measured 2.8e-4)
 
 
 @pytest.mark.parametrize("name", ["super_resolution", "gaussian_blur"])

@@ -26,46 +26,50 @@ from checkpoints_convert.torch_reader import CheckpointError
 
 # Constructor arguments that do not change a network's output at sampling time.
 IGNORED = ("dropout", "label_dropout", "use_fp16", "sigma_min", "sigma_max", "epsilon_t", "model_type",
-           "img_channels", "label_dim")
+           "img_channels")
 SONG_KEYS = ("img_resolution", "in_channels", "out_channels", "model_channels", "channel_mult", "channel_mult_emb",
              "num_blocks", "attn_resolutions", "embedding_type", "channel_mult_noise", "encoder_type", "decoder_type",
-             "resample_filter", "augment_dim")
+             "resample_filter", "augment_dim", "label_dim")
 
 
-def config_of(net):
-    """The SongUNetConfig of a network read by `edm_pickle.load_network`, or the reason it cannot run."""
+def config_of(net, class_label: int = -1):
+    """The SongUNetConfig of a network read by `edm_pickle.load_network`, or the reason it cannot run.
+    `class_label`: the class a class-conditional network is read at (-1: the zero label, EDM's own default)."""
     from dps_jax.models import edm_unet as eu
 
     if net.class_name not in eu.PRECONDITIONINGS:
         raise CheckpointError(f"the network is a {net.class_name[:60]!r}; expected one of {sorted(eu.PRECONDITIONINGS)}")
     inner = net.inner
-    if inner is None or inner.class_name != "SongUNet":
+    if inner is None or inner.class_name not in ("SongUNet", "DhariwalUNet"):
         name = inner.class_name if inner is not None else "missing model"
         raise CheckpointError(f"the preconditioned model is a {name[:60]!r}; the JAX port covers SongUNet (DDPM++, "
-                              "NCSN++) only, not yet DhariwalUNet (ADM)")
+                              "NCSN++) and DhariwalUNet (ADM)")
     outer = net.init_kwargs
-    if outer.get("label_dim", 0) or inner.init_kwargs.get("label_dim", 0):
-        raise CheckpointError("a class-conditional network (label_dim > 0) is not implemented")
     if net.class_name == "VPPrecond" and (outer.get("beta_d", 19.9), outer.get("beta_min", 0.1)) != (19.9, 0.1):
         raise CheckpointError(f"VPPrecond with beta_d {outer.get('beta_d')} and beta_min {outer.get('beta_min')}: "
                               "dps_jax's continuous VP process is beta_d 19.9, beta_min 0.1")
     unknown = sorted(set(inner.init_kwargs) - set(SONG_KEYS) - set(IGNORED))
     if unknown:
-        raise CheckpointError(f"SongUNet arguments this port does not know: {unknown[:6]}")
+        raise CheckpointError(f"{inner.class_name} arguments this port does not know: {unknown[:6]}")
     kwargs = {k: v for k, v in inner.init_kwargs.items() if k in SONG_KEYS}
+    if inner.class_name == "DhariwalUNet":       # its defaults differ from SongUNet's, and it has no such options
+        kwargs = {"model_channels": 192, "channel_mult": (1, 2, 3, 4), "num_blocks": 3, "attn_resolutions": (32, 16, 8),
+                  **kwargs}
     try:
-        return eu.SongUNetConfig(**kwargs, precond=net.class_name, sigma_data=float(outer.get("sigma_data", 0.5)),
+        return eu.SongUNetConfig(**kwargs, model_type=inner.class_name, class_label=int(class_label),
+                                 precond=net.class_name, sigma_data=float(outer.get("sigma_data", 0.5)),
                                  vp_timesteps=int(outer.get("M", 1000)))
     except (TypeError, ValueError) as e:
         raise CheckpointError(str(e)) from None
 
 
-def convert(src: str, dst: str, key: str = "ema", dtype: str = "float32", allow_nonfinite: bool = False) -> dict:
+def convert(src: str, dst: str, key: str = "ema", dtype: str = "float32", allow_nonfinite: bool = False,
+            class_label: int = -1) -> dict:
     """Convert the network under `key` of the EDM pickle `src` into the dps_jax checkpoint `dst`."""
     from dps_jax.models import checkpoint, edm_unet as eu
 
     net = load_network(src, key)
-    config = config_of(net)
+    config = config_of(net, class_label)
     if config.vp_timesteps != 1000:
         raise CheckpointError(f"VPPrecond with M = {config.vp_timesteps}: dps_jax reads continuous VP networks at "
                               "timestep 999 s")
@@ -92,8 +96,10 @@ def main(argv=None) -> int:
     ap.add_argument("--key", default="ema", help="the pickle's entry holding the network (default ema)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
+    ap.add_argument("--class-label", type=int, default=-1,
+                    help="the class a class-conditional network (ImageNet 64) is read at; -1: none (EDM's zero label)")
     args = ap.parse_args(argv)
-    return cli.run(lambda: convert(args.src, args.dst, args.key, args.dtype, args.allow_nonfinite),
+    return cli.run(lambda: convert(args.src, args.dst, args.key, args.dtype, args.allow_nonfinite, args.class_label),
                    lambda extra: f"wrote {args.dst} (a {extra['process']} prior, {extra['mean_type']} output)")
 
 if __name__ == "__main__":

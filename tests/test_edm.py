@@ -137,12 +137,12 @@ def test_solvers_run_on_the_converted_network(converted):
 
 def test_networks_it_cannot_run_are_refused(monkeypatch, tmp_path):
     net = edm_pickle.load_network(fixture_path("edm_songunet_small.pkl"))
-    adm = net._replace(inner=net.inner._replace(class_name="DhariwalUNet"))
-    with pytest.raises(CheckpointError, match="not yet DhariwalUNet"):
-        edm_convert.config_of(adm)
-    labelled = net._replace(init_kwargs={**net.init_kwargs, "label_dim": 10})
-    with pytest.raises(CheckpointError, match="class-conditional"):
-        edm_convert.config_of(labelled)
+    other = net._replace(inner=net.inner._replace(class_name="UNetMeta"))
+    with pytest.raises(CheckpointError, match="'UNetMeta'; the JAX port covers SongUNet"):
+        edm_convert.config_of(other)
+    labelled = net._replace(inner=net.inner._replace(init_kwargs={**net.inner.init_kwargs, "label_dim": 10}))
+    with pytest.raises(CheckpointError, match="class_label 10 is not implemented; expected -1 .. 9"):
+        edm_convert.config_of(labelled, class_label=10)
     cut = dict(net.state_dict)
     del cut["model.map_layer0.bias"]
     cut["model.junk"] = np.zeros(2, np.float32)
@@ -153,16 +153,21 @@ def test_networks_it_cannot_run_are_refused(monkeypatch, tmp_path):
     assert not dst.exists()
 
 
-@pytest.mark.parametrize("name", ["ncsnpp_ve", "ddpmpp_vp"])
-def test_ncsnpp_under_ve_and_ddpmpp_under_vp_are_edm_forward_pass(name):
-    """NCSN++'s layout (Fourier embedding, residual encoder, [1, 3, 3, 1] filter) under VEPrecond and DDPM++ under
-    VPPrecond: EDM's own D(x; sigma), from the same random weights built on the port's key table."""
+def described(kwargs, precond="EDMPrecond"):
+    """A Network as edm_pickle reads one, from the preconditioning object's constructor arguments."""
+    inner = {k: v for k, v in kwargs.items() if k not in ("img_channels", "model_type")}
+    return edm_pickle.Network(precond, kwargs, edm_pickle.Network(kwargs.get("model_type", "SongUNet"),
+                                                                  {**inner, "in_channels": 3, "out_channels": 3},
+                                                                  None, {}), {})
+
+
+@pytest.mark.parametrize("name", ["ncsnpp_ve", "ddpmpp_vp", "adm_cond"])
+def test_ncsnpp_ddpmpp_and_adm_are_edm_forward_pass(name):
+    """NCSN++'s layout (Fourier embedding, residual encoder, [1, 3, 3, 1] filter) under VEPrecond, DDPM++ under
+    VPPrecond, and the class-conditional ADM (DhariwalUNet: scale-shift blocks, two attention heads) read at one
+    class: EDM's own D(x; sigma), from the same random weights built on the port's key table."""
     kwargs = json.loads(str(FX[f"{name}/init_kwargs"]))
-    net = edm_pickle.Network(str(FX[f"{name}/precond"]), kwargs,
-                             edm_pickle.Network("SongUNet", {**{k: v for k, v in kwargs.items() if k not in
-                                                                ("img_channels", "model_type")},
-                                                             "in_channels": 3, "out_channels": 3}, None, {}), {})
-    cfg = edm_convert.config_of(net)
+    cfg = edm_convert.config_of(described(kwargs, str(FX[f"{name}/precond"])), int(FX[f"{name}/class_label"]))
     shapes = {"model." + k: s for k, s in edm_unet.param_shapes(cfg).items()}
     assert shapes == {k: tuple(v) for k, v in json.loads(str(FX[f"{name}/keys"])).items()}
     weights = random_state_dict(shapes, 21)
@@ -178,14 +183,11 @@ def test_ncsnpp_under_ve_and_ddpmpp_under_vp_are_edm_forward_pass(name):
 
 
 def test_published_parameter_counts():
-    """EDM's published SongUNets (CIFAR-10 32 and FFHQ 64, DDPM++ and NCSN++), counted on the port's key table, equal
-    the counts of EDM's own constructor (buffers, the filters and Fourier frequencies, are not parameters)."""
+    """EDM's published networks (CIFAR-10 32 and FFHQ 64, DDPM++ and NCSN++; ImageNet 64 ADM, 295,899,267, the EDM
+    paper's 296M), counted on the port's key table, equal the counts of EDM's own constructor (buffers, the filters
+    and Fourier frequencies, are not parameters)."""
     counts = json.loads(str(FX["published_parameters"]))
     for name, kwargs in json.loads(str(FX["published_configs"])).items():
-        inner = {k: v for k, v in kwargs.items() if k not in ("img_channels", "model_type")}
-        net = edm_pickle.Network("EDMPrecond", kwargs,
-                                 edm_pickle.Network("SongUNet", {**inner, "in_channels": 3, "out_channels": 3}, None, {}),
-                                 {})
-        shapes = edm_unet.param_shapes(edm_convert.config_of(net))
+        shapes = edm_unet.param_shapes(edm_convert.config_of(described(kwargs)))
         n = sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(("resample_filter", "freqs")))
         assert n == counts[name], name

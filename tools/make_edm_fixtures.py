@@ -37,7 +37,11 @@ MORE = {
                                     embedding_type="fourier", encoder_type="residual", decoder_type="standard",
                                     channel_mult_noise=2, resample_filter=[1, 3, 3, 1])),
     "ddpmpp_vp": ("VPPrecond", dict(KWARGS)),
+    # ADM (DhariwalUNet), class-conditional (5 classes, read at class 3), two attention heads at 4 x 4
+    "adm_cond": ("EDMPrecond", dict(img_resolution=8, img_channels=3, label_dim=5, model_type="DhariwalUNet",
+                                    model_channels=64, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])),
 }
+CLASS_LABEL = 3
 # The published networks' configurations, as EDM's train.py builds them from the options its README lists (for the
 # parameter counts): --arch ddpmpp / ncsnpp, --cres 1,2,2,2 at 64 x 64, augmentation on (augment_dim 9).
 _ARCH = {"ddpmpp": dict(embedding_type="positional", encoder_type="standard", decoder_type="standard",
@@ -49,6 +53,9 @@ PUBLISHED = {f"edm-{data}-uncond-{'vp' if arch == 'ddpmpp' else 've'}":
                   channel_mult=cres, augment_dim=9, **_ARCH[arch])
              for data, res, cres in (("cifar10-32x32", 32, [2, 2, 2]), ("ffhq-64x64", 64, [1, 2, 2, 2]))
              for arch in ("ddpmpp", "ncsnpp")}
+# ImageNet 64 (--cond=1 --arch=adm --augment=0): DhariwalUNet's own defaults besides these
+PUBLISHED["edm-imagenet-64x64-cond-adm"] = dict(img_resolution=64, img_channels=3, label_dim=1000,
+                                                model_type="DhariwalUNet", model_channels=192, channel_mult=[1, 2, 3, 4])
 
 
 def main():
@@ -86,9 +93,13 @@ def main():
         w = project_random_state_dict(sh, SEED)
         w = {k: (v if not k.endswith(("resample_filter", "freqs")) else st[k].numpy()) for k, v in w.items()}
         other.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()})
+        labels = None
+        if kwargs.get("label_dim"):
+            labels = torch.nn.functional.one_hot(torch.full((2,), CLASS_LABEL), kwargs["label_dim"]).float()
         with torch.no_grad():
-            dd = other(torch.from_numpy(x), torch.from_numpy(SIGMAS)).numpy()
+            dd = other(torch.from_numpy(x), torch.from_numpy(SIGMAS), class_labels=labels).numpy()
         out.update({f"{name}/keys": np.array(json.dumps(sh)), f"{name}/init_kwargs": np.array(json.dumps(kwargs)),
+                    f"{name}/class_label": np.array(CLASS_LABEL if kwargs.get("label_dim") else -1),
                     f"{name}/precond": np.array(precond), f"{name}/denoised": dd.transpose(0, 2, 3, 1)})
         out.update({f"{name}/buffer/{k}": st[k].numpy() for k in sh if k.endswith(("resample_filter", "freqs"))})
     counts = {name: sum(p.numel() for p in networks.EDMPrecond(**kw).parameters()) for name, kw in PUBLISHED.items()}

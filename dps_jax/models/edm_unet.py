@@ -1,5 +1,6 @@
-"""EDM's SongUNet (Karras et al. 2022, NVlabs/edm: its DDPM++ and NCSN++ networks) as pure JAX functions over a
-params dict keyed by the torch state_dict's own keys ("enc.64x64_conv.weight"), NHWC images.
+"""EDM's SongUNet (Karras et al. 2022, NVlabs/edm: its DDPM++ and NCSN++ networks) and DhariwalUNet (its ADM,
+ImageNet 64) as pure JAX functions over a params dict keyed by the torch state_dict's own keys
+("enc.64x64_conv.weight"), NHWC images.
 
     out = songunet(params, config, x, noise_label)          # x (N, H, W, C), noise_label (N,) -> (N, H, W, C)
 
@@ -9,10 +10,10 @@ structure, and keeping them as keys makes the converter a layout change only (co
 converter checks a pickle's tensors against it. `EDMApply` reads it as a dps_jax prior under the
 preconditioning it was trained with (EDM, VP or VE; `dps_jax.prior`).
 
-Implemented: positional and Fourier noise embeddings, the 'standard' and 'residual' encoders, the 'standard'
-decoder, any symmetric resampling filter, unconditional networks (class and augmentation labels are not used
-at sampling time; a class-conditional network is refused). Proved against EDM's forward pass
-(tests/fixtures/edm_songunet_small.npz).
+Implemented: SongUNet with positional and Fourier noise embeddings, the 'standard' and 'residual' encoders, the
+'standard' decoder, any symmetric resampling filter; DhariwalUNet; a class-conditional network reads one fixed
+class (`class_label`; -1: the zero label EDM itself feeds when given none). Augmentation labels are not used
+at sampling time. Proved against EDM's forward pass (tests/fixtures/edm_songunet_small.npz).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class SongUNetConfig(JsonConfig):
     decoder_type: str = "standard"
     resample_filter: Tuple[int, ...] = (1, 1)
     augment_dim: int = 0
+    model_type: str = "SongUNet"
+    label_dim: int = 0
+    class_label: int = -1                # the class a class-conditional network is read at; -1: none (zeros)
+    channels_per_head: int = 64          # DhariwalUNet's attention heads
     precond: str = "EDMPrecond"
     sigma_data: float = 0.5
     vp_timesteps: int = 1000             # VPPrecond's M
@@ -61,6 +66,8 @@ class SongUNetConfig(JsonConfig):
                   ("encoder_type", self.encoder_type in ("standard", "residual"), "'standard' or 'residual'"),
                   ("decoder_type", self.decoder_type == "standard", "'standard'"),
                   ("precond", self.precond in PRECONDITIONINGS, f"one of {sorted(PRECONDITIONINGS)}"),
+                  ("model_type", self.model_type in ("SongUNet", "DhariwalUNet"), "'SongUNet' or 'DhariwalUNet'"),
+                  ("class_label", -1 <= self.class_label < max(self.label_dim, 0), f"-1 .. {self.label_dim - 1}"),
                   ("img_resolution", isinstance(self.img_resolution, int) and
                    self.img_resolution % 2 ** (len(self.channel_mult) - 1) == 0, "divisible by the downsampling"),
                   ("resample_filter", len(self.resample_filter) >= 1 and
@@ -81,13 +88,17 @@ class SongUNetConfig(JsonConfig):
         """[(section, name, kind, options)] in EDM's constructor order: kind 'conv' (in, out, kernel, up, down,
         fused), 'block' (in, out, up, down, attention), 'norm' (channels)."""
         out, cout, caux = [], self.in_channels, self.in_channels
-        block = lambda cin, cout, **kw: dict(cin=cin, cout=cout, up=kw.get("up", False), down=kw.get("down", False),
-                                            attention=kw.get("attention", False))
+        song = self.model_type == "SongUNet"
+        # DhariwalUNet's blocks attend with cout // channels_per_head heads: none (no attention) below one head
+        block = lambda cin, cout, **kw: dict(
+            cin=cin, cout=cout, up=kw.get("up", False), down=kw.get("down", False),
+            attention=kw.get("attention", False) and (song or cout // self.channels_per_head > 0))
         for level, mult in enumerate(self.channel_mult):
             res = self.img_resolution >> level
             if level == 0:
-                out.append(("enc", f"{res}x{res}_conv", "conv", dict(cin=cout, cout=self.model_channels, kernel=3)))
-                cout = self.model_channels
+                first = self.model_channels * (1 if song else mult)
+                out.append(("enc", f"{res}x{res}_conv", "conv", dict(cin=cout, cout=first, kernel=3)))
+                cout = first
             else:
                 out.append(("enc", f"{res}x{res}_down", "block", block(cout, cout, down=True)))
                 if self.encoder_type == "residual":
@@ -108,9 +119,12 @@ class SongUNetConfig(JsonConfig):
                 out.append(("dec", f"{res}x{res}_up", "block", block(cout, cout, up=True)))
             for idx in range(self.num_blocks + 1):
                 cin, cout = cout + skips.pop(), self.model_channels * mult
-                out.append(("dec", f"{res}x{res}_block{idx}", "block",
-                            block(cin, cout, attention=idx == self.num_blocks and res in self.attn_resolutions)))
-            if level == 0:
+                attend = res in self.attn_resolutions and (idx == self.num_blocks or not song)
+                out.append(("dec", f"{res}x{res}_block{idx}", "block", block(cin, cout, attention=attend)))
+            if level == 0 and not song:
+                out.append(("", "out_norm", "norm", dict(cout=cout)))
+                out.append(("", "out_conv", "conv", dict(cin=cout, cout=self.out_channels, kernel=3)))
+            elif level == 0:
                 out.append(("dec", f"{res}x{res}_aux_norm", "norm", dict(cout=cout)))
                 out.append(("dec", f"{res}x{res}_aux_conv", "conv", dict(cin=cout, cout=self.out_channels, kernel=3)))
         return out
@@ -124,12 +138,17 @@ def _filter(config) -> np.ndarray:
 def param_shapes(config: SongUNetConfig) -> Dict[str, tuple]:
     """{torch key (without the 'model.' prefix): shape} of every parameter and buffer the network uses."""
     shapes = {}
-    noise = config.model_channels * config.channel_mult_noise
+    song = config.model_type == "SongUNet"
+    noise = config.model_channels * (config.channel_mult_noise if song else 1)
     emb = config.model_channels * config.channel_mult_emb
-    if config.embedding_type == "fourier":
+    if config.embedding_type == "fourier" and song:
         shapes["map_noise.freqs"] = (noise // 2,)
     if config.augment_dim:
         shapes["map_augment.weight"] = (noise, config.augment_dim)
+    if config.label_dim:
+        shapes["map_label.weight"] = (emb if not song else noise, config.label_dim)
+        if song:
+            shapes["map_label.bias"] = (noise,)
     shapes.update({"map_layer0.weight": (emb, noise), "map_layer0.bias": (emb,),
                    "map_layer1.weight": (emb, emb), "map_layer1.bias": (emb,)})
     k = len(config.resample_filter)
@@ -142,7 +161,7 @@ def param_shapes(config: SongUNetConfig) -> Dict[str, tuple]:
             shapes[name + ".resample_filter"] = (1, 1, k, k)
 
     for section, name, kind, o in config.layers():
-        p = f"{section}.{name}"
+        p = f"{section}.{name}" if section else name
         if kind == "conv":
             conv(p, o["cin"], o["cout"], o["kernel"], o.get("down", False) or o.get("up", False))
         elif kind == "norm":
@@ -151,11 +170,12 @@ def param_shapes(config: SongUNetConfig) -> Dict[str, tuple]:
             cin, cout, resample = o["cin"], o["cout"], o["up"] or o["down"]
             shapes[p + ".norm0.weight"] = shapes[p + ".norm0.bias"] = (cin,)
             conv(p + ".conv0", cin, cout, 3, resample)
-            shapes[p + ".affine.weight"], shapes[p + ".affine.bias"] = (cout, emb), (cout,)
+            affine = cout * (1 if song else 2)                     # DhariwalUNet: scale and shift
+            shapes[p + ".affine.weight"], shapes[p + ".affine.bias"] = (affine, emb), (affine,)
             shapes[p + ".norm1.weight"] = shapes[p + ".norm1.bias"] = (cout,)
             conv(p + ".conv1", cout, cout, 3)
-            if cout != cin or resample:
-                conv(p + ".skip", cin, cout, 1, resample)          # SongUNet projects its resampled skips
+            if cout != cin or resample:       # SongUNet projects its resampled skips; DhariwalUNet only a width change
+                conv(p + ".skip", cin, cout, 1 if song or cout != cin else 0, resample)
             if o["attention"]:
                 shapes[p + ".norm2.weight"] = shapes[p + ".norm2.bias"] = (cout,)
                 conv(p + ".qkv", cout, 3 * cout, 1)
@@ -210,35 +230,63 @@ def _linear(p, name, x):
     return y + p[name + ".bias"] if name + ".bias" in p else y
 
 
-def _block(p, name, x, emb, o):
-    """SongUNet's UNetBlock (additive embedding, skip scale sqrt(1/2), one attention head)."""
+def _block(p, name, x, emb, o, song: bool = True, channels_per_head: int = 64):
+    """EDM's UNetBlock as SongUNet builds it (additive embedding, skip scale sqrt(1/2), one attention head, eps
+    1e-6) or DhariwalUNet (scale-and-shift embedding, no skip scale, heads of `channels_per_head`, eps 1e-5)."""
+    eps = 1e-6 if song else 1e-5
+    skip_scale = np.sqrt(0.5) if song else 1.0
     orig = x
-    x = _conv(p, name + ".conv0", jax.nn.silu(_group_norm(p, name + ".norm0", x, 1e-6)), up=o["up"], down=o["down"])
-    x = jax.nn.silu(_group_norm(p, name + ".norm1", x + _linear(p, name + ".affine", emb)[:, None, None, :], 1e-6))
+    x = _conv(p, name + ".conv0", jax.nn.silu(_group_norm(p, name + ".norm0", x, eps)), up=o["up"], down=o["down"])
+    params = _linear(p, name + ".affine", emb)[:, None, None, :]
+    if song:
+        x = jax.nn.silu(_group_norm(p, name + ".norm1", x + params, eps))
+    else:
+        scale, shift = jnp.split(params, 2, axis=-1)
+        x = jax.nn.silu(shift + _group_norm(p, name + ".norm1", x, eps) * (scale + 1))
     x = _conv(p, name + ".conv1", x)
-    skip = _conv(p, name + ".skip", orig, up=o["up"], down=o["down"]) if name + ".skip.weight" in p else orig
-    x = (x + skip) * np.sqrt(0.5)
+    has_skip = name + ".skip.weight" in p or name + ".skip.resample_filter" in p
+    skip = _conv(p, name + ".skip", orig, up=o["up"], down=o["down"]) if has_skip else orig
+    x = (x + skip) * skip_scale
     if o["attention"]:
         n, h, w, c = x.shape
-        qkv = _conv(p, name + ".qkv", _group_norm(p, name + ".norm2", x, 1e-6)).reshape(n, h * w, c, 3)
-        q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]              # one head: channels in order, then q / k / v
-        weights = jax.nn.softmax(jnp.einsum("nqc,nkc->nqk", q, k / np.sqrt(c)), axis=-1)
-        a = jnp.einsum("nqk,nkc->nqc", weights, v).reshape(n, h, w, c)
-        x = (_conv(p, name + ".proj", a) + x) * np.sqrt(0.5)
+        heads = 1 if song else c // channels_per_head
+        d = c // heads
+        # channels in the order (head, channel, q / k / v), as EDM reshapes its qkv
+        qkv = _conv(p, name + ".qkv", _group_norm(p, name + ".norm2", x, eps)).reshape(n, h * w, heads, d, 3)
+        q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
+        weights = jax.nn.softmax(jnp.einsum("nqhc,nkhc->nhqk", q, k / np.sqrt(d)), axis=-1)
+        a = jnp.einsum("nhqk,nkhc->nqhc", weights, v).reshape(n, h, w, c)
+        x = (_conv(p, name + ".proj", a) + x) * skip_scale
     return x
 
 
 def songunet(params, config: SongUNetConfig, x, noise_label):
-    """F(x, noise_label): x (N, H, W, C), noise_label (N,) -> (N, H, W, out_channels)."""
+    """F(x, noise_label) of a SongUNet or DhariwalUNet: x (N, H, W, C), noise_label (N,) -> (N, H, W, out_channels)."""
     p = params
-    half = config.model_channels * config.channel_mult_noise // 2
-    if config.embedding_type == "positional":
-        freqs = (1 / 10000) ** (jnp.arange(half, dtype=jnp.float32) / (half - 1))
-    else:
+    song = config.model_type == "SongUNet"
+    half = config.model_channels * (config.channel_mult_noise if song else 1) // 2
+    if config.embedding_type == "fourier" and song:
         freqs = 2 * np.pi * p["map_noise.freqs"]
+    else:       # SongUNet's positional embedding ends at the last frequency (endpoint), DhariwalUNet's before
+        freqs = (1 / 10000) ** (jnp.arange(half, dtype=jnp.float32) / (half - (1 if song else 0)))
     arg = noise_label[:, None] * freqs[None]
-    emb = jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)      # EDM swaps its cos/sin after embedding
-    emb = jax.nn.silu(_linear(p, "map_layer1", jax.nn.silu(_linear(p, "map_layer0", emb))))
+    # SongUNet swaps EDM's [cos, sin] to [sin, cos]; DhariwalUNet keeps it
+    emb = jnp.concatenate([jnp.sin(arg), jnp.cos(arg)] if song else [jnp.cos(arg), jnp.sin(arg)], axis=-1)
+    label = None
+    if config.label_dim:
+        label = jnp.zeros((x.shape[0], config.label_dim), jnp.float32)
+        if config.class_label >= 0:
+            label = label.at[:, config.class_label].set(1.0)
+    if song:
+        if label is not None:
+            emb = emb + _linear(p, "map_label", label * np.sqrt(config.label_dim))
+        emb = jax.nn.silu(_linear(p, "map_layer1", jax.nn.silu(_linear(p, "map_layer0", emb))))
+    else:
+        emb = _linear(p, "map_layer1", jax.nn.silu(_linear(p, "map_layer0", emb)))
+        if label is not None:
+            emb = emb + label @ p["map_label.weight"].T
+        emb = jax.nn.silu(emb)
+    block = lambda key, x, o: _block(p, key, x, emb, o, song, config.channels_per_head)
     skips, aux = [], x
     layers = config.layers()
     for section, name, kind, o in layers:
@@ -248,21 +296,25 @@ def songunet(params, config: SongUNetConfig, x, noise_label):
         if "aux_residual" in name:
             x = aux = skips[-1] = (x + _conv(p, key, aux, down=True, fused=True)) / np.sqrt(2)
         else:
-            x = _conv(p, key, x) if kind == "conv" else _block(p, key, x, emb, o)
+            x = _conv(p, key, x) if kind == "conv" else block(key, x, o)
             skips.append(x)
     out = None
     for section, name, kind, o in layers:
-        if section != "dec":
+        if section == "enc":
             continue
-        key = f"dec.{name}"
-        if "aux_norm" in name:
+        key = f"{section}.{name}" if section else name
+        if name == "out_norm":
+            tmp = _group_norm(p, key, x, 1e-5)
+        elif name == "out_conv":
+            out = _conv(p, key, jax.nn.silu(tmp))
+        elif "aux_norm" in name:
             tmp = _group_norm(p, key, x, 1e-6)
         elif "aux_conv" in name:
             out = _conv(p, key, jax.nn.silu(tmp))
         else:
             if x.shape[-1] != o["cin"]:
                 x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = _block(p, key, x, emb, o)
+            x = block(key, x, o)
     return out
 
 

@@ -2,7 +2,7 @@
 
 Teacher-forced: step i starts from the recorded state xs[i-1] with the recorded noises, and must
 land on xs[i] (1e-2 at the first step, 1e-3 after: the fixtures' README measures the float32
-sensitivity of these random networks). Free-running runs are only stable for three of the seven.
+sensitivity of these random networks). Free-running runs are only stable for three of the seven; two are run.
 """
 
 import json
@@ -59,7 +59,8 @@ def test_teacher_forced_steps(name, ffhq_like):
     np.testing.assert_allclose(np.asarray(record["distance"]), f["distance"], rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["ddim_ps_gaussian_blur", "ddpm_ps_sr2_gaussian_20steps", "ddim_ps_gaussian_blur_24px_15steps"])
+# DDPM and DDIM whole runs (the 16 px DDIM blur run is as stable; its teacher-forced test stays)
+@pytest.mark.parametrize("name", ["ddpm_ps_sr2_gaussian_20steps", "ddim_ps_gaussian_blur_24px_15steps"])
 def test_free_running(name, ffhq_like):
     f, problem, pr, solver, options, coefs, noise = trajectory(name, ffhq_like)
     run = jax.jit(lambda x_T, noise: loop.scan(solver, x_T, coefs, None, problem, pr, options, noise=noise))

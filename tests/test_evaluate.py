@@ -177,46 +177,46 @@ def test_a_stored_cell_is_reused_only_with_the_identity_it_was_computed_with(tmp
 
 
 def test_an_interrupted_cell_resumes_at_its_next_image(tmp_path, monkeypatch):
-    """A cell stopped at its third image keeps the two it has done (beside the cell, with its identity); the same
-    command computes only the third, and the finished cell's numbers are those of an uninterrupted run."""
+    """A cell stopped at its third image keeps the two it has done (beside the cell, with its identity); a rerun
+    computes only the third, and the finished cell's numbers are those of an uninterrupted run. (run_cell with a
+    stand-in runner: its sample of image i is that image shifted by its key, so nothing compiles.)"""
     monkeypatch.setattr(evaluate, "PARTIAL_EVERY_SECONDS", 0.0)
-    calls = []
-    cell_runner = evaluate.cell_runner
+    c = config(tmp_path, methods="ddrm", tasks="super_resolution")
+    tcfg = evaluate.task_config(c, "super_resolution", "ddrm")
+    images = np.stack([data.load_image(p, 32, 1) for p in data.list_images(data.SHIPPED_IMAGES)[:3]])
+    identity = {"seed": 0, "images.count": 3}
 
-    def counting_cell_runner(*a, stop_at=None, **k):
-        tcfg, runner = cell_runner(*a, **k)
-        call = runner.__call__
+    class Runner:
+        evaluations = 4
 
-        class Counted:
-            def __getattr__(self, name):
-                return getattr(runner, name)
+        def __init__(self, stop_at=None):
+            self.calls, self.stop_at = 0, stop_at
 
-            def __call__(self, *args, **kwargs):
-                calls.append(1)
-                if stop_at is not None and len(calls) == stop_at:
-                    raise KeyboardInterrupt
-                return call(*args, **kwargs)
-        return tcfg, Counted()
+        def compile(self, problem):
+            return 0.0
 
-    def run(out, stop_at=None):
-        calls.clear()
-        monkeypatch.setattr(evaluate, "cell_runner", lambda *a, **k: counting_cell_runner(*a, stop_at=stop_at, **k))
-        c = config(out, methods="ddrm", tasks="super_resolution")
-        c.data.num_images, c.metrics.fid_weights = 3, "none"
-        evaluate.evaluate(c, io.StringIO())
-        return len(calls)
+        def __call__(self, problem, key):
+            self.calls += 1
+            if self.calls == self.stop_at:
+                raise KeyboardInterrupt
+            shift = float(jax.random.uniform(key, ())) * 0.1
+            return {"samples": np.clip(np.asarray(problem.op.adjoint(problem.y, images[0]))[None] + shift, -1, 1)}
 
+    path = str(tmp_path / "cell.json")
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "a", stop_at=3)
-    partial = tmp_path / "a" / "cells" / "super_resolution__ddrm.partial.json"
+        evaluate.run_cell(c, "super_resolution", "ddrm", tcfg, Runner(stop_at=3), images, lambda i: None, path, identity)
+    partial = tmp_path / "cell.partial.json"
     assert json.loads(partial.read_text())["done"] == 2
-    assert run(tmp_path / "a") == 1                     # only the third image
-    assert not partial.exists()
-    assert run(tmp_path / "b") == 3                     # the same cell in one go
-    a, b = (json.loads((tmp_path / d / "cells" / "super_resolution__ddrm.json").read_text()) for d in "ab")
-    assert a["per_image"] == b["per_image"] and a["resumed_at_image"] == 2 and "resumed_at_image" not in b
-    ra, rb = (np.load(tmp_path / d / "cells" / "super_resolution__ddrm.npz")["samples"] for d in "ab")
-    np.testing.assert_array_equal(ra, rb)
+    changed = {**identity, "seed": 1}                                     # another identity: not reused
+    assert evaluate.cell_store.read_partial(str(partial), changed, images.shape)[2].startswith("computed with other")
+    resumed = Runner()
+    cell, picked = evaluate.run_cell(c, "super_resolution", "ddrm", tcfg, resumed, images, lambda i: None, path,
+                                     identity)
+    assert resumed.calls == 1 and cell["resumed_at_image"] == 2
+    whole, picked_whole = evaluate.run_cell(c, "super_resolution", "ddrm", tcfg, Runner(), images, lambda i: None)
+    assert cell["per_image"] == whole["per_image"] and "resumed_at_image" not in whole
+    # the cell stores its reconstructions as float16, as the progress file does: the stored cells are the same
+    np.testing.assert_array_equal(picked.astype(np.float16), picked_whole.astype(np.float16))
 
 
 def test_the_daps_protocol_measures_as_daps_does(tmp_path):

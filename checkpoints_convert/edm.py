@@ -33,7 +33,7 @@ SONG_KEYS = ("img_resolution", "in_channels", "out_channels", "model_channels", 
 
 
 def config_of(net, class_label: int = -1):
-    """The SongUNetConfig of a network read by `edm_pickle.load_network`, or the reason it cannot run.
+    """The EDMUNetConfig of a network read by `edm_pickle.load_network`, or the reason it cannot run.
     `class_label`: the class a class-conditional network is read at (-1: the zero label, EDM's own default)."""
     from dps_jax.models import edm_unet as eu
 
@@ -56,7 +56,7 @@ def config_of(net, class_label: int = -1):
         kwargs = {"model_channels": 192, "channel_mult": (1, 2, 3, 4), "num_blocks": 3, "attn_resolutions": (32, 16, 8),
                   **kwargs}
     try:
-        return eu.SongUNetConfig(**kwargs, model_type=inner.class_name, class_label=int(class_label),
+        return eu.EDMUNetConfig(**kwargs, model_type=inner.class_name, class_label=int(class_label),
                                  precond=net.class_name, sigma_data=float(outer.get("sigma_data", 0.5)),
                                  vp_timesteps=int(outer.get("M", 1000)))
     except (TypeError, ValueError) as e:

@@ -156,7 +156,7 @@ def load(path: Optional[str] = None, dtype=None, var_type: str = "", **options) 
     path = path or SHIPPED_PRIOR
     fmt = checkpoint.file_format(path)
     if fmt == edm_unet.FORMAT:
-        params, config, extra = checkpoint.read_checkpoint(path, fmt, edm_unet.SongUNetConfig.from_json,
+        params, config, extra = checkpoint.read_checkpoint(path, fmt, edm_unet.EDMUNetConfig.from_json,
                                                            edm_unet.param_structs)
         for name, value in edm_unet.prior_options(config).items():
             options.setdefault(name, value)

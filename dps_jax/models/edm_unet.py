@@ -2,7 +2,7 @@
 ImageNet 64) as pure JAX functions over a params dict keyed by the torch state_dict's own keys
 ("enc.64x64_conv.weight"), NHWC images.
 
-    out = songunet(params, config, x, noise_label)          # x (N, H, W, C), noise_label (N,) -> (N, H, W, C)
+    out = forward(params, config, x, noise_label)          # x (N, H, W, C), noise_label (N,) -> (N, H, W, C)
 
 A functional port rather than Flax modules: the network's layer names ("64x64_block0", "8x8_aux_norm") are its
 structure, and keeping them as keys makes the converter a layout change only (conv weights stay OIHW, linear
@@ -28,15 +28,16 @@ import numpy as np
 
 from dps_jax.models.config_json import JsonConfig
 
-FORMAT = "dps_jax.edm_songunet"
+FORMAT = "dps_jax.edm_unet"
 PRECONDITIONINGS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
 
 
 @dataclasses.dataclass(frozen=True)
-class SongUNetConfig(JsonConfig):
-    """SongUNet's constructor arguments (EDM's names), plus the preconditioning it was trained under."""
-    KIND = "EDM SongUNet"
-    WHAT = "SongUNet arguments"
+class EDMUNetConfig(JsonConfig):
+    """SongUNet's or DhariwalUNet's constructor arguments (EDM's names; `model_type` says which), plus the
+    preconditioning it was trained under and the class a class-conditional network is read at."""
+    KIND = "EDM UNet"
+    WHAT = "SongUNet or DhariwalUNet arguments"
     img_resolution: int = 64
     in_channels: int = 3
     out_channels: int = 3
@@ -135,7 +136,7 @@ def _filter(config) -> np.ndarray:
     return (np.outer(f, f) / f.sum() ** 2)[None, None]
 
 
-def param_shapes(config: SongUNetConfig) -> Dict[str, tuple]:
+def param_shapes(config: EDMUNetConfig) -> Dict[str, tuple]:
     """{torch key (without the 'model.' prefix): shape} of every parameter and buffer the network uses."""
     shapes = {}
     song = config.model_type == "SongUNet"
@@ -183,7 +184,7 @@ def param_shapes(config: SongUNetConfig) -> Dict[str, tuple]:
     return shapes
 
 
-def param_structs(config: SongUNetConfig) -> Dict[str, jax.ShapeDtypeStruct]:
+def param_structs(config: EDMUNetConfig) -> Dict[str, jax.ShapeDtypeStruct]:
     """`param_shapes` as the params tree of ShapeDtypeStructs a checkpoint is checked against."""
     return {k: jax.ShapeDtypeStruct(tuple(s), jnp.float32) for k, s in param_shapes(config).items()}
 
@@ -260,7 +261,7 @@ def _block(p, name, x, emb, o, song: bool = True, channels_per_head: int = 64):
     return x
 
 
-def songunet(params, config: SongUNetConfig, x, noise_label):
+def forward(params, config: EDMUNetConfig, x, noise_label):
     """F(x, noise_label) of a SongUNet or DhariwalUNet: x (N, H, W, C), noise_label (N,) -> (N, H, W, out_channels)."""
     p = params
     song = config.model_type == "SongUNet"
@@ -323,17 +324,17 @@ class EDMApply:
     """A SongUNet read as a dps_jax prior (`Prior.apply` for one image): EDMPrecond -> process 'edm' (fed
     c_in x and sigma; noise label log(sigma) / 4); VPPrecond -> 'vp' epsilon (fed x_s and (M - 1) s);
     VEPrecond -> 've' epsilon (fed x and sigma; its F is -epsilon, noise label log(sigma / 2))."""
-    config: SongUNetConfig
+    config: EDMUNetConfig
 
     def __call__(self, params, x, cond):
         cond = jnp.asarray(cond, jnp.float32).reshape(1)
         kind = self.config.precond
         label = jnp.log(cond) / 4 if kind == "EDMPrecond" else jnp.log(0.5 * cond) if kind == "VEPrecond" else cond
-        out = songunet(params, self.config, x[None], label)[0]
+        out = forward(params, self.config, x[None], label)[0]
         return -out if kind == "VEPrecond" else out
 
 
-def prior_options(config: SongUNetConfig) -> dict:
+def prior_options(config: EDMUNetConfig) -> dict:
     """process / mean_type / sigma_data of the dps_jax prior that reads this network."""
     process = PRECONDITIONINGS[config.precond]
     return {"process": process, "mean_type": "edm" if process == "edm" else "epsilon",

@@ -24,6 +24,7 @@ from checkpoints_convert.edm_pickle import load_network
 from checkpoints_convert.mapping import convert_mapped
 from checkpoints_convert.torch_reader import CheckpointError
 
+EDM_PRECONDITIONINGS = ("EDMPrecond", "VPPrecond", "VEPrecond")
 # Constructor arguments that do not change a network's output at sampling time.
 IGNORED = ("dropout", "label_dropout", "use_fp16", "sigma_min", "sigma_max", "epsilon_t", "model_type",
            "img_channels")
@@ -37,8 +38,8 @@ def config_of(net, class_label: int = -1):
     `class_label`: the class a class-conditional network is read at (-1: the zero label, EDM's own default)."""
     from dps_jax.models import edm_unet as eu
 
-    if net.class_name not in eu.PRECONDITIONINGS:
-        raise CheckpointError(f"the network is a {net.class_name[:60]!r}; expected one of {sorted(eu.PRECONDITIONINGS)}")
+    if net.class_name not in EDM_PRECONDITIONINGS:
+        raise CheckpointError(f"the network is a {net.class_name[:60]!r}; expected one of {list(EDM_PRECONDITIONINGS)}")
     inner = net.inner
     if inner is None or inner.class_name not in ("SongUNet", "DhariwalUNet"):
         name = inner.class_name if inner is not None else "missing model"

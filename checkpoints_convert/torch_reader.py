@@ -20,7 +20,7 @@ import os
 import struct
 import zipfile
 import zlib
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -271,7 +271,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplemented
                struct.error, OverflowError, UnicodeDecodeError, ValueError)
 
 
-def _read_zip(path: str, budget: _Budget, key, strip_prefix):
+def _read_zip(path: str, budget: _Budget, select):
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
@@ -286,7 +286,7 @@ def _read_zip(path: str, budget: _Budget, key, strip_prefix):
                     raise CheckpointError(f"byteorder member says {order[:20]!r}, expected 'little' or 'big'")
                 big_endian = order == b"big"
             unpickled = _Pickle(_zip_member(zf, pkl[0], budget))
-            state = _select(unpickled.obj, key, strip_prefix)
+            state = select(unpickled.obj)
             blobs = {}
             for ref in state.values():
                 k = ref.storage.key
@@ -345,13 +345,13 @@ def _legacy_parts(data):
     return obj, blobs, little
 
 
-def _read_legacy(path: str, size: int, key, strip_prefix):
+def _read_legacy(path: str, size: int, select):
     with open(path, "rb") as f:
         data = f.read()
     if len(data) != size:
         raise CheckpointError("the file changed while it was read")
     obj, blobs, little = _legacy_parts(data)
-    state = _select(obj, key, strip_prefix)
+    state = select(obj)
     for ref in state.values():
         if ref.storage.key not in blobs:
             raise CheckpointError(f"storage {ref.storage.key[:40]!r} is missing (truncated file?)")
@@ -376,6 +376,23 @@ def load_state_dict(path: str, key: Optional[str] = None, strip_prefix: Optional
     prefix from every key (`module.` is removed when every key has it). Arrays may be read-only views
     of the file's bytes.
     """
+    return load_selected(path, lambda obj: _select(obj, key, strip_prefix))
+
+
+def is_tensor(obj) -> bool:
+    """Whether an object of an unpickled checkpoint (as `load_selected` hands it over) stands for a tensor."""
+    return isinstance(obj, _TensorRef)
+
+
+def tensor_shape(obj) -> Tuple[int, ...]:
+    """The shape of a tensor of an unpickled checkpoint, before anything is read."""
+    return tuple(obj.size)
+
+
+def load_selected(path: str, select: Callable[[object], Dict[str, object]]) -> Dict[str, np.ndarray]:
+    """The tensors `select` picks from a torch checkpoint: `select(obj)` gets the unpickled object (dicts, lists,
+    numbers and strings as saved; tensors as opaque references, see `is_tensor`) and returns {name: tensor};
+    only those tensors' storages are read, within the same bounds as `load_state_dict`."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     if not os.path.isfile(path):
@@ -385,10 +402,17 @@ def load_state_dict(path: str, key: Optional[str] = None, strip_prefix: Optional
         with open(path, "rb") as f:
             head = f.read(4)
         memory, declared = _Budget(size), _Budget(size)
+        def checked(obj):
+            state = select(obj)
+            bad = [k for k, v in state.items() if not isinstance(v, _TensorRef)]
+            if bad:
+                raise CheckpointError(f"entries that are not tensors: {_names(bad)}")
+            return state
+
         if head[:2] == b"PK":
-            state, blobs, big = _read_zip(path, memory, key, strip_prefix)
+            state, blobs, big = _read_zip(path, memory, checked)
         else:
-            state, blobs, big = _read_legacy(path, size, key, strip_prefix)
+            state, blobs, big = _read_legacy(path, size, checked)
         return {k: _materialise(ref, blobs[ref.storage.key], big, memory, declared) for k, ref in state.items()}
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

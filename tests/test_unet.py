@@ -41,11 +41,11 @@ def test_bfloat16_compute_is_close():
     official float32 one) and the input gradient DPS takes (of a data distance through the network) stay
     float32 and close to float32's: the gradient's derivative along itself matches a central difference
     of the float32 network (which checks its length and its direction)."""
-    ref, cfg, params = _fixture("ffhq_like")
+    ref, cfg, params = _fixture("variants")
     x, t, want = jnp.asarray(nhwc(ref["x"])), jnp.asarray(ref["t"]), nhwc(ref["out"])
 
     def distance(x, dtype):
-        out = UNet(cfg, dtype).apply({"params": params}, x, t)
+        out = UNet(cfg, dtype).apply({"params": params}, x, t, jnp.asarray(ref["y"]))
         return jnp.linalg.norm(out[..., :3] - 0.1), out
     (_, out), g16 = jax.jit(jax.value_and_grad(lambda x: distance(x, jnp.bfloat16), has_aux=True))(x)
     assert out.dtype == g16.dtype == jnp.float32

@@ -10,8 +10,8 @@ structure, and keeping them as keys makes the converter a layout change only (co
 converter checks a pickle's tensors against it. `EDMApply` reads it as a dps_jax prior under the
 preconditioning it was trained with (EDM, VP or VE; `dps_jax.prior`).
 
-Implemented: SongUNet with positional and Fourier noise embeddings, the 'standard' and 'residual' encoders, the
-'standard' decoder, any symmetric resampling filter; DhariwalUNet; a class-conditional network reads one fixed
+Implemented: SongUNet with positional and Fourier noise embeddings, the 'standard', 'skip' and 'residual' encoders, the
+'standard' and 'skip' decoders (score_sde's progressive input / output pyramids), any symmetric resampling filter; DhariwalUNet; a class-conditional network reads one fixed
 class (`class_label`; -1: the zero label EDM itself feeds when given none). Augmentation labels are not used
 at sampling time. Proved against EDM's forward pass (tests/fixtures/edm_songunet_small.npz).
 """
@@ -29,7 +29,9 @@ import numpy as np
 from dps_jax.models.config_json import JsonConfig
 
 FORMAT = "dps_jax.edm_unet"
-PRECONDITIONINGS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
+# EDM's preconditionings, and "DiscreteVP": a network fed the integer timestep of a linear DDPM table (score_sde's
+# discrete DDPM++ / NCSN++), as dps_jax reads it.
+PRECONDITIONINGS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve", "DiscreteVP": "discrete_vp"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +60,15 @@ class EDMUNetConfig(JsonConfig):
     channels_per_head: int = 64          # DhariwalUNet's attention heads
     precond: str = "EDMPrecond"
     sigma_data: float = 0.5
-    vp_timesteps: int = 1000             # VPPrecond's M
+    vp_timesteps: int = 1000             # VPPrecond's M; DiscreteVP: the steps of its linear table
 
     def __post_init__(self):
         for name in ("channel_mult", "attn_resolutions", "resample_filter"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         checks = [("embedding_type", self.embedding_type in ("positional", "fourier"), "'positional' or 'fourier'"),
-                  ("encoder_type", self.encoder_type in ("standard", "residual"), "'standard' or 'residual'"),
-                  ("decoder_type", self.decoder_type == "standard", "'standard'"),
+                  ("encoder_type", self.encoder_type in ("standard", "skip", "residual"),
+                   "'standard', 'skip' or 'residual'"),
+                  ("decoder_type", self.decoder_type in ("standard", "skip"), "'standard' or 'skip'"),
                   ("precond", self.precond in PRECONDITIONINGS, f"one of {sorted(PRECONDITIONINGS)}"),
                   ("model_type", self.model_type in ("SongUNet", "DhariwalUNet"), "'SongUNet' or 'DhariwalUNet'"),
                   ("class_label", -1 <= self.class_label < max(self.label_dim, 0), f"-1 .. {self.label_dim - 1}"),
@@ -102,6 +105,9 @@ class EDMUNetConfig(JsonConfig):
                 cout = first
             else:
                 out.append(("enc", f"{res}x{res}_down", "block", block(cout, cout, down=True)))
+                if self.encoder_type == "skip":       # the input, resampled to this level, added by a 1 x 1 conv
+                    out.append(("enc", f"{res}x{res}_aux_down", "conv", dict(cin=caux, cout=caux, kernel=0, down=True)))
+                    out.append(("enc", f"{res}x{res}_aux_skip", "conv", dict(cin=caux, cout=cout, kernel=1)))
                 if self.encoder_type == "residual":
                     out.append(("enc", f"{res}x{res}_aux_residual", "conv",
                                 dict(cin=caux, cout=cout, kernel=3, down=True, fused=True)))
@@ -125,7 +131,10 @@ class EDMUNetConfig(JsonConfig):
             if level == 0 and not song:
                 out.append(("", "out_norm", "norm", dict(cout=cout)))
                 out.append(("", "out_conv", "conv", dict(cin=cout, cout=self.out_channels, kernel=3)))
-            elif level == 0:
+            elif level == 0 or self.decoder_type == "skip":     # 'skip': an output image at every level, summed
+                if level < len(self.channel_mult) - 1 and self.decoder_type == "skip":
+                    out.append(("dec", f"{res}x{res}_aux_up", "conv",
+                                dict(cin=self.out_channels, cout=self.out_channels, kernel=0, up=True)))
                 out.append(("dec", f"{res}x{res}_aux_norm", "norm", dict(cout=cout)))
                 out.append(("dec", f"{res}x{res}_aux_conv", "conv", dict(cin=cout, cout=self.out_channels, kernel=3)))
         return out
@@ -294,7 +303,11 @@ def forward(params, config: EDMUNetConfig, x, noise_label):
         if section != "enc":
             continue
         key = f"enc.{name}"
-        if "aux_residual" in name:
+        if "aux_down" in name:
+            aux = _conv(p, key, aux, down=True)
+        elif "aux_skip" in name:
+            x = skips[-1] = x + _conv(p, key, aux)
+        elif "aux_residual" in name:
             x = aux = skips[-1] = (x + _conv(p, key, aux, down=True, fused=True)) / np.sqrt(2)
         else:
             x = _conv(p, key, x) if kind == "conv" else block(key, x, o)
@@ -308,10 +321,13 @@ def forward(params, config: EDMUNetConfig, x, noise_label):
             tmp = _group_norm(p, key, x, 1e-5)
         elif name == "out_conv":
             out = _conv(p, key, jax.nn.silu(tmp))
+        elif "aux_up" in name:
+            out = _conv(p, key, out, up=True)
         elif "aux_norm" in name:
             tmp = _group_norm(p, key, x, 1e-6)
         elif "aux_conv" in name:
-            out = _conv(p, key, jax.nn.silu(tmp))
+            tmp = _conv(p, key, jax.nn.silu(tmp))
+            out = tmp if out is None else out + tmp
         else:
             if x.shape[-1] != o["cin"]:
                 x = jnp.concatenate([x, skips.pop()], axis=-1)
@@ -323,7 +339,8 @@ def forward(params, config: EDMUNetConfig, x, noise_label):
 class EDMApply:
     """A SongUNet read as a dps_jax prior (`Prior.apply` for one image): EDMPrecond -> process 'edm' (fed
     c_in x and sigma; noise label log(sigma) / 4); VPPrecond -> 'vp' epsilon (fed x_s and (M - 1) s);
-    VEPrecond -> 've' epsilon (fed x and sigma; its F is -epsilon, noise label log(sigma / 2))."""
+    VEPrecond -> 've' epsilon (fed x and sigma; its F is -epsilon, noise label log(sigma / 2)); DiscreteVP ->
+    'discrete_vp' epsilon (fed x_t and t)."""
     config: EDMUNetConfig
 
     def __call__(self, params, x, cond):
@@ -337,5 +354,8 @@ class EDMApply:
 def prior_options(config: EDMUNetConfig) -> dict:
     """process / mean_type / sigma_data of the dps_jax prior that reads this network."""
     process = PRECONDITIONINGS[config.precond]
-    return {"process": process, "mean_type": "edm" if process == "edm" else "epsilon",
-            "sigma_data": float(config.sigma_data)}
+    options = {"process": process, "mean_type": "edm" if process == "edm" else "epsilon",
+               "sigma_data": float(config.sigma_data)}
+    if process == "discrete_vp":
+        options["schedule"] = ("linear", int(config.vp_timesteps))
+    return options

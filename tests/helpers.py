@@ -144,6 +144,18 @@ def tiny_prior_file(path, seed: int = 0) -> str:
     return str(path)
 
 
+def tiny_kernel_file(path, seed: int = 0) -> str:
+    """A random KernelWizard of the shipped one's layout at a quarter of its width and one block per stack, for
+    32 x 32 x 1 images: the nonlinear-deblurring plumbing without the shipped model's compile time."""
+    from dps_jax.models import checkpoint, kernel_wizard as kw
+
+    config = kw.KernelWizardConfig(in_channels=1, features=4, front_blocks=1, back_blocks=1, extractor_blocks=1,
+                                   kernel_dim=32, feature_downsamples=0, adapter_levels=4, tail_features=4)
+    params = kw.init_params(jax.random.PRNGKey(seed), config)
+    checkpoint.save_checkpoint(str(path), params, config, fmt=kw.FORMAT)
+    return str(path)
+
+
 def block_average(n: int, r: int, channels: int = 3):
     """DDRM's and RED-diff's own super-resolution operator (r x r block means) written in JAX, its SVD derived by
     dps_jax; and the map of those references' measurement vector ((C, h, w) block means, flat) to its y."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dps_jax import config_base, main, pipeline, solvers
-from helpers import random_lpips_file, tiny_prior_file
+from helpers import random_lpips_file, tiny_kernel_file, tiny_prior_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -63,6 +63,8 @@ def test_task_runs_end_to_end(task, solver, tmp_path, tiny_prior):
     over = {"solver.name": solver, "solver.daps.langevin_steps": 5}
     if solver != "daps":    # a random one-level prior: the plumbing is under test, and it compiles in a third of
         over["model.checkpoint"] = tiny_prior     # the shipped one's time (DAPS's unclipped x0 needs a real prior)
+    if task == "nonlinear_deblur":          # likewise a small random kernel model
+        over["operator.checkpoint"] = tiny_kernel_file(tmp_path / "kernel.msgpack")
     if task == "super_resolution":          # LPIPS in metrics.json (a random-trunk LPIPS file)
         over["metrics.lpips_weights"] = random_lpips_file(tmp_path / "lpips.msgpack")
     run_dir = pipeline.run(short_config(task, tmp_path, **over), stream=io.StringIO())

@@ -218,3 +218,33 @@ def test_reddiff_start_without_svd_is_the_least_norm_solution():
     assert problem.aux is None
     mu = proximal.pseudo_inverse(problem, (16, 16, 1))
     np.testing.assert_allclose(op(mu), op(x), atol=2e-3)
+
+
+def test_pigdm_takes_the_inpainting_branch_only_on_noiseless_y():
+    """The reference's in2 branch (y written onto x0's observed pixels) is for the noiseless y its README runs: by
+    default a noisy y takes the plain step, which observed_branch='never' also takes; 'always' is the reference's
+    code as written, the branch on any y."""
+    from helpers import gaussian_prior
+
+    shape = (8, 8, 1)
+    mask = (jax.random.uniform(jax.random.PRNGKey(0), shape) > 0.5).astype(jnp.float32)
+    op = operators.build("inpainting", shape, mask=mask)
+    y = op(0.3 * jax.random.normal(jax.random.PRNGKey(1), shape))
+    coefs = diffusion.step_coefficients(schedule.build_tables("linear", 1000, "10"))
+    c, pr = row(coefs, 3), gaussian_prior()
+    state = {"x": jax.random.normal(jax.random.PRNGKey(2), shape), "started": jnp.asarray(True)}
+    z = {"x": jax.random.normal(jax.random.PRNGKey(3), shape)}
+
+    def step(sigma, branch):
+        problem = solvers.Problem(op=op, y=y, sigma=np.float32(sigma), aux=op.svd(shape))
+        options = solvers.make_options(pigdm.SOLVER, observed_branch=branch)
+        return pigdm.update(state, c, z, problem, pr, options)[0]["x"]
+
+    noisy = {b: step(0.05, b) for b in pigdm.OBSERVED_BRANCH}
+    np.testing.assert_array_equal(noisy["noiseless"], noisy["never"])
+    assert float(jnp.abs(noisy["always"] - noisy["never"]).max()) > 0.05
+    clean = {b: step(0.0, b) for b in pigdm.OBSERVED_BRANCH}
+    np.testing.assert_array_equal(clean["noiseless"], clean["always"])
+    assert float(jnp.abs(clean["always"] - clean["never"]).max()) > 0.05
+    with pytest.raises(ValueError, match="pigdm observed_branch 'sometimes'"):
+        solvers.make_options(pigdm.SOLVER, observed_branch="sometimes").check()

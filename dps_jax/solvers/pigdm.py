@@ -18,9 +18,12 @@ reference's: DDIM with eta 0, weight 1 (options of PiGDM's own: a run's other so
 steps are the reference's `get_timesteps`, range(0, 1000, 1000 // steps) (`base.reference_stride`: 16 steps
 for steps = 15), unless `respacing` names others.
 
-On the inpainting operator the step takes the branch of the reference's inpainting runs (`in2_*`, the ones
-its README gives): the x0 of the DDIM step is y on the observed pixels and x0_hat elsewhere, and the guidance
-is zero on the observed pixels.
+On the inpainting operator with a noiseless y the step takes the branch of the reference's inpainting runs
+(`in2_*`, which its README runs at sigma_y = 0): the x0 of the DDIM step is y on the observed pixels and x0_hat
+elsewhere, and the guidance is zero on the observed pixels. The reference's code takes the branch whatever
+sigma_y is; with a noisy y it writes the noise onto x0 at every step (at 1000 steps and sigma_y 0.05 the
+samples diverge: docs/benchmarks.md), so by default a noisy y takes the plain step (`observed_branch`:
+'noiseless'; 'always' is the reference's code as written, 'never' the plain step on every y).
 
 A^+ and the regularised inverse come from the operator's SVD (`operators.spectral`, 1-D singular values
 below `cutoff` treated as zero as in DDRM): super-resolution, Gaussian blur, inpainting. The Gaussian noise
@@ -38,16 +41,22 @@ from dps_jax.prior import denoise
 from dps_jax.solvers import base, dps
 
 
+OBSERVED_BRANCH = ("noiseless", "always", "never")
+
+
 @flax.struct.dataclass
 class Options(base.DiffusionOptions):
     sampler: str = base.static_field("ddim")
     weight: float = 1.0                              # grad_term_weight of the reference
     cutoff: float = base.static_field(0.03)          # 1-D singular values below it count as zero
+    observed_branch: str = base.static_field("noiseless")   # the in2 inpainting branch: noiseless / always / never
 
     def check(self) -> None:
         base.DiffusionOptions.check(self)
         base.check_finite_number("pigdm weight", self.weight)
         base.check_finite_number("pigdm cutoff", self.cutoff)
+        if self.observed_branch not in OBSERVED_BRANCH:
+            raise ValueError(f"pigdm observed_branch {self.observed_branch!r}: expected one of {OBSERVED_BRANCH}")
 
 
 def init(key, problem, prior, options, image_shape):
@@ -74,10 +83,12 @@ def update(state, c, noise, problem, prior, options: Options):
     x0_hat, vjp, den = jax.vjp(x0_hat_of, x_t, has_aux=True)
     v = guidance_vector(sp, problem.y, spectral.apply(sp, x0_hat), problem.sigma, c.alphas_cumprod)
     (g,) = vjp(jax.lax.stop_gradient(v))
-    if getattr(problem.op, "name", None) == "inpainting":
-        # the reference's branch for the inpainting its README runs (`in2_*`): the step's x0 takes y on the
-        # observed pixels, and the guidance acts on the others only
+    if getattr(problem.op, "name", None) == "inpainting" and options.observed_branch != "never":
+        # the reference's branch for the inpainting its README runs (`in2_*`, noiseless y): the step's x0 takes
+        # y on the observed pixels, and the guidance acts on the others only
         m = jnp.broadcast_to(sp.singulars, x0_hat.shape)
+        if options.observed_branch == "noiseless":
+            m = m * (problem.sigma == 0)
         den = den._replace(x0_hat=x0_hat * (1.0 - m) + problem.y * m)
         g = g * (1.0 - m)
     x_prime = base.reverse_update(x_t, den, c, noise["x"], options)

@@ -2,7 +2,8 @@
 
 A checkpoint is untrusted input, and this reader is safe by construction:
 - its pickle runs on `pickle_vm`, which executes data opcodes only and resolves the few globals a
-  state_dict needs (an ordered dict, the tensor-rebuilding functions, storage types);
+  state_dict needs (an ordered dict, the tensor-rebuilding functions, storage types; an argparse.Namespace
+  of saved training arguments becomes inert data);
 - every tensor view (offset, shape, strides, dtype) is checked in exact integer arithmetic against the
   bytes of its storage before anything is read; negative strides are refused; a storage is read once
   however many tensors view it, and contiguous tensors are views of it, not copies;
@@ -132,12 +133,30 @@ def _ordered_dict(*args):
 for _f in (_rebuild_tensor, _rebuild_parameter, _ordered_dict):
     _f._pickle_callable = True
 
+class Namespace:
+    """An argparse.Namespace of a training checkpoint (rosinality's `args`): its attributes, kept as data."""
+
+    def __init__(self):
+        self.state = None
+
+    def _pickle_setstate(self, state):
+        self.state = state
+
+
+class _NamespaceClass:
+    """What GLOBAL pushes for argparse.Namespace: NEWOBJ makes an inert `Namespace` (nothing of argparse runs)."""
+
+    def _pickle_new(self, args):
+        return Namespace()
+
+
 _ALLOWED = {
     ("collections", "OrderedDict"): _ordered_dict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("argparse", "Namespace"): _NamespaceClass(),      # training scripts save their arguments beside the weights
 }
 _ALLOWED.update({("torch", n): _StorageType(n, d) for n, d in _STORAGE_DTYPES.items() if d is not None})
 

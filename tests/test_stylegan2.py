@@ -102,3 +102,19 @@ def test_files_it_cannot_read_are_refused_in_one_line(tmp_path):
     assert convert_sg.main([str(tmp_path / "cut.pt"), dst]) == 1
     assert convert_sg.main([src, dst, "--blur-kernel", "1,x"]) == 1
     assert not os.path.exists(dst)
+
+
+def test_a_training_checkpoint_with_its_arguments_converts(tmp_path):
+    """rosinality's train.py saves {'g', 'd', 'g_ema', ..., 'args': argparse.Namespace}: the Namespace is read as
+    inert data (argparse is never called) and g_ema converts; any other class in its place is still refused."""
+    src = fixture_path("stylegan2_small.pt")
+    state = {k: np.asarray(v, np.float32) for k, v in load_state_dict(src, key="g_ema").items()}
+    args = tw.glob("argparse", "Namespace") + b")\x81" + tw.plain_dict({"size": tw.i(32), "iter": tw.i(800000)}) + b"b"
+    path = tw.write_arrays(tmp_path / "train.pt", state,
+                           wrap=lambda ops: tw.plain_dict({"g_ema": ops, "args": args, "step": tw.i(3)}))
+    extra = convert_sg.convert(path, str(tmp_path / "g.msgpack"))
+    assert extra["size"] == 32
+    evil = tw.glob("os", "system") + b")\x81"
+    path = tw.write_arrays(tmp_path / "evil.pt", state, wrap=lambda ops: tw.plain_dict({"g_ema": ops, "args": evil}))
+    with pytest.raises(CheckpointError, match="refusing to load global .os.system."):
+        convert_sg.convert(path, str(tmp_path / "g2.msgpack"))

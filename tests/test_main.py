@@ -164,11 +164,12 @@ def get_config(preset=None):
     c.operator = dict(name="inpainting", mask_type="box", box_len_range=(16, 17), margin=2)
     c.solver.name = "x0_only"
     c.num_samples, c.chunk_size, c.sampler.steps = 3, 2, 4
+    c.model.checkpoint = {prior!r}                 # a small random prior: the split is under test
     return c
 '''
 
 
-def test_plugged_in_solver_on_two_devices_and_two_processes(tmp_path):
+def test_plugged_in_solver_on_two_devices_and_two_processes(tmp_path, tiny_prior):
     """A solver from one module and one registry line runs through the CLI; its samples do not depend on how
     the work is split: in two processes joined by jax.distributed, each with two forced CPU devices (and
     chunking), that each take every other image and write their own folder, they are those of the one-device,
@@ -178,7 +179,7 @@ def test_plugged_in_solver_on_two_devices_and_two_processes(tmp_path):
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
     config = tmp_path / "toy_config.py"
-    config.write_text(TOY_CONFIG.format(tests=TESTS))
+    config.write_text(TOY_CONFIG.format(tests=TESTS, prior=tiny_prior))
     # one compilation cache for the three runs
     flags = [f"--config={config}", "--config.solver.x0_only.noise_scale=0.5", "--config.data.num_images=3",
              f"--config.compilation_cache={tmp_path / 'cache'}"]

@@ -1,0 +1,85 @@
+"""The kernel DIP of BKS (Tran et al. 2021, VinAIResearch/blur-kernel-space-exploring `models/dips.py`): a deep
+image prior that maps a fixed noise input to the blur latent z of the KernelWizard; BKS-styleGAN2 and BKS-generic
+optimise its weights (not z itself) so that the blur model explains y. Pure JAX over the torch state_dict's keys,
+NHWC.
+
+    z = forward(params, config, noise)           # noise (N, H, W, 64) -> z (N, H / 32, W / 32, kernel_dim)
+
+A 7 x 7 convolution (reflection padded) to `nf` channels, five stride-2 3 x 3 convolutions doubling the width
+up to `kernel_dim`, each followed by ReLU, then `n_blocks` residual blocks (reflection-padded 3 x 3, ReLU, 3 x 3;
+no normalisation: the published option `norm: none`). The reference's noise input is uniform [0, 0.1) with 64
+channels at 64 x 64 (`util.get_noise(64, "noise", (64, 64))`), which gives z at 2 x 2: the KernelWizard's z for
+256 x 256 images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+
+from dps_jax.models.config_json import JsonConfig
+
+INPUT_CHANNELS = 64          # fixed in the reference
+DOWNSAMPLINGS = 5            # fixed in the reference
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelDIPConfig(JsonConfig):
+    """The published options (options/domain_specific_deblur/stylegan2.yml, KernelDIP)."""
+    KIND = "KernelDIP"
+    WHAT = "KernelDIPConfig fields"
+    nf: int = 64
+    n_blocks: int = 6
+    kernel_dim: int = 512
+
+    def __post_init__(self):
+        for name in ("nf", "n_blocks", "kernel_dim"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 8192 or (v == 0 and name != "n_blocks"):
+                raise ValueError(f"{self.KIND}.{name} must be a positive integer, got {v!r:.40}")
+
+    def widths(self):
+        """(in, out) channels of the stem and of each downsampling convolution."""
+        out = [(INPUT_CHANNELS, self.nf)]
+        for i in range(DOWNSAMPLINGS):
+            out.append((min(self.nf * 2 ** i, self.kernel_dim), min(self.nf * 2 ** (i + 1), self.kernel_dim)))
+        return out
+
+
+def param_shapes(config: KernelDIPConfig) -> Dict[str, tuple]:
+    """{torch key: shape}: `model.N` is the index in the reference's Sequential (its Identity norms count)."""
+    shapes = {}
+    for k, (cin, cout) in enumerate(config.widths()):
+        index, size = (1, 7) if k == 0 else (1 + 3 * k, 3)
+        shapes[f"model.{index}.weight"], shapes[f"model.{index}.bias"] = (cout, cin, size, size), (cout,)
+    d = config.kernel_dim
+    for b in range(config.n_blocks):
+        for conv in (1, 5):
+            shapes[f"model.{19 + b}.conv_block.{conv}.weight"] = (d, d, 3, 3)
+            shapes[f"model.{19 + b}.conv_block.{conv}.bias"] = (d,)
+    return shapes
+
+
+def _conv(params, name, x, stride=1, pad=0, reflect=0):
+    if reflect:
+        x = jnp.pad(x, ((0, 0), (reflect, reflect), (reflect, reflect), (0, 0)), mode="reflect")
+    w = jnp.transpose(params[name + ".weight"], (2, 3, 1, 0))          # OIHW -> HWIO
+    y = jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + params[name + ".bias"]
+
+
+def forward(params, config: KernelDIPConfig, noise):
+    """z = DIP(noise): (N, H, W, 64) -> (N, H / 32, W / 32, kernel_dim)."""
+    if noise.shape[-1] != INPUT_CHANNELS:
+        raise ValueError(f"the kernel DIP takes {INPUT_CHANNELS}-channel noise, got {noise.shape[-1]} channels")
+    x = jax.nn.relu(_conv(params, "model.1", noise, reflect=3))
+    for k in range(1, DOWNSAMPLINGS + 1):
+        x = jax.nn.relu(_conv(params, f"model.{1 + 3 * k}", x, stride=2, pad=1))
+    for b in range(config.n_blocks):
+        p = f"model.{19 + b}.conv_block"
+        x = x + _conv(params, f"{p}.5", jax.nn.relu(_conv(params, f"{p}.1", x, reflect=1)), reflect=1)
+    return x

@@ -5,7 +5,9 @@
     python -m checkpoints_convert diffunet_ffhq.pt ffhq256.msgpack --model ffhq256 --drop-unexpected 'sqrt_*'
                                                                    # deepinv's DiffUNet: its two schedule buffers
 
-The feature networks of the metrics (LPIPS, FID's Inception): `python -m checkpoints_convert.metrics`.
+The feature networks of the metrics (LPIPS, FID's Inception): `python -m checkpoints_convert.metrics`. Other
+families have a module each: `.diffusers` (UNet2DModel folders), `.edm` (EDM network pickles), `.score_sde`
+(score_sde_pytorch checkpoints), `.stylegan2` (rosinality's StyleGAN2 generators).
 """
 
 import os

@@ -138,17 +138,5 @@ def test_dps_step_on_a_gaussian_prior_is_the_closed_form(process, mean_type):
     np.testing.assert_allclose(x_next, want, rtol=1e-4, atol=1e-5)
 
 
-# Every other diffusion solver reads the prior through `prior.denoise` (the source check above): each runs a few
-# steps on a VE score network, the kind furthest from the discrete VP epsilon network solvers were written for.
-COVERED = {name for name, _ in SAME_POSTERIOR} | set(OTHER_READERS)
-MATRIX = sorted(name for name, s in registry.REGISTRY.items() if s.kind == "diffusion" and name not in COVERED)
-
-
-def test_every_other_diffusion_solver_runs_on_a_ve_score_prior():
-    op, y = _problem()
-    assert len(MATRIX) >= 9, MATRIX
-    pr = gaussian("ve", "score")
-    for name in MATRIX:
-        options = {"steps": 3}
-        out = api.sample(pr, op, y, solver=name, options=options, num_samples=2, sigma=0.05, image_shape=SHAPE)
-        assert out["samples"].shape == (2,) + SHAPE and np.all(np.isfinite(out["samples"])), name
+# Every other diffusion solver reads the prior through `prior.denoise` (the source check above) and runs on a VE
+# score network in tests/test_own_operator.py (test_every_linear_solver_runs_on_a_users_operator).

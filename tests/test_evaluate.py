@@ -12,7 +12,7 @@ from PIL import Image
 
 from dps_jax import data, evaluate
 from dps_jax.metrics import fid, lpips
-from helpers import random_lpips_file
+from helpers import random_lpips_file, tiny_prior_file
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(TESTS, "..", ".pytest_cache", "dps_jax_eval_xla")
@@ -40,6 +40,7 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     stream = io.StringIO()
     cfg = config(tmp_path)
     cfg.metrics.lpips_weights = random_lpips_file(tmp_path / "lpips.msgpack")
+    cfg.model.checkpoint = tiny_prior_file(tmp_path / "prior.msgpack")    # a small random prior: the table is under test
     evaluate.evaluate(cfg, stream)
     summary = json.load(open(tmp_path / "table.json"))
     cells = {(c["task"], c["method"]): c for c in summary["cells"]}

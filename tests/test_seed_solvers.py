@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import gaussian_prior, row
+from helpers import gaussian_prior, row, tiny_prior_file
 from dps_jax import api, diffusion, operators, schedule, solvers
 from dps_jax.solvers import dps, scoreald, sdedit
 
@@ -86,8 +86,8 @@ def test_sdedit_waits_above_t_star_then_starts_from_noised_y(setup):
     assert bool(state["started"])
 
 
-def test_sdedit_from_t_zero_returns_nearly_the_start_image():
-    pr = api.load_prior()
+def test_sdedit_from_t_zero_returns_nearly_the_start_image(tmp_path):
+    pr = api.load_prior(tiny_prior_file(tmp_path / "prior.msgpack"))        # any prior: one step at t = 0
     op = operators.build("inpainting", (32, 32, 1), jax.random.PRNGKey(0), mask_type="box", box_len_range=(8, 9),
                          margin=4)
     x = jnp.full((32, 32, 1), -0.9).at[6:26, 8:24].set(0.5)

@@ -120,14 +120,15 @@ def test_a_reference_clone_imports_without_shadowing_anything(tmp_path):
 
 def test_gpu_suite_dry_run_writes_every_part(tmp_path):
     """The GPU suite on the CPU at 32 px (`--dry_run`): the parts run, a spent budget skips the rest of its
-    part and says what (here the step part has none: its programs are step_speed's, which
-    test_step_costs_one_forward_and_one_input_gradient runs), and the JSON and markdown hold the rows."""
+    part and says what (here the step and scaling parts have none: their programs are step_speed's, which
+    test_step_costs_one_forward_and_one_input_gradient runs, and the main job's runner), and the JSON and
+    markdown hold the rows."""
     import json
 
     from benchmarks import gpu_suite
 
     out = tmp_path / "suite.json"
-    result = gpu_suite.main(["--dry_run", "--solvers", "ddrm", "--budget", "0,120,120", "--out", str(out)])
+    result = gpu_suite.main(["--dry_run", "--solvers", "ddrm", "--budget", "0,120,0", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     step, solvers_part, scaling = (result["parts"][p] for p in ("step", "solvers", "scaling"))
     assert step["rows"] == [] and step["skipped"] == ["dps_jax float32 N=1", "dps_jax bfloat16 N=1", "official N=1",
@@ -135,9 +136,9 @@ def test_gpu_suite_dry_run_writes_every_part(tmp_path):
     (ddrm,) = solvers_part["rows"]
     assert (ddrm["solver"], ddrm["task"], ddrm["steps"], ddrm["nfe"]) == ("ddrm", "super_resolution", 20, 20)
     assert ddrm["seconds_per_image"] == pytest.approx(20 * ddrm["seconds_per_step"])
-    assert [r["num_samples"] for r in scaling["rows"]] == [2] and scaling["rows"][0]["peak_mib"] > 0
+    assert scaling["rows"] == [] and scaling["skipped"] == ["N=2"]      # its runner: the cost-scaling benchmark's
     md = (tmp_path / "suite.md").read_text()
-    assert "| `ddrm` | super_resolution | 20 | 20 |" in md and "| 2 |" in md and "dry run" in md
+    assert "| `ddrm` | super_resolution | 20 | 20 |" in md and "skipped: N=2" in md and "dry run" in md
     assert "skipped: dps_jax float32 N=1; dps_jax bfloat16 N=1; official N=1; deepinv N=1" in md
     with pytest.raises(SystemExit):
         gpu_suite.parse_args(["--budget", "1,2"])

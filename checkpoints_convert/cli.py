@@ -28,3 +28,10 @@ def run(convert: Callable[[], object], done: Callable[[object], str]) -> int:
         return fail("interrupted; nothing was written")
     print(done(result))
     return 0
+
+
+def add_weight_options(ap) -> None:
+    """The options every converter takes for the weights it writes: --dtype and --allow-nonfinite."""
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
+

@@ -164,8 +164,7 @@ def main(argv=None) -> int:
     ap.add_argument("src", help="a diffusers pipeline folder (unet/, scheduler/) or model folder (config.json)")
     ap.add_argument("dst", help="the dps_jax checkpoint to write (.msgpack)")
     ap.add_argument("--scheduler-config", help="the scheduler_config.json, when SRC is a model folder")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
+    cli.add_weight_options(ap)
     args = ap.parse_args(argv)
     return cli.run(lambda: convert(args.src, args.dst, args.dtype, args.scheduler_config, args.allow_nonfinite),
                    lambda extra: f"wrote {args.dst} ({extra['mean_type']} network, {extra['beta_schedule']} schedule "

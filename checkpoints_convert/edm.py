@@ -95,8 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("src", help="the EDM pickle (.pkl)")
     ap.add_argument("dst", help="the dps_jax checkpoint to write (.msgpack)")
     ap.add_argument("--key", default="ema", help="the pickle's entry holding the network (default ema)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
+    cli.add_weight_options(ap)
     ap.add_argument("--class-label", type=int, default=-1,
                     help="the class a class-conditional network (ImageNet 64) is read at; -1: none (EDM's zero label)")
     args = ap.parse_args(argv)

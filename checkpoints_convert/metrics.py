@@ -21,6 +21,7 @@ from typing import Dict
 import jax
 import numpy as np
 
+from checkpoints_convert import cli
 from checkpoints_convert.mapping import convert_mapped
 from checkpoints_convert.torch_reader import CheckpointError, load_state_dict
 from dps_jax.models import inception, lpips_net
@@ -164,8 +165,7 @@ def main(argv=None) -> int:
     fid.add_argument("src")
     fid.add_argument("dst", help="the dps_jax file to write (.msgpack)")
     for p in (lp, fid):
-        p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-        p.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
+        cli.add_weight_options(p)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

@@ -348,8 +348,7 @@ def main(argv=None) -> int:
                     help="change a field of that config (repeatable), e.g. model.nf=64 or data.image_size=64")
     ap.add_argument("--weights", default="ema", choices=["ema", "model"],
                     help="the EMA weights score_sde samples with (default) or the raw network's")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
+    cli.add_weight_options(ap)
     args = ap.parse_args(argv)
     return cli.run(lambda: convert(args.src, args.dst, args.config, tuple(args.set), args.weights, args.dtype,
                                    args.allow_nonfinite),

@@ -99,8 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--key", default="g_ema", help="the entry holding the generator (default g_ema)")
     ap.add_argument("--blur-kernel", default="1,3,3,1", help="the generator's FIR filter (default 1,3,3,1)")
     ap.add_argument("--lr-mlp", type=float, default=0.01, help="the mapping network's learning-rate multiplier")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN or inf")
+    cli.add_weight_options(ap)
     args = ap.parse_args(argv)
 
     def run():

@@ -324,8 +324,6 @@ def convert(src: str, dst: str, preset: str, overrides: Tuple[str, ...] = (), we
                {"beta_min": cfg["beta_min"], "beta_max": cfg["beta_max"], "num_scales": cfg["num_scales"]})
     extra = {"source": str(src), "score_sde_config": preset, "overrides": list(overrides), "weights": weights,
              **sde, **{k: v for k, v in eu.prior_options(config).items() if k != "schedule"}}
-    if config.precond == "DiscreteVP":
-        extra.update(beta_schedule="linear", num_timesteps=int(cfg["num_scales"]))
     checkpoint.save_checkpoint(dst, params, config, extra=extra, fmt=eu.FORMAT)
     return extra
 

@@ -73,23 +73,6 @@ def convert(src: str, dst: str, key: str = "g_ema", dtype: str = "float32", blur
     return {**extra, "size": config.size}
 
 
-def load(path: str):
-    """(params, config) of a converted generator."""
-    from dps_jax.models import checkpoint, stylegan2 as sg
-
-    params, config, _ = checkpoint.read_checkpoint(path, sg.FORMAT, sg.StyleGAN2Config.from_json, _structs)
-    return params, config
-
-
-def _structs(config):
-    import jax
-    import jax.numpy as jnp
-
-    from dps_jax.models import stylegan2 as sg
-
-    return {k: jax.ShapeDtypeStruct(tuple(s), jnp.float32) for k, s in sg.param_shapes(config).items()}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m checkpoints_convert.stylegan2",
                                  description="Convert a StyleGAN2 generator (rosinality's stylegan2-pytorch layout) for "

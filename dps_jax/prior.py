@@ -157,7 +157,7 @@ def load(path: Optional[str] = None, dtype=None, var_type: str = "", **options) 
     fmt = checkpoint.file_format(path)
     if fmt == edm_unet.FORMAT:
         params, config, extra = checkpoint.read_checkpoint(path, fmt, edm_unet.EDMUNetConfig.from_json,
-                                                           edm_unet.param_structs)
+                                                           edm_unet.param_shapes)
         for name, value in edm_unet.prior_options(config).items():
             options.setdefault(name, value)
         p = Prior(params=params, apply=edm_unet.EDMApply(config), var_type=var_type or "fixed_large",

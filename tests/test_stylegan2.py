@@ -23,7 +23,7 @@ FX = load_npz("stylegan2_small.npz")
 def generator(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("sg") / "g.msgpack")
     convert_sg.convert(fixture_path("stylegan2_small.pt"), path)
-    return convert_sg.load(path)
+    return sg.load(path)
 
 
 def close(got, want, tol=1e-4):

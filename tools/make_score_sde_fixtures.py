@@ -35,7 +35,7 @@ import types
 
 import numpy as np
 
-from tools.reference import importable, project_random_state_dict
+from tools.reference import importable, no_cuda_build, project_random_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ("nf=4", "ch_mult=(1, 2, 2)", "num_res_blocks=1", "attn_resolutions=(4,)", "image_size=16")
@@ -80,7 +80,6 @@ def _config(fields):
 
 def _published(clone, ss):
     """{preset: [fields that differ from the clone's config], parameter count of the network it builds}."""
-    import torch
     from models import ncsnpp  # noqa: F401  (registers the model)
     from models import utils as mutils
 
@@ -121,11 +120,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"))
     args = ap.parse_args()
     import torch
-    import torch.utils.cpp_extension
 
-    # score_sde's `op` package compiles CUDA kernels when imported; on CPU its upfirdn2d runs the pure-torch
-    # path, so the compiler is never needed: make the build step a no-op
-    torch.utils.cpp_extension.load = lambda *a, **k: None
+    no_cuda_build()
     importable(args.score_sde)
     import sde_lib
     import sampling

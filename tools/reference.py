@@ -38,6 +38,15 @@ def importable(root: str) -> CloneFinder:
     return finder
 
 
+def no_cuda_build() -> None:
+    """Make torch's C++/CUDA extension build a no-op. score_sde_pytorch's and stylegan2-pytorch's `op` packages
+    compile their kernels when imported; on a CPU their functions take the pure-torch paths, so the compiled
+    module is never used and no compiler is needed."""
+    import torch.utils.cpp_extension
+
+    torch.utils.cpp_extension.load = lambda *a, **k: None
+
+
 def project_random_state_dict(shapes, seed: int):
     """`checkpoints_convert.mapping.random_state_dict` in an environment without jax (a reference's, with torch):
     the module is imported without its package's __init__, which needs jax."""

@@ -68,11 +68,19 @@ def save_checkpoint(path: str, params, config, extra: dict | None = None, dtype=
         _write_tree(f, payload, cast)
 
 
+def _is_shape(leaf) -> bool:
+    return isinstance(leaf, tuple) and all(isinstance(d, int) for d in leaf)
+
+
+def _shape_of(leaf) -> tuple:
+    return leaf if _is_shape(leaf) else tuple(leaf.shape)
+
+
 def check_params(params, config: UNetConfig, where: str = "params", shapes_fn=param_shapes) -> None:
     """Raise, listing every problem at once, if `params` does not have the tree and shapes of `config`
-    (`shapes_fn(config)`, the expected tree of ShapeDtypeStructs)."""
-    expected = {jax.tree_util.keystr(p): l.shape for p, l in
-                jax.tree_util.tree_flatten_with_path(shapes_fn(config))[0]}
+    (`shapes_fn(config)`, the expected tree: ShapeDtypeStructs, or shape tuples as leaves)."""
+    expected = {jax.tree_util.keystr(p): _shape_of(l) for p, l in
+                jax.tree_util.tree_flatten_with_path(shapes_fn(config), is_leaf=_is_shape)[0]}
     got = {jax.tree_util.keystr(p): np.shape(l) for p, l in jax.tree_util.tree_flatten_with_path(params)[0]}
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))

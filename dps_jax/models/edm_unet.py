@@ -19,7 +19,6 @@ at sampling time. Proved against EDM's forward pass (tests/fixtures/edm_songunet
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Dict, Tuple
 
 import jax
@@ -191,11 +190,6 @@ def param_shapes(config: EDMUNetConfig) -> Dict[str, tuple]:
                 conv(p + ".qkv", cout, 3 * cout, 1)
                 conv(p + ".proj", cout, cout, 1)
     return shapes
-
-
-def param_structs(config: EDMUNetConfig) -> Dict[str, jax.ShapeDtypeStruct]:
-    """`param_shapes` as the params tree of ShapeDtypeStructs a checkpoint is checked against."""
-    return {k: jax.ShapeDtypeStruct(tuple(s), jnp.float32) for k, s in param_shapes(config).items()}
 
 
 def _group_norm(p, name, x, eps):

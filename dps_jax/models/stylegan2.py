@@ -147,6 +147,15 @@ def buffers(config: StyleGAN2Config) -> Dict[str, np.ndarray]:
     return {k: _kernel(config, 2) for k in param_shapes(config) if k.endswith((".blur.kernel", ".upsample.kernel"))}
 
 
+def load(path: str):
+    """(params, config) of a converted generator (`python -m checkpoints_convert.stylegan2`), checked against
+    its config's shapes."""
+    from dps_jax.models import checkpoint
+
+    params, config, _ = checkpoint.read_checkpoint(path, FORMAT, StyleGAN2Config.from_json, param_shapes)
+    return params, config
+
+
 def _fused_lrelu(x, bias):
     return jax.nn.leaky_relu(x + bias, 0.2) * np.sqrt(2.0)
 

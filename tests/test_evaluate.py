@@ -15,7 +15,7 @@ from dps_jax.metrics import fid, lpips
 from helpers import random_lpips_file, tiny_prior_file
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-CACHE = os.path.join(TESTS, "..", ".pytest_cache", "dps_jax_eval_xla")
+CACHE = os.environ["DPS_JAX_SUITE_CACHE"]
 
 
 CONFIG = os.path.join(TESTS, "..", "configs", "eval", "paper_table.py")

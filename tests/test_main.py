@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -17,9 +16,9 @@ from helpers import random_lpips_file, tiny_kernel_file, tiny_prior_file
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 SHORT = dict(steps=3, num_samples=2, num_images=1)
-# In-process runs share a throw-away compilation cache: runs of the same program (same task, new flags)
-# load it instead of compiling again. The user's cache is left alone.
-CACHE = tempfile.mkdtemp(prefix="dps_jax_test_cache_")
+# Runs share the suite's throw-away compilation cache (conftest.py): runs of the same program (same task, new
+# flags) load it instead of compiling again. The user's cache is left alone.
+CACHE = os.environ["DPS_JAX_SUITE_CACHE"]
 
 
 @pytest.fixture(scope="module")

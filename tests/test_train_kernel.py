@@ -38,8 +38,7 @@ def tiny_config(root, num_steps):
 
 
 def test_train_checkpoint_resume_and_export(tmp_path, capsys):
-    # the resumed run loads the first run's compiled step from a throw-away cache instead of compiling it
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+    # the resumed run loads the first run's compiled step from the suite's compilation cache (conftest.py)
     root = random_image_folder(tmp_path / "images")
     work = tmp_path / "work"
     train_kernel.train(tiny_config(root, 2), str(work))

@@ -55,3 +55,15 @@ def ffhq_like():
 def pytest_sessionfinish(session):
     if SUITE_CACHE_OWNER:
         shutil.rmtree(SUITE_CACHE, ignore_errors=True)
+
+
+# Files whose tests take 10-35 s each (subprocess runs, wheel build, training, the fixture UNet's gradients).
+# Run first: under `--dist worksteal` the two workers then end on short tests instead of one waiting for the
+# other's long one.
+HEAVY_FIRST = ("test_install.py", "test_main.py", "test_train.py", "test_pigdm_reddiff.py", "test_perceptual.py",
+               "test_own_operator.py", "test_dps_fixtures.py", "test_unet.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -364,3 +364,17 @@ def test_evaluate_and_the_trainers_share_the_command_line():
     err = io.StringIO()
     assert train_prior.cli(["dps_jax.train.prior", "--config=configs/train/fashion_mnist.py"], stream=err) == 1
     assert err.getvalue().strip() == "error: --workdir is required"
+
+
+def test_cpu_compile_flag_is_added_before_jax_only_unless_the_user_set_it(monkeypatch):
+    from dps_jax import cli as cli_lib
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    cli_lib.cpu_compile_flags()                         # jax is imported here: too late, nothing changes
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=2"
+    monkeypatch.delitem(sys.modules, "jax")
+    cli_lib.cpu_compile_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=2 --xla_cpu_use_fusion_emitters=false"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    cli_lib.cpu_compile_flags()                         # the user's choice stands
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_fusion_emitters=true"

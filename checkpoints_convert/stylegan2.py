@@ -45,7 +45,8 @@ def config_of(state, blur_kernel=(1, 3, 3, 1), lr_mlp: float = 0.01):
         channels.append((2 ** (n + 3), shape(f"convs.{2 * n}.conv.weight")[1]))
     try:
         return sg.StyleGAN2Config(size=2 ** (len(rgbs) + 2), style_dim=int(style_dim), n_mlp=len(mlp),
-                                  channels=tuple(channels), blur_kernel=tuple(blur_kernel), lr_mlp=float(lr_mlp))
+                                  channels=tuple(channels), blur_kernel=tuple(blur_kernel), lr_mlp=float(lr_mlp),
+                                  image_channels=int(shape("to_rgb1.bias")[1]))
     except (TypeError, ValueError) as e:
         raise CheckpointError(str(e)) from None
 

@@ -4,6 +4,7 @@ tools/make_stylegan2_fixtures.py)."""
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,26 @@ def test_gradients_through_the_generator_are_the_derivative(generator):
     step = lambda s: loss(latent + s * h * g_w, [n + s * h * g for n, g in zip(noises, g_n)])
     slope = float(step(1.0) - step(-1.0)) / (2 * h)
     assert abs(slope - norm ** 2) < 0.02 * norm ** 2, (slope, norm ** 2)
+
+
+def test_a_grey_generator_is_one_output_channel_of_the_colour_one(generator):
+    """image_channels=1 (a generator for grey images): the to-RGB layers are per output channel and their
+    upsampled skips depthwise, so the fixture network with its to-RGB weights cut to channel 1 draws exactly
+    channel 1 of its colour image; the converter reads the channel count from the tensors' shapes."""
+    import dataclasses
+
+    params, config = generator
+    grey = dataclasses.replace(config, image_channels=1)
+    rgb = re.compile(r"to_rgb(1|s\.\d+)\.(conv\.weight|bias)")
+    cut = {k: v[:, 1:2] if rgb.fullmatch(k) else v for k, v in params.items()}
+    assert {k: np.shape(v) for k, v in cut.items()} == {k: tuple(s) for k, s in sg.param_shapes(grey).items()}
+    assert convert_sg.config_of(cut).image_channels == 1
+    noises = [jnp.asarray(FX["noises"][i][:h, :w]) for i, (h, w) in enumerate(sg.noise_shapes(config))]
+    image = jax.jit(lambda p, w, n: sg.synthesis(p, grey, w, n))(cut, jnp.asarray(FX["latent"]), noises)
+    assert image.shape == FX["image_given"].shape[:3] + (1,)
+    assert close(image[..., 0], FX["image_given"][..., 1], 1e-5)
+    with pytest.raises(ValueError, match="image_channels must be an integer >= 1, got 0"):
+        dataclasses.replace(config, image_channels=0)
 
 
 def test_published_parameter_counts():

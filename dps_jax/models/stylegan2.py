@@ -50,6 +50,7 @@ class StyleGAN2Config(JsonConfig):
     channels: Tuple[Tuple[int, int], ...] = ()     # ((resolution, channels), ...); () = the table of channel_multiplier 2
     blur_kernel: Tuple[int, ...] = (1, 3, 3, 1)
     lr_mlp: float = 0.01
+    image_channels: int = 3       # the to-RGB layers' outputs: 3 in rosinality's code, 1 for grey images
 
     def __post_init__(self):
         if not self.channels:
@@ -62,7 +63,7 @@ class StyleGAN2Config(JsonConfig):
         if [r for r, _ in self.channels] != want or any(c < 1 for _, c in self.channels):
             raise ValueError(f"{self.KIND}: channels must give a positive width for each resolution {want}, got "
                              f"{self.channels!r:.120}")
-        for name, lo in (("style_dim", 1), ("n_mlp", 1)):
+        for name, lo in (("style_dim", 1), ("n_mlp", 1), ("image_channels", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{self.KIND}: {name} must be an integer >= {lo}, got {v!r:.40}")
@@ -121,8 +122,8 @@ def param_shapes(config: StyleGAN2Config) -> Dict[str, tuple]:
         shapes[f"{name}.activate.bias"] = (cout,)
 
     def to_rgb(name, cin, up):
-        modconv(f"{name}.conv", cin, 3, 1)
-        shapes[f"{name}.bias"] = (1, 3, 1, 1)
+        modconv(f"{name}.conv", cin, config.image_channels, 1)
+        shapes[f"{name}.bias"] = (1, config.image_channels, 1, 1)
         if up:
             shapes[f"{name}.upsample.kernel"] = (4, 4)
 
@@ -205,7 +206,7 @@ def _modconv(params, name, x, w, demodulate=True, up=False, kernel=None):
 
 
 def synthesis(params, config: StyleGAN2Config, latent, noises: Optional[List] = None):
-    """The image G(w+) (N, size, size, 3), roughly in [-1, 1], from latent (N, n_latent, style_dim) and per-layer
+    """The image G(w+) (N, size, size, image_channels), roughly in [-1, 1], from latent (N, n_latent, style_dim) and per-layer
     noise maps (each (H, W) or (N, H, W); None: the stored `noises.noise_i`)."""
     n = latent.shape[0]
     if noises is None:
@@ -221,7 +222,7 @@ def synthesis(params, config: StyleGAN2Config, latent, noises: Optional[List] = 
         return _fused_lrelu(x, params[f"{name}.activate.bias"])
 
     def to_rgb(name, x, w, skip):
-        out = _modconv(params, f"{name}.conv", x, w, demodulate=False) + params[f"{name}.bias"].reshape(1, 1, 1, 3)
+        out = _modconv(params, f"{name}.conv", x, w, demodulate=False) + params[f"{name}.bias"].reshape(1, 1, 1, -1)
         if skip is not None:
             p = up_kernel.shape[0] - 2
             out = out + _upfirdn(skip, up_kernel, 2, ((p + 1) // 2 + 1, p // 2))

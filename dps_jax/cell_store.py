@@ -137,7 +137,10 @@ def check_cell(cell: Dict, num_images: int) -> None:
             raise CellError(f"its {key} is not text")
     if cell.get("num_images") != num_images:
         raise CellError(f"it holds {str(cell.get('num_images'))[:20]} images, expected {num_images}")
-    for key in ("nfe", "samples_per_image", "seconds_per_image", "compile_seconds"):
+    optional = ("cpu_seconds_per_image",)                  # cells written before it was kept have none
+    for key in ("nfe", "samples_per_image", "seconds_per_image", "compile_seconds") + optional:
+        if key in optional and key not in cell:
+            continue
         if not _finite(cell.get(key)) or cell[key] < 0:
             raise CellError(f"its {key} is {str(cell.get(key))[:20]}, not a finite number >= 0")
     metrics = cell.get("metrics")
@@ -173,7 +176,8 @@ def read_partial(path: str, identity: Dict, shape: Sequence[int]) -> Tuple[Optio
         done, rows = part.get("done"), part.get("rows")
         if not (isinstance(done, int) and 0 < done < int(shape[0]) and isinstance(rows, list) and len(rows) == done
                 and all(isinstance(r, dict) and all(_finite(v) for v in r.values()) for r in rows)
-                and _finite(part.get("seconds")) and part["seconds"] >= 0):
+                and _finite(part.get("seconds")) and part["seconds"] >= 0
+                and ("cpu_seconds" not in part or (_finite(part["cpu_seconds"]) and part["cpu_seconds"] >= 0))):
             raise CellError("its progress is not a count of images with finite per-image metrics")
         return part, parse_samples(samples, shape), ""
     except (CellError, ValueError, RecursionError) as e:

@@ -107,15 +107,18 @@ PARTIAL_EVERY_SECONDS = 60.0
 def run_cell(cfg, task, method, tcfg, runner, images, progress, path=None, identity=None):
     """One cell: (per-image metrics, the shown sample of image `cfg.grid_image`, cost; the reconstruction
     of every image (N, H, W, C), the sample picked by residual). The programs are compiled before the clock
-    starts: `seconds_per_image` is sampling alone, `compile_seconds` the compiling. With `path` (the cell's
+    starts: `seconds_per_image` is sampling alone, `compile_seconds` the compiling; `cpu_seconds_per_image` is
+    the processor time the sampling took (all threads): wall seconds well above it mean the run waited for
+    the CPU (other jobs, or a pause), and then overstate the method's cost. With `path` (the cell's
     file) and its `identity`, the images done so far are kept beside it and a rerun starts after them."""
     image_shape = images.shape[1:]
-    rows, shown, seconds, picked = [], None, 0.0, np.zeros(images.shape, np.float32)
+    rows, shown, seconds, cpu_seconds, picked = [], None, 0.0, 0.0, np.zeros(images.shape, np.float32)
     start = 0
     if path is not None:
         part, done, _ = cell_store.read_partial(cell_store.partial_path(path), identity, images.shape)
         if part is not None:
             rows, seconds, start, picked = part["rows"], part["seconds"], part["done"], done
+            cpu_seconds = part.get("cpu_seconds", float("nan"))      # older partial files did not keep it
             shown = None if part.get("shown") is None else np.asarray(part["shown"], np.float32)
             progress(start)
     compile_seconds = runner.compile(experiment.measure(tcfg, images[0], 0, image_shape)[0])
@@ -123,9 +126,10 @@ def run_cell(cfg, task, method, tcfg, runner, images, progress, path=None, ident
     for i in range(start, len(images)):
         x = images[i]
         problem, k_sample = experiment.measure(tcfg, x, i, image_shape)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         samples = runner(problem, k_sample)["samples"]
         seconds += time.perf_counter() - t0
+        cpu_seconds += time.process_time() - c0
         residual = [float(jnp.linalg.norm(problem.op(jnp.asarray(s)) - problem.y)) for s in samples]
         psnr = [metrics.psnr(s, x) for s in samples]
         pick, oracle = int(np.argmin(residual)), int(np.argmax(psnr))
@@ -139,12 +143,14 @@ def run_cell(cfg, task, method, tcfg, runner, images, progress, path=None, ident
         if path is not None and i + 1 < len(images) and time.perf_counter() - last_save >= PARTIAL_EVERY_SECONDS:
             cell_store.write(cell_store.partial_path(path),
                              {"identity": identity, "done": i + 1, "rows": rows, "seconds": seconds,
+                              **({"cpu_seconds": cpu_seconds} if math.isfinite(cpu_seconds) else {}),
                               "shown": None if shown is None else np.asarray(shown).tolist()}, picked)
             last_save = time.perf_counter()
         progress(i + 1)
     summary = {k: summarise([r[k] for r in rows]) for k in rows[0]}
     cell = {"task": task, "method": method, "num_images": len(images), "samples_per_image": tcfg.num_samples,
             "nfe": runner.evaluations, "seconds_per_image": seconds / len(images), "compile_seconds": compile_seconds,
+            **({"cpu_seconds_per_image": cpu_seconds / len(images)} if math.isfinite(cpu_seconds) else {}),
             "metrics": summary, "per_image": rows,
             "shown": None if shown is None else np.asarray(shown).tolist()}
     if start:
@@ -302,15 +308,19 @@ def table_markdown(cfg, tasks, methods, cells, reasons, num_images, scores=None,
                 m = c["metrics"]
                 row.append(f"{m[p]['mean']:.2f} ± {m[p]['se']:.2f} / {m[s]['mean']:.3f} ± {m[s]['se']:.3f}")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Network evaluations per sample / seconds per image, sampling only / seconds of compiling, once "
-                  f"per cell ({device or 'this machine'}, {num_images} images):", "",
+    lines += ["", f"Network evaluations per sample / seconds per image, sampling only (its processor seconds) / "
+                  f"seconds of compiling, once per cell ({device or 'this machine'}, {num_images} images; wall "
+                  "seconds well above the processor's mean the run waited for the CPU, and overstate the cost):",
+              "",
               "| method | " + " | ".join(tasks) + " |", "|" + " --- |" * (len(tasks) + 1)]
     for method in methods:
         row = [f"`{method}`"]
         for task in tasks:
             c = cells.get((task, method))
             compile_s = c.get("compile_seconds") if c else None
-            row.append("n/a" if c is None else f"{c['nfe']} / {c['seconds_per_image']:.2f} / "
+            cpu = c.get("cpu_seconds_per_image") if c else None
+            row.append("n/a" if c is None else f"{c['nfe']} / {c['seconds_per_image']:.2f}"
+                       + ("" if cpu is None else f" ({cpu:.2f})") + " / "
                        + ("-" if compile_s is None else f"{compile_s:.1f}"))
         lines.append("| " + " | ".join(row) + " |")
     scores = dict(scores or {})
@@ -370,7 +380,7 @@ def table_columns(tasks):
 def table_csv(tasks, methods, cells, scores) -> str:
     """One row per (method, task) cell with every figure: for spreadsheets and plotting."""
     head = ["method", "task", "psnr", "psnr_se", "ssim", "ssim_se", "psnr_oracle", "psnr_oracle_se", "fid", "kid",
-            "lpips", "lpips_se", "nfe", "seconds_per_image", "compile_seconds", "num_images"]
+            "lpips", "lpips_se", "nfe", "seconds_per_image", "cpu_seconds_per_image", "compile_seconds", "num_images"]
     lines = [",".join(head)]
     for method in methods:
         for task in tasks:
@@ -382,7 +392,8 @@ def table_csv(tasks, methods, cells, scores) -> str:
             row = [method, task, get("psnr", "mean"), get("psnr", "se"), get("ssim", "mean"), get("ssim", "se"),
                    get("psnr_oracle", "mean"), get("psnr_oracle", "se"), q.get("fid", ""), q.get("kid", ""),
                    q["lpips"]["mean"] if "lpips" in q else "", q["lpips"]["se"] if "lpips" in q else "",
-                   c["nfe"], c["seconds_per_image"], c.get("compile_seconds", ""), c["num_images"]]
+                   c["nfe"], c["seconds_per_image"], c.get("cpu_seconds_per_image", ""), c.get("compile_seconds", ""),
+                   c["num_images"]]
             lines.append(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
     return "\n".join(lines) + "\n"
 

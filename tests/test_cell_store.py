@@ -70,6 +70,8 @@ def hostile_cells(tmp_path):
         ("wrong_count", lambda p: forge(p, good_cell(3), good_npz), "it holds 3 images, expected 2"),
         ("string_seconds", lambda p: forge(p, {**good_cell(), "seconds_per_image": "fast"}, good_npz),
          "its seconds_per_image is fast, not a finite number"),
+        ("negative_cpu", lambda p: forge(p, {**good_cell(), "cpu_seconds_per_image": -1.0}, good_npz),
+         "its cpu_seconds_per_image is -1.0, not a finite number >= 0"),
         ("float64", lambda p: forge(p, good_cell(), npz_bytes(samples=np.zeros(SHAPE))),
          "its samples are float64 (2, 8, 8, 1), expected float16"),
         ("pickled", lambda p: forge(p, good_cell(), npz_bytes(samples=np.array([{"x": 1}], dtype=object))),

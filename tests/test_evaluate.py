@@ -55,6 +55,8 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
         # Sampling time excludes compiling: DDRM's 4 steps and HIO's 20 iterations on 32 x 32 images take
         # milliseconds, their programs seconds to compile.
         assert 0 < c["seconds_per_image"] < c["compile_seconds"]
+        # processor time of the same sampling (all threads): positive, and on an idle machine not far below it
+        assert 0 < c["cpu_seconds_per_image"] and c["cpu_seconds_per_image"] > 0.2 * c["seconds_per_image"]
         assert c["identity"]["seed"] == 0 and c["identity"]["images.count"] == 2 and c["provenance"]["versions"]["jax"]
         # The paper's metrics from the kept reconstructions: FID-FMNIST / KID-FMNIST and LPIPS.
         recon = np.load(tmp_path / "cells" / f"{c['task']}__{c['method']}.npz")["samples"].astype(np.float32)
@@ -71,7 +73,9 @@ def test_table_cells_reasons_and_files(tmp_path, monkeypatch):
     # 2 images: FID and KID are computed (table.json) but not shown
     assert "LPIPS of the reconstructions" in md and "FID / KID: not shown for 2 images" in md and "KID x" not in md
     assert not summary["fid_shown"] and summary["provenance"]["devices"]["count"] >= 1
-    assert "seconds per image, sampling only / seconds of compiling" in md
+    assert "seconds per image, sampling only (its processor seconds) / seconds of compiling" in md
+    ddrm = cells[("super_resolution", "ddrm")]
+    assert f"| `ddrm` | 4 / {ddrm['seconds_per_image']:.2f} ({ddrm['cpu_seconds_per_image']:.2f}) / " in md
     # grid: 2 tasks wide; truth, measurement and 2 methods high (32 px tiles at scale 3, 4 px apart, under a
     # title and column labels, after row labels); the two n/a cells are mid-grey tiles
     grid = np.asarray(Image.open(tmp_path / "grid.png"))

@@ -78,3 +78,26 @@ def test_cutoff_zeroes_small_singulars_but_keeps_them_observed():
     sr = operators.build("super_resolution", (32, 32, 1), scale_factor=4).svd((32, 32, 1))
     obs = np.asarray(sr.observed)[..., 0]
     assert obs[:8, :8].all() and obs.sum() == 64
+
+
+def test_dense_svd_with_more_measurements_than_pixels_keeps_the_columns_that_matter():
+    """A 2-D Fourier transform's real and imaginary parts on a random mask (M = 2 D): U keeps its first D columns
+    (the others meet no singular value), and the factors still give A x and U^T A x = Sigma V^T x; a full U
+    handed to `dense` is cut to the same; a U of any other width is refused by name."""
+    shape = (4, 4, 1)
+    mask = jnp.asarray(np.random.default_rng(0).random((4, 4)) < 0.6, jnp.float32)
+    fourier = lambda x: jnp.stack([jnp.fft.fft2(x[..., 0], norm="ortho").real,
+                                   jnp.fft.fft2(x[..., 0], norm="ortho").imag], -1) * mask[..., None]
+    sp = spectral.dense_of(fourier, shape)
+    assert sp.u.shape == (32, 16) and sp.v.shape == (16, 16)
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    np.testing.assert_allclose(spectral.apply(sp, x), fourier(x), atol=1e-5)
+    np.testing.assert_allclose(spectral.measurement_to_spectral(sp, fourier(x)),
+                               sp.singulars * spectral.to_spectral(sp, x), atol=1e-5)
+    a = np.asarray(jax.vmap(fourier)(jnp.eye(16).reshape(16, 4, 4, 1))).reshape(16, -1).T
+    u, s, vt = np.linalg.svd(a.astype(np.float64), full_matrices=True)
+    full = spectral.dense(u, s, vt.T, shape, (4, 4, 2))
+    assert full.u.shape == (32, 16)
+    np.testing.assert_allclose(spectral.apply(full, x), fourier(x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"needs U \(32, 32\) or \(32, 16\).*got U \(32, 20\)"):
+        spectral.dense(u[:, :20], s, vt.T, shape, (4, 4, 2))

@@ -33,7 +33,7 @@ import types
 
 import numpy as np
 
-from tools.reference import importable, project_random_state_dict
+from tools.reference import importable, narrowed, no_cuda_build, project_random_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 61
@@ -53,10 +53,9 @@ def main():
     args = ap.parse_args()
     out_dir = os.path.abspath(args.out)
     import torch
-    import torch.utils.cpp_extension
     import yaml
 
-    torch.utils.cpp_extension.load = lambda *a, **k: None
+    no_cuda_build()
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.nn.Module.cuda = lambda self, *a, **k: self
     for name in ("randn", "zeros"):           # its tensors are made with device="cuda"
@@ -81,11 +80,7 @@ def main():
     opt["KernelWizard"] = dict(KW, pretrained="experiments/pretrained/kernel_wizard.pth",
                                img_size=[256, 256])
 
-    class Narrow(sg.Generator):
-        def __setattr__(self, name, value):
-            if name == "channels":
-                value = {r: c // DIVISOR for r, c in value.items()}
-            super().__setattr__(name, value)
+    Narrow = narrowed(sg.Generator, DIVISOR)
 
     torch.manual_seed(SEED)
     generator = Narrow(**GEN).eval()

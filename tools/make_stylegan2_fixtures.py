@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from tools.reference import importable, no_cuda_build, project_random_state_dict
+from tools.reference import importable, narrowed, no_cuda_build, project_random_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KWARGS = dict(size=32, style_dim=16, n_mlp=2)
@@ -42,11 +42,7 @@ def main():
     importable(args.stylegan2)
     import model as sg
 
-    class Narrow(sg.Generator):
-        def __setattr__(self, name, value):
-            if name == "channels":
-                value = {r: c // DIVISOR for r, c in value.items()}
-            super().__setattr__(name, value)
+    Narrow = narrowed(sg.Generator, DIVISOR)
 
     torch.manual_seed(SEED)
     g = Narrow(**KWARGS).eval()

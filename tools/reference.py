@@ -47,6 +47,17 @@ def no_cuda_build() -> None:
     torch.utils.cpp_extension.load = lambda *a, **k: None
 
 
+def narrowed(generator_class, divisor: int):
+    """rosinality's StyleGAN2 `Generator` (or a subclass, e.g. BKS's copy) with its channel table divided by
+    `divisor`: the class fixes its table, so a subclass divides it as the constructor sets it."""
+    class Narrow(generator_class):
+        def __setattr__(self, name, value):
+            if name == "channels":
+                value = {r: c // divisor for r, c in value.items()}
+            super().__setattr__(name, value)
+    return Narrow
+
+
 def project_random_state_dict(shapes, seed: int):
     """`checkpoints_convert.mapping.random_state_dict` in an environment without jax (a reference's, with torch):
     the module is imported without its package's __init__, which needs jax."""

@@ -6,11 +6,14 @@ import shutil
 import tempfile
 
 # The suite is mostly XLA compiles. LLVM's least optimisation cuts their time by about a fifth (8:55 against
-# 11:28 for the whole suite on the 2-core machine), and XLA:CPU's older fusion code generation (not the MLIR
-# fusion emitters) halves what is left (a DPS step through the fixture UNet: 3.3 s against 7.0 s); neither changes
-# a test's outcome. Set before jax is imported, and inherited by the command-line runs the tests start.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-                           " --xla_cpu_use_fusion_emitters=false").strip()
+# 11:28 for the whole suite on the 2-core machine), and XLA:CPU's older fusion code generation, which every
+# command asks for (dps_jax.cli.cpu_compile_flags), halves what is left (a DPS step through the fixture UNet:
+# 3.3 s against 7.0 s); neither changes a test's outcome. Set before jax is imported, and inherited by the
+# command-line runs the tests start.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+from dps_jax.cli import cpu_compile_flags  # noqa: E402  (imports no jax)
+
+cpu_compile_flags()
 
 # One persistent compilation cache for the whole run, fresh each run, so that no test reads programs an earlier
 # run left (a warm cache once hid a minute of the suite's compiling) and the runs that test the cache share it.

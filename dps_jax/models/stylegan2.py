@@ -206,8 +206,8 @@ def _modconv(params, name, x, w, demodulate=True, up=False, kernel=None):
 
 
 def synthesis(params, config: StyleGAN2Config, latent, noises: Optional[List] = None):
-    """The image G(w+) (N, size, size, image_channels), roughly in [-1, 1], from latent (N, n_latent, style_dim) and per-layer
-    noise maps (each (H, W) or (N, H, W); None: the stored `noises.noise_i`)."""
+    """The image G(w+) (N, size, size, image_channels), roughly in [-1, 1], from latent (N, n_latent, style_dim)
+    and per-layer noise maps (each (H, W) or (N, H, W); None: the stored `noises.noise_i`)."""
     n = latent.shape[0]
     if noises is None:
         noises = [params[f"noises.noise_{i}"][0, 0] for i in range(config.num_layers)]

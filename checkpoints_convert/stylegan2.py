@@ -4,16 +4,21 @@ into dps_jax, without torch.
 
     python -m checkpoints_convert.stylegan2 stylegan2-ffhq-config-f.pt models/stylegan2_ffhq256.msgpack
 
+    python -m checkpoints_convert.stylegan2 --warmup-kernel kernel.pth kernel.npy
+
 The generator under `--key` (g_ema by default, the averaged weights its samples use) is read by the bounded
 torch reader; its configuration (size, style_dim, n_mlp, the channels per resolution) follows from its tensors'
 shapes, every tensor is then checked against the key table of the JAX port (`dps_jax.models.stylegan2`),
 every mismatch listed, and the FIR kernels its constructor stores must be those of `--blur-kernel`. The
 mapping network's learning-rate multiplier is not in the file: `--lr-mlp` (0.01, the published networks').
+`--warmup-kernel` converts the other file BKS-styleGAN2 loads, the blur latent its kernel DIP is warmed up
+towards (experiments/pretrained/kernel.pth, one tensor), into the `.npy` of its option `warmup_kernel`.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 
@@ -21,7 +26,7 @@ import numpy as np
 
 from checkpoints_convert import cli
 from checkpoints_convert.mapping import convert_mapped
-from checkpoints_convert.torch_reader import CheckpointError, load_state_dict
+from checkpoints_convert.torch_reader import CheckpointError, is_tensor, load_selected, load_state_dict
 
 
 def config_of(state, blur_kernel=(1, 3, 3, 1), lr_mlp: float = 0.01):
@@ -74,6 +79,25 @@ def convert(src: str, dst: str, key: str = "g_ema", dtype: str = "float32", blur
     return {**extra, "size": config.size}
 
 
+def convert_warmup_kernel(src: str, dst: str) -> tuple:
+    """The tensor saved in `src` (BKS's kernel.pth: (1, kernel_dim, h, w)) as the .npy `dst`; returns its shape."""
+    from dps_jax import io as dps_io
+
+    def select(obj):
+        if not is_tensor(obj):
+            raise CheckpointError(f"{src}: expected one saved tensor (BKS's kernel.pth), got a {type(obj).__name__}")
+        return {"z": obj}
+
+    z = load_selected(src, select)["z"]
+    if z.ndim != 4 or z.shape[0] != 1 or not np.issubdtype(z.dtype, np.floating) or not np.isfinite(z).all():
+        raise CheckpointError(f"{src}: a warm-up blur latent is finite floats (1, kernel_dim, h, w); got {z.dtype} "
+                              f"{z.shape}")
+    buf = io.BytesIO()
+    np.save(buf, np.float32(z), allow_pickle=False)
+    dps_io.atomic_write(dst, buf.getvalue())
+    return tuple(z.shape)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m checkpoints_convert.stylegan2",
                                  description="Convert a StyleGAN2 generator (rosinality's stylegan2-pytorch layout) for "
@@ -83,8 +107,13 @@ def main(argv=None) -> int:
     ap.add_argument("--key", default="g_ema", help="the entry holding the generator (default g_ema)")
     ap.add_argument("--blur-kernel", default="1,3,3,1", help="the generator's FIR filter (default 1,3,3,1)")
     ap.add_argument("--lr-mlp", type=float, default=0.01, help="the mapping network's learning-rate multiplier")
+    ap.add_argument("--warmup-kernel", action="store_true",
+                    help="src is BKS's warm-up blur latent (kernel.pth); write it as the .npy dst")
     cli.add_weight_options(ap)
     args = ap.parse_args(argv)
+    if args.warmup_kernel:
+        return cli.run(lambda: convert_warmup_kernel(args.src, args.dst),
+                       lambda shape: f"wrote {args.dst} (a warm-up blur latent of shape {shape})")
 
     def run():
         try:

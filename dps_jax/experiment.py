@@ -137,7 +137,9 @@ def describe(cfg, runner: solvers.Runner) -> str:
                if f.name not in ("steps",)}
     shown = ", ".join(f"{k} {_short(v)}" for k, v in options.items())
     nfe = f", {runner.evaluations} network evaluations per sample" if runner.evaluations else ""
-    return f"{runner.solver.name}: {runner.num_steps} steps ({source}){nfe}; {shown or 'no options'}"
+    steps = getattr(runner.options, "steps", runner.num_steps)
+    rows = f" in {runner.num_steps} iterations" if steps != runner.num_steps else ""    # BKS: epochs of iterations
+    return f"{runner.solver.name}: {steps} steps ({source}){rows}{nfe}; {shown or 'no options'}"
 
 
 def _short(v) -> str:

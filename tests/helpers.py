@@ -156,6 +156,20 @@ def tiny_kernel_file(path, seed: int = 0) -> str:
     return str(path)
 
 
+def tiny_generator_file(path, seed: int = 0) -> str:
+    """A random StyleGAN2 generator for 32 x 32 x 1 images (8 channels, a 16-wide style, one mapping layer) in the
+    converter's format: BKS-styleGAN2's plumbing without a trained generator."""
+    from checkpoints_convert.mapping import random_state_dict
+    from dps_jax.models import checkpoint, stylegan2
+
+    config = stylegan2.StyleGAN2Config(size=32, style_dim=16, n_mlp=1, channels=((4, 8), (8, 8), (16, 8), (32, 8)),
+                                       image_channels=1)
+    params = random_state_dict(stylegan2.param_shapes(config), seed)
+    params.update(stylegan2.buffers(config))
+    checkpoint.save_checkpoint(str(path), params, config, fmt=stylegan2.FORMAT)
+    return str(path)
+
+
 def block_average(n: int, r: int, channels: int = 3):
     """DDRM's and RED-diff's own super-resolution operator (r x r block means) written in JAX, its SVD derived by
     dps_jax; and the map of those references' measurement vector ((C, h, w) block means, flat) to its y."""

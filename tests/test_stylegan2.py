@@ -139,3 +139,28 @@ def test_a_training_checkpoint_with_its_arguments_converts(tmp_path):
     path = tw.write_arrays(tmp_path / "evil.pt", state, wrap=lambda ops: tw.plain_dict({"g_ema": ops, "args": evil}))
     with pytest.raises(CheckpointError, match="refusing to load global .os.system."):
         convert_sg.convert(path, str(tmp_path / "g2.msgpack"))
+
+
+def test_bks_warmup_kernel_converts_and_bad_ones_are_refused(tmp_path):
+    """BKS's kernel.pth (one saved tensor (1, kernel_dim, h, w)) becomes the .npy its solver reads as (h, w, k);
+    a state_dict, a wrong rank or a non-finite value is refused in one line, nothing written."""
+    from dps_jax.solvers import bks_stylegan
+
+    z = np.random.default_rng(0).standard_normal((1, 8, 2, 2)).astype(np.float32)
+    src = tw.write(tmp_path / "kernel.pth", tw.tensor("0", z.size, z.shape), {"0": z.astype("<f4").tobytes()})
+    dst = str(tmp_path / "kernel.npy")
+    assert convert_sg.main(["--warmup-kernel", src, dst]) == 0
+    np.testing.assert_array_equal(bks_stylegan.read_warmup_kernel(dst), z[0].transpose(1, 2, 0))
+    bad = {"dict.pth": tw.write_arrays(tmp_path / "dict.pth", {"z": z}),
+           "rank.pth": tw.write(tmp_path / "rank.pth", tw.tensor("0", 8, (8,)), {"0": z.ravel()[:8].tobytes()}),
+           "nan.pth": tw.write(tmp_path / "nan.pth", tw.tensor("0", z.size, z.shape),
+                               {"0": np.full(z.shape, np.nan, "<f4").tobytes()})}
+    for name, path in bad.items():
+        out = str(tmp_path / f"{name}.npy")
+        with pytest.raises(CheckpointError, match="one saved tensor" if name == "dict.pth" else "finite floats"):
+            convert_sg.convert_warmup_kernel(path, out)
+        assert not os.path.exists(out)
+    (tmp_path / "pickle.npy").write_bytes(b"\x93NUMPY\x01\x00" + b"v\x00{'descr': '|O', 'fortran_order': False, "
+                                          b"'shape': (1,), }".ljust(118) + b"\n" + b"\x80\x02c__builtin__\neval\n.")
+    with pytest.raises(ValueError, match="is not a .npy array"):
+        bks_stylegan.read_warmup_kernel(str(tmp_path / "pickle.npy"))

@@ -83,3 +83,20 @@ def forward(params, config: KernelDIPConfig, noise):
         p = f"model.{19 + b}.conv_block"
         x = x + _conv(params, f"{p}.5", jax.nn.relu(_conv(params, f"{p}.1", x, reflect=1)), reflect=1)
     return x
+
+
+def init_params(key, config: KernelDIPConfig) -> Dict[str, jnp.ndarray]:
+    """Fresh weights as torch's Conv2d draws them (what the reference optimises from): weight and bias both
+    U(-1 / sqrt(fan_in), 1 / sqrt(fan_in)), fan_in = in_channels * k * k (kaiming_uniform with a = sqrt(5))."""
+    shapes = param_shapes(config)
+    params = {}
+    for i, name in enumerate(sorted(shapes)):
+        if not name.endswith(".weight"):
+            continue
+        stem = name[:-len(".weight")]
+        cout, cin, kh, kw = shapes[name]
+        bound = 1.0 / (cin * kh * kw) ** 0.5
+        kw_key, kb_key = jax.random.split(jax.random.fold_in(key, i))
+        params[name] = jax.random.uniform(kw_key, shapes[name], jnp.float32, -bound, bound)
+        params[stem + ".bias"] = jax.random.uniform(kb_key, (cout,), jnp.float32, -bound, bound)
+    return params

@@ -60,6 +60,11 @@ def make(image_shape, key=None, checkpoint: str = "", kernel_scale: float = 1.2,
     return {"params": params, "z": z, "config": config.to_json()}
 
 
+def blur_model(data):
+    """(params, KernelWizardConfig) of the operator's blur network (what a blind method such as BKS uses)."""
+    return data["params"], _config(data["config"])
+
+
 def forward(x, data):
     """(H, W, C) -> (H, W, C): the blurred image, in [-1, 1]."""
     return kernel_wizard.blur(data["params"], _config(data["config"]), x, data["z"])

@@ -27,6 +27,7 @@ fields here so that a small model can run on small images (the shipped 32 x 32 o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Tuple
 
@@ -218,7 +219,14 @@ class KernelWizard(nn.Module):
 
 
 def param_shapes(config: KernelWizardConfig):
-    """The params tree of `config` as ShapeDtypeStructs (no compute); shapes do not depend on the image."""
+    """The params tree of `config` as ShapeDtypeStructs (no compute); shapes do not depend on the image. A fresh
+    tree."""
+    return jax.tree_util.tree_map(lambda s: s, _param_shapes(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(config: KernelWizardConfig):
+    # Tracing the init takes about a second, and every read of a kernel model checks against it.
     f = config.downsample_factor
     x = jnp.zeros((1, f, f, config.in_channels))
     z = jnp.zeros((1,) + config.latent_shape(x.shape[1:]))

@@ -73,3 +73,41 @@ def test_classifier_trainer_resumes_and_reports_its_figures(tmp_path, capsys):
     y = train_classifier.augment(rng, x)
     assert y.shape == x.shape and np.array_equal(np.sort(np.unique(y)), [-1, 1])
     assert all(np.flatnonzero(y[i, :, 5, 0] > 0).tolist() in ([9], [10], [11]) for i in range(2))
+
+
+def test_stylegan2_trainer_resumes_and_exports_a_loadable_generator(tmp_path, capsys):
+    """Two steps (R1 on each: one compiled program), a resume to three, the exported average loads as a generator (the file the
+    BKS solver reads) and is G's average; eval.json has its FID-FMNIST."""
+    import json
+
+    from dps_jax.models import stylegan2
+    from dps_jax.train import stylegan2 as train_sg
+
+    cfg = lambda n: ConfigDict(dict(
+        seed=0, data=dict(name="fashion_mnist", root=FMNIST_SAMPLE, image_size=32, channels=1),
+        model=dict(size=32, style_dim=8, n_mlp=1, channel_base=64, channel_max=4, image_channels=1, lr_mlp=0.01),
+        optim=dict(lr=0.002), r1_gamma=0.01, r1_every=1, ema_kimg=0.01, batch_size=4, num_steps=n, log_every=1,
+        eval_images=8, checkpoint_minutes=0.0))
+    work = tmp_path / "work"
+    train_sg.train(cfg(2), str(work))
+    train_sg.train(cfg(3), str(work))
+    out = capsys.readouterr().out
+    assert "step 2/2 d " in out and "resumed from" in out and "at step 2" in out and "step 3/3" in out
+    params, config = stylegan2.load(str(work / "stylegan2.msgpack"))
+    assert config.size == 32 and config.image_channels == 1 and (config.width(16), config.width(32)) == (4, 2)
+    image = stylegan2.generate(params, config, np.ones((2, 8), np.float32))
+    assert image.shape == (2, 32, 32, 1) and np.isfinite(np.asarray(image)).all()
+    assert np.isfinite(json.load(open(work / "eval.json"))["fid_fmnist"])
+
+
+def test_minibatch_stddev_closed_form():
+    """The extra channel: the std over groups of 4 of each feature (sample n in group n % (N / 4)), averaged."""
+    from dps_jax.train import stylegan2 as train_sg
+
+    x = np.zeros((8, 2, 2, 3), np.float32)
+    x[:, :, :, 0] = np.array([0, 10, 2, 10, 4, 10, 6, 10])[:, None, None]    # odd samples constant
+    out = np.asarray(train_sg.minibatch_stddev(jax.numpy.asarray(x)))
+    assert out.shape == (8, 2, 2, 4)
+    even = np.sqrt(np.var([0, 2, 4, 6]) + 1e-8) / 3 + 2 * 1e-4 / 3
+    np.testing.assert_allclose(out[0::2, :, :, 3], even, rtol=1e-5)
+    np.testing.assert_allclose(out[1::2, :, :, 3], 1e-4, rtol=1e-3)

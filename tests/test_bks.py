@@ -70,13 +70,16 @@ def test_the_loop_is_the_references():
     state = bks.initial_state(jnp.asarray(w), noises[:13], kdip, jnp.asarray(dip_zk), options.trainable_noise,
                               (256, 256, 3), (2, 2, 64))
     xs = bks.SOLVER.step_grid(options).xs
-    # Row by row through the solver's own update (what `loop.scan` runs): XLA:CPU runs these 256 x 256 networks
-    # 2.3x slower inside its while loop than as one call.
-    step = jax.jit(lambda state, c, noise: bks.SOLVER.update(state, c, {"dip": noise}, problem, net, options))
+    # Row by row through the solver's own update (what `loop.scan` runs), each row's phase a constant of its
+    # program: XLA:CPU at the suite's optimisation level 0 runs these 256 x 256 networks ~50x slower inside a
+    # conditional than at the top level.
+    step = jax.jit(lambda state, lr, noise, phase, log: bks.SOLVER.update(
+        state, {"phase": jnp.int32(phase), "lr": lr, "log": jnp.bool_(log)}, {"dip": noise}, problem, net, options),
+        static_argnums=(3, 4))
     per = options.x_iters + options.k_iters
     losses, epochs = [], []
     for i, draw in enumerate(draws):
-        state, record = step(state, jax.tree_util.tree_map(lambda a: a[i], xs), draw)
+        state, record = step(state, xs["lr"][i], draw, int(xs["phase"][i]), bool(xs["log"][i]))
         if i >= options.warmup_iters:
             losses.append(float(record["loss"]))
             if (i - options.warmup_iters + 1) % per == 0:

@@ -3,10 +3,12 @@
     python -m checkpoints_convert.metrics lpips alexnet-owt-7be5be79.pth alex.pth lpips_alex.msgpack
     python -m checkpoints_convert.metrics lpips vgg16-397923af.pth vgg.pth lpips_vgg.msgpack --net vgg
     python -m checkpoints_convert.metrics fid pt_inception-2015-12-05-6726825d.pth fid_inception.msgpack
+    python -m checkpoints_convert.metrics vgg19 vgg19-dcbb9e9d.pth vgg19.msgpack
 
 LPIPS takes torchvision's ImageNet trunk (its `classifier.*` weights are not used) and the linear heads of
 the `lpips` package (`lpips/weights/v0.1/<net>.pth`, keys lin0..lin4). FID takes `pytorch-fid`'s Inception
-file (its `fc.*` logits layer and `num_batches_tracked` counters are not used). Files are read by the same
+file (its `fc.*` logits layer and `num_batches_tracked` counters are not used). VGG19 (BKS-generic's
+perceptual loss) takes torchvision's ImageNet trunk up to relu5_1 (`features.0` .. `features.28`). Files are read by the same
 restricted reader as the UNet checkpoints (`torch_reader`): data only, every tensor checked against its
 bytes, cost bounded by the file's size.
 """
@@ -24,7 +26,7 @@ import numpy as np
 from checkpoints_convert import cli
 from checkpoints_convert.mapping import convert_mapped
 from checkpoints_convert.torch_reader import CheckpointError, load_state_dict
-from dps_jax.models import inception, lpips_net
+from dps_jax.models import inception, lpips_net, vgg19
 
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -120,6 +122,30 @@ def _leaf(tree, names):
     return tree
 
 
+# ---- VGG19 (BKS-generic's perceptual loss) -----------------------------------------------------
+
+def vgg19_torch_key(path) -> str:
+    """("conv28", "kernel") -> "features.28.weight"."""
+    return f"features.{path[0][4:]}.{'weight' if path[1] == 'kernel' else 'bias'}"
+
+
+def _unused_vgg19_key(k: str) -> bool:
+    """torchvision's classifier and the trunk past relu5_1 (convolutions 30, 32, 34)."""
+    return k.startswith("classifier.") or (k.startswith("features.") and k.split(".")[1].isdigit()
+                                           and int(k.split(".")[1]) > vgg19.BLOCKS[-1][-1][0])
+
+
+def convert_vgg19(state: Dict[str, np.ndarray], config: vgg19.VGG19Config = vgg19.VGG19Config(), dtype=np.float32,
+                  allow_nonfinite: bool = False):
+    """The params of `vgg19.features` from torchvision's VGG19 state_dict."""
+    state = {k: v for k, v in state.items() if not _unused_vgg19_key(k)}
+    expected = {vgg19_torch_key(n): (n, s) for n, s in _paths(vgg19.param_shapes(config))}
+    shapes = {k: _conv_torch_shape(n, s) for k, (n, s) in expected.items()}
+    return convert_mapped(state, expected, lambda key, names, got: shapes[key],
+                          lambda key, names, w: _conv_to_flax(names, w), dtype, consume=True,
+                          allow_nonfinite=allow_nonfinite)
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 def convert_lpips_files(trunk_path: str, heads_path: str, dst: str, net: str = "alex", dtype="float32",
@@ -143,6 +169,14 @@ def convert_inception_file(src: str, dst: str, dtype="float32", allow_nonfinite:
                                fmt=inception.FORMAT)
 
 
+def convert_vgg19_file(src: str, dst: str, dtype="float32", allow_nonfinite: bool = False) -> None:
+    from dps_jax.models import checkpoint
+
+    _refuse_overwrite(dst, src)
+    params = convert_vgg19(load_state_dict(src), vgg19.VGG19Config(), np.dtype(dtype), allow_nonfinite)
+    checkpoint.save_checkpoint(dst, params, vgg19.VGG19Config(), extra={"source": str(src)}, fmt=vgg19.FORMAT)
+
+
 def _refuse_overwrite(dst, *sources):
     from checkpoints_convert import _same_file
 
@@ -153,7 +187,7 @@ def _refuse_overwrite(dst, *sources):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m checkpoints_convert.metrics",
-                                 description="Import the LPIPS or FID feature networks from their PyTorch files "
+                                 description="Import the LPIPS, FID or VGG19 feature networks from their PyTorch files "
                                              "(no torch needed).")
     sub = ap.add_subparsers(dest="metric", required=True)
     lp = sub.add_parser("lpips", help="torchvision trunk + lpips v0.1 heads -> one dps_jax file")
@@ -164,13 +198,18 @@ def main(argv=None) -> int:
     fid = sub.add_parser("fid", help="pytorch-fid's Inception (pt_inception-2015-12-05-6726825d.pth)")
     fid.add_argument("src")
     fid.add_argument("dst", help="the dps_jax file to write (.msgpack)")
-    for p in (lp, fid):
+    vgg = sub.add_parser("vgg19", help="torchvision's VGG19 (vgg19-dcbb9e9d.pth), BKS-generic's perceptual loss")
+    vgg.add_argument("src")
+    vgg.add_argument("dst", help="the dps_jax file to write (.msgpack)")
+    for p in (lp, fid, vgg):
         cli.add_weight_options(p)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.metric == "lpips":
             convert_lpips_files(args.trunk, args.heads, args.dst, args.net, args.dtype, args.allow_nonfinite)
+        elif args.metric == "vgg19":
+            convert_vgg19_file(args.src, args.dst, args.dtype, args.allow_nonfinite)
         else:
             convert_inception_file(args.src, args.dst, args.dtype, args.allow_nonfinite)
     except (CheckpointError, OSError, ValueError) as e:

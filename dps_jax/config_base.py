@@ -111,6 +111,7 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
         # PnP-DM's ~5,000 calls a sample: 30 iterations on 20 levels, rho 10 -> 0.1 over the first 10
         # (139 calls; benchmarks/pnpdm_grid.json, best on SR, Gaussian blur and box inpainting alike)
         c.solver.pnpdm.update(PNPDM_SHIPPED)
+        c.solver.bks_generic.dip_levels = 4     # its image DIP's 5 levels need sides that are multiples of 64
     c.operator = ml_collections.ConfigDict()     # the task's A: `name` and the options of operators.build
     c.noise = ml_collections.ConfigDict(dict(name="gaussian", sigma=0.05, rate=1.0))
     c.data = ml_collections.ConfigDict(dict(

@@ -81,6 +81,10 @@ RULES = (
     ("solver.*.iterations", _int(1, 100_000)),
     ("solver.*.*_iters", _int(0, MAX_ITERATIONS)),
     ("solver.*.fit_samples", _int(2, 100_000_000)),
+    ("solver.*.dip_*", _int(0, 4096)),                 # the DIPs' levels, widths, blocks
+    ("solver.*.kdip_*", _int(0, 4096)),
+    ("solver.*.decay", _real(0, 1)),
+    ("solver.*.hl_alpha", _real(0, 2, above=True)),
     ("solver.sdedit.t_star", _int(1, MAX_ITERATIONS)),
     ("solver.*.eta", _real(0, 1)),
     ("solver.*.eta_b", _real(0, 1)),

@@ -19,6 +19,7 @@ from typing import Dict
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dps_jax.models.config_json import JsonConfig
 
@@ -63,28 +64,34 @@ def param_shapes(config: KernelDIPConfig) -> Dict[str, tuple]:
     return shapes
 
 
-def _conv(params, name, x, stride=1, pad=0, reflect=0):
+def _conv(params, name, x, stride=1, pad=0, reflect=0, taps=True):
+    """taps: as `conv_by_taps` (the stem and the downsamplings, on large inputs); else one convolution (the
+    residual blocks at z's few pixels, where the weight gradient is cheap and the taps only cost compile time)."""
+    if taps:
+        return conv_by_taps(x, params[name + ".weight"], params[name + ".bias"], stride, max(pad, reflect),
+                            "reflect" if reflect else "constant")
     if reflect:
         x = jnp.pad(x, ((0, 0), (reflect, reflect), (reflect, reflect), (0, 0)), mode="reflect")
-    w = jnp.transpose(params[name + ".weight"], (2, 3, 1, 0))          # OIHW -> HWIO
-    y = jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(x, jnp.transpose(params[name + ".weight"], (2, 3, 1, 0)), (stride, stride),
+                                     [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + params[name + ".bias"]
 
 
-def _stem(params, name, x, reflect):
-    """The 7 x 7 stem as a sum over its taps of (shifted input) x (weight slice) matrix products, so that its
-    gradient in the weights is matrix products too: XLA:CPU runs that gradient as a convolution 7-8x slower
-    inside a loop or a conditional than at the top level (1.4 s against 0.19 at 64 x 64 x 64), and BKS's loop
-    is mostly that gradient."""
-    x = jnp.pad(x, ((0, 0), (reflect, reflect), (reflect, reflect), (0, 0)), mode="reflect")
-    w = params[name + ".weight"]                                         # OIHW
-    k = w.shape[2]
-    h, v = x.shape[1] - k + 1, x.shape[2] - k + 1
-    out = params[name + ".bias"]
-    for i in range(k):
-        for j in range(k):
-            out = out + jnp.einsum("nhwc,oc->nhwo", x[:, i:i + h, j:j + v], w[:, :, i, j])
+def conv_by_taps(x, w, b, stride: int = 1, pad: int = 0, mode: str = "constant"):
+    """A convolution of x (N, H, W, I) with w (O, I, kh, kw) (torch's layout, cross-correlation) and bias b (O,),
+    `pad` pixels each side (zeros, or "reflect"), written as a sum over the kernel's taps of (strided, shifted
+    input) x (weight slice) matrix products, so that its weight gradient is matrix products too: XLA:CPU runs a
+    convolution's weight gradient 4-8x slower inside a loop or a conditional than at the top level (the DIP
+    stem's: 1.4 s against 0.19 at 64 x 64 x 64), and the BKS loops are mostly those gradients."""
+    if pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
+    kh, kw = w.shape[2], w.shape[3]
+    ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = b
+    for i in range(kh):
+        for j in range(kw):
+            tap = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            out = out + jnp.einsum("nhwc,oc->nhwo", tap, w[:, :, i, j])
     return out
 
 
@@ -92,27 +99,34 @@ def forward(params, config: KernelDIPConfig, noise):
     """z = DIP(noise): (N, H, W, 64) -> (N, H / 32, W / 32, kernel_dim)."""
     if noise.shape[-1] != INPUT_CHANNELS:
         raise ValueError(f"the kernel DIP takes {INPUT_CHANNELS}-channel noise, got {noise.shape[-1]} channels")
-    x = jax.nn.relu(_stem(params, "model.1", noise, reflect=3))
+    x = jax.nn.relu(_conv(params, "model.1", noise, reflect=3))
     for k in range(1, DOWNSAMPLINGS + 1):
         x = jax.nn.relu(_conv(params, f"model.{1 + 3 * k}", x, stride=2, pad=1))
     for b in range(config.n_blocks):
         p = f"model.{19 + b}.conv_block"
-        x = x + _conv(params, f"{p}.5", jax.nn.relu(_conv(params, f"{p}.1", x, reflect=1)), reflect=1)
+        x = x + _conv(params, f"{p}.5", jax.nn.relu(_conv(params, f"{p}.1", x, reflect=1, taps=False)), reflect=1,
+                      taps=False)
     return x
 
 
-def init_params(key, config: KernelDIPConfig) -> Dict[str, jnp.ndarray]:
-    """Fresh weights as torch's Conv2d draws them (what the reference optimises from): weight and bias both
-    U(-1 / sqrt(fan_in), 1 / sqrt(fan_in)), fan_in = in_channels * k * k (kaiming_uniform with a = sqrt(5))."""
-    shapes = param_shapes(config)
-    params = {}
-    for i, name in enumerate(sorted(shapes)):
-        if not name.endswith(".weight"):
-            continue
-        stem = name[:-len(".weight")]
-        cout, cin, kh, kw = shapes[name]
-        bound = 1.0 / (cin * kh * kw) ** 0.5
-        kw_key, kb_key = jax.random.split(jax.random.fold_in(key, i))
-        params[name] = jax.random.uniform(kw_key, shapes[name], jnp.float32, -bound, bound)
-        params[stem + ".bias"] = jax.random.uniform(kb_key, (cout,), jnp.float32, -bound, bound)
+def uniform_conv_init(key, shapes: Dict[str, tuple]) -> Dict[str, jnp.ndarray]:
+    """torch's Conv2d init for every `<name>.weight` (O, I, kh, kw) of `shapes` and its `<name>.bias`: both
+    U(-1 / sqrt(fan_in), 1 / sqrt(fan_in)), fan_in = I * kh * kw (kaiming_uniform with a = sqrt(5)). One draw
+    for all of them, cut up: a draw per tensor compiled for ~20 s."""
+    convs = sorted(n[:-len(".weight")] for n, s in shapes.items() if n.endswith(".weight") and len(s) == 4)
+    sizes = [int(np.prod(shapes[c + ".weight"])) + shapes[c + ".weight"][0] for c in convs]
+    flat = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    params, start = {}, 0
+    for c, size in zip(convs, sizes):
+        shape = shapes[c + ".weight"]
+        bound = 1.0 / float(np.prod(shape[1:])) ** 0.5
+        n = int(np.prod(shape))
+        params[c + ".weight"] = bound * flat[start:start + n].reshape(shape)
+        params[c + ".bias"] = bound * flat[start + n:start + size]
+        start += size
     return params
+
+
+def init_params(key, config: KernelDIPConfig) -> Dict[str, jnp.ndarray]:
+    """Fresh weights as torch's Conv2d draws them (what the reference optimises from; `uniform_conv_init`)."""
+    return uniform_conv_init(key, param_shapes(config))

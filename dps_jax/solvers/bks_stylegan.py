@@ -151,10 +151,15 @@ def loss(net: Network, options: Options, w, noises, kdip, dip_input, y01, kw_par
 
 # ---- the solver ------------------------------------------------------------------------------------
 
-def check(problem, options) -> None:
+def blind_blur_only(solver: str, problem) -> None:
+    """The BKS solvers' refusal of any operator but the KernelWizard's blur."""
     if problem.op.name != "nonlinear_blur":
-        raise ValueError(f"solver 'bks_stylegan' deblurs blindly in the KernelWizard's blur space: it takes the "
+        raise ValueError(f"solver {solver!r} deblurs blindly in the KernelWizard's blur space: it takes the "
                          f"nonlinear_blur operator (task nonlinear_deblur) only; the operator is {problem.op.name!r}")
+
+
+def check(problem, options) -> None:
+    blind_blur_only("bks_stylegan", problem)
 
 
 def initial_state(w, noises, kdip, dip_zk, trainable: int, image_shape, z_shape):
@@ -235,7 +240,12 @@ def update(state, c, noise, problem, net: Network, options: Options):
 
     # A switch: each phase differentiates only what it moves (one program with selects took every gradient at
     # every iteration, the DIP's among them).
-    state, value = jax.lax.switch(c["phase"], (warm, x_step, k_step), state)
+    # Only the phases the grid has are compiled.
+    present = [f for f, n in ((warm, options.warmup_iters), (x_step, options.x_iters), (k_step, options.k_iters)) if n]
+    if len(present) == 1:
+        state, value = present[0](state)
+    else:
+        state, value = jax.lax.switch(c["phase"], (warm, x_step, k_step), state)
     return state, {"loss": value}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from dps_jax.solvers import (admm_tv, bks_stylegan, daps, ddrm, diffpir, dps, fienup, mcg, mcgdiff, pigdm, pnp_admm,
+from dps_jax.solvers import (admm_tv, bks_generic, bks_stylegan, daps, ddrm, diffpir, dps, fienup, mcg, mcgdiff, pigdm, pnp_admm,
                              pnpdm, reddiff, score_sde, scoreald, sdedit, sitcom, tmpd, unconditional)
 from dps_jax.solvers.base import Solver
 
@@ -32,6 +32,7 @@ REGISTRY: Dict[str, Solver] = {
     "hio": fienup.HIO,                   # hybrid input-output (Fienup 1982, 1987), phase retrieval
     "oss": fienup.OSS,                   # oversampling smoothness (Rodriguez et al. 2013), phase retrieval
     "bks_stylegan": bks_stylegan.SOLVER,  # blind deblurring, StyleGAN2 prior x blur-kernel space (Tran et al. 2021)
+    "bks_generic": bks_generic.SOLVER,   # blind deblurring, two deep image priors x blur-kernel space (Tran et al. 2021)
 }
 
 

@@ -176,3 +176,19 @@ def block_average(n: int, r: int, channels: int = 3):
     op = operators.from_callables(lambda x: x.reshape(n // r, r, n // r, r, channels).mean(axis=(1, 3)),
                                   (n, n, channels), linear=True, name="block_average")
     return op, lambda y: np.asarray(y).reshape(channels, n // r, n // r).transpose(1, 2, 0)
+
+
+def assert_one_line_refusals(cases, common, root) -> None:
+    """Each (config, extra args, message) run of `dps_jax.main` fails with status 1, one `error:` line holding
+    the message, and writes nothing under root / "bad"."""
+    import io
+
+    from dps_jax import main
+
+    for config, extra, match in cases:
+        out = io.StringIO()
+        argv = ["dps_jax.main", f"--config={config}", f"--config.output.root={root / 'bad'}", *common, *extra]
+        assert main.cli(argv, stream=out) == 1
+        lines = [line for line in out.getvalue().splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and match in lines[0], out.getvalue()[-1500:]
+        assert not os.path.exists(root / "bad")

@@ -13,10 +13,10 @@ import pytest
 
 from checkpoints_convert import kernel_wizard as ckw
 from checkpoints_convert.mapping import random_state_dict
-from dps_jax import config_base, main, operators, pipeline, solvers
+from dps_jax import main, operators, solvers
 from dps_jax.models import kernel_dip, kernel_wizard, stylegan2
 from dps_jax.solvers import bks_stylegan as bks
-from helpers import load_npz, tiny_generator_file, tiny_kernel_file
+from helpers import assert_one_line_refusals, load_npz, tiny_generator_file, tiny_kernel_file
 
 FX = load_npz("bks_dsd.npz")
 META = json.loads(str(FX["meta"]))
@@ -128,18 +128,12 @@ def test_runs_from_the_command_line_on_nonlinear_deblurring_only(tmp_path):
         generator=gen, fit_samples=200, steps=1, warmup_iters=0, x_iters=1, k_iters=0, dip_nf=4, dip_blocks=1).items()]
     common = ["--config.solver.name=bks_stylegan", "--config.num_samples=2", "--config.data.num_images=1",
               f"--config.compilation_cache={os.environ['DPS_JAX_SUITE_CACHE']}", *opts]
-    for config, extra, match in [
-            ("configs/super_resolution.py", [], "solver 'bks_stylegan' deblurs blindly in the KernelWizard's blur "
-                                                "space: it takes the nonlinear_blur operator (task nonlinear_deblur) "
-                                                "only; the operator is 'super_resolution'"),
-            ("configs/nonlinear_deblur.py", ["--config.solver.bks_stylegan.generator="],
-             "solver 'bks_stylegan' needs a StyleGAN2 generator")]:
-        out = io.StringIO()
-        argv = ["dps_jax.main", f"--config={config}", f"--config.output.root={tmp_path / 'bad'}", *common, *extra]
-        assert main.cli(argv, stream=out) == 1
-        lines = [l for l in out.getvalue().splitlines() if l.startswith("error:")]
-        assert len(lines) == 1 and match in lines[0], out.getvalue()[-1500:]
-        assert not os.path.exists(tmp_path / "bad")
+    assert_one_line_refusals([
+        ("configs/super_resolution.py", [], "solver 'bks_stylegan' deblurs blindly in the KernelWizard's blur "
+                                            "space: it takes the nonlinear_blur operator (task nonlinear_deblur) "
+                                            "only; the operator is 'super_resolution'"),
+        ("configs/nonlinear_deblur.py", ["--config.solver.bks_stylegan.generator="],
+         "solver 'bks_stylegan' needs a StyleGAN2 generator")], common, tmp_path)
     out = io.StringIO()
     argv = ["dps_jax.main", "--config=configs/nonlinear_deblur.py", f"--config.output.root={tmp_path / 'run'}",
             f"--config.operator.checkpoint={kernel}", *common]

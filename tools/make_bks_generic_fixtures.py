@@ -33,16 +33,14 @@ import types
 
 import numpy as np
 
+from tools.make_bks_fixtures import KDIP as BKS_KDIP, KW     # BKS-styleGAN2's fixture's KernelWizard and DIP
 from tools.reference import importable, project_random_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 71
 OPTIONS = dict(num_iters=5, num_warmup_iters=0)
 SIZE = 128
-KW = dict(input_nc=3, nf=8, front_RBs=1, back_RBs=1, N_frames=1, kernel_dim=64, use_vae=False,
-          KernelExtractor=dict(norm="none", use_sharp=True, n_blocks=1, padding_type="reflect", use_dropout=False),
-          Adapter=dict(norm="none", use_dropout=False))
-KDIP = dict(nf=4, n_blocks=0, padding_type="reflect", use_dropout=False, kernel_dim=64, norm="none")
+KDIP = dict(BKS_KDIP, n_blocks=0)
 XDIP = dict(channels=8, skip=4, levels=3)
 VGG_DIVISOR = 16
 VGG_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]

@@ -25,6 +25,7 @@ from dps_jax.models.config_json import JsonConfig
 
 INPUT_CHANNELS = 64          # fixed in the reference
 DOWNSAMPLINGS = 5            # fixed in the reference
+IM2COL_MAX = 1 << 24         # values of a convolution's side-by-side taps (64 MB in float32); above, tap by tap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,19 +80,23 @@ def _conv(params, name, x, stride=1, pad=0, reflect=0, taps=True):
 
 def conv_by_taps(x, w, b, stride: int = 1, pad: int = 0, mode: str = "constant"):
     """A convolution of x (N, H, W, I) with w (O, I, kh, kw) (torch's layout, cross-correlation) and bias b (O,),
-    `pad` pixels each side (zeros, or "reflect"), written as a sum over the kernel's taps of (strided, shifted
-    input) x (weight slice) matrix products, so that its weight gradient is matrix products too: XLA:CPU runs a
-    convolution's weight gradient 4-8x slower inside a loop or a conditional than at the top level (the DIP
-    stem's: 1.4 s against 0.19 at 64 x 64 x 64), and the BKS loops are mostly those gradients."""
+    `pad` pixels each side (zeros, or "reflect"), written as matrix products of its taps (strided, shifted
+    inputs): all side by side in one product (im2col) while they hold at most IM2COL_MAX values, else one product
+    per tap. Its weight gradient is then matrix products too: XLA:CPU runs a convolution's weight gradient 4-8x
+    slower inside a loop or a conditional than at the top level (the DIP stem's: 1.4 s against 0.19 at 64 x 64
+    x 64), and the BKS loops are mostly those gradients."""
     if pad:
         x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
     kh, kw = w.shape[2], w.shape[3]
     ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    taps = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            for i in range(kh) for j in range(kw)]
+    if len(taps) * taps[0].size <= IM2COL_MAX:       # the taps side by side: one product (fewer ops to compile)
+        patches = jnp.concatenate(taps, -1)
+        return b + jnp.einsum("nhwk,ok->nhwo", patches, jnp.transpose(w, (0, 2, 3, 1)).reshape(w.shape[0], -1))
     out = b
-    for i in range(kh):
-        for j in range(kw):
-            tap = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-            out = out + jnp.einsum("nhwc,oc->nhwo", tap, w[:, :, i, j])
+    for t, tap in enumerate(taps):
+        out = out + jnp.einsum("nhwc,oc->nhwo", tap, w[:, :, t // kw, t % kw])
     return out
 
 

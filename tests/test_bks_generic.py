@@ -1,6 +1,7 @@
 """BKS-generic's loop against the reference's (tests/fixtures/bks_generic.npz, from
 tools/make_bks_generic_fixtures.py): the same networks, options and random draws; every optimiser step's loss,
-the last image and kernel latent. Its loss terms and schedule against closed forms; its command line."""
+each iteration's image and kernel latent. Its schedule against closed forms; the VGG19 converter; its command
+line."""
 
 import glob
 import io
@@ -64,7 +65,8 @@ def f64(tree):
 
 
 def test_the_loop_is_the_references():
-    """The warm-ups and the first three joint iterations (both halves of the loss, two learning-rate decays)
+    """The first three joint iterations (both halves of the loss, two learning-rate decays; the fixture ran no
+    warm-up steps)
     through the solver's update in float64, as the fixture ran (in float32 the loop's own rounding moves the
     image by ~5e-3 within two Adam steps), on the reference's draws: every loss within 1e-9 relative, each
     iteration's x and z within 1e-8."""

@@ -39,7 +39,7 @@ import numpy as np
 from dps_jax.models import image_dip, kernel_dip, kernel_wizard, vgg19
 from dps_jax.operators import nonlinear_blur
 from dps_jax.solvers import base
-from dps_jax.solvers.bks_stylegan import ADAM, adam, blind_blur_only, read_warmup_kernel
+from dps_jax.solvers.bks_stylegan import ADAM, adam, blind_blur_only, read_warmup_kernel, warmup_target
 
 X_WARMUP, K_WARMUP, JOINT = 0, 1, 2
 PERCEPTUAL_WEIGHTS = (0.2, 0.4, 0.8, 1.0, 3.0)
@@ -150,13 +150,13 @@ def weights_at(options: Options, second):
 
 
 def joint_loss(net: Network, options: Options, x, z, y01, kw_params, kw_config, second):
-    """The joint loss at image x (1, H, W, C) in [0, 1] and blur latent z: (loss, F(x, z))."""
+    """The joint loss at image x (1, H, W, C) in [0, 1] and blur latent z (F(x, z) the KernelWizard's blur)."""
     fake = kernel_wizard.KernelWizard(kw_config).apply({"params": kw_params}, x, z,
                                                        method=kernel_wizard.KernelWizard.adapt_kernel)
     wp, ws, wk, wh = weights_at(options, second)
     total = (wp * perceptual(net.vgg, fake, y01) + ws * (1 - ssim(fake, y01)) + wk * jnp.sqrt(jnp.sum(z ** 2))
              + wh * hyper_laplacian(x, options.hl_alpha, options.hl_eps))
-    return total, fake
+    return total
 
 
 # ---- the solver ------------------------------------------------------------------------------------
@@ -223,8 +223,7 @@ def update(state, c, noise, problem, net: Network, options: Options):
         return {**state, "xdip": xdip, "x_adam": x_adam}, value
 
     def k_warm(state):
-        target = (jnp.zeros((1,) + kw_config.latent_shape(problem.y.shape), zk.dtype) if net.warmup_z is None
-                  else jnp.reshape(net.warmup_z, (1,) + kw_config.latent_shape(problem.y.shape)))
+        target = warmup_target(net, (1,) + kw_config.latent_shape(problem.y.shape))
         value, g = jax.value_and_grad(
             lambda p: jnp.mean((kernel_dip.forward(p, kconf, zk) - target) ** 2))(state["kdip"])
         kdip, k_adam = adam(state["kdip"], g, state["k_adam"], options.k_lr * c["lr"])
@@ -233,8 +232,8 @@ def update(state, c, noise, problem, net: Network, options: Options):
     def joint(state):
         def objective(xp, kp):
             x = image_dip.forward(xp, xconf, zx)
-            value, _ = joint_loss(net, options, x, kernel_dip.forward(kp, kconf, zk), y01, kw_params, kw_config,
-                                  c["second"])
+            value = joint_loss(net, options, x, kernel_dip.forward(kp, kconf, zk), y01, kw_params, kw_config,
+                               c["second"])
             return value, x
 
         (value, x), (gx, gk) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(state["xdip"],

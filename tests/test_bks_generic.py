@@ -133,7 +133,8 @@ def test_the_schedule_rows():
 
 def test_runs_from_the_command_line_on_nonlinear_deblurring_only(tmp_path):
     """A run on the nonlinear-deblurring config (no VGG19: pixel L1): restarts from independent draws, each
-    image in [-1, 1]; any other task, or a missing VGG19 file, is one line and nothing written."""
+    image in [-1, 1]; any other task, a missing VGG19 file or an image DIP too deep for 32 x 32 is one line and
+    nothing written."""
     kernel = tiny_kernel_file(tmp_path / "kernel.msgpack")
     opts = [f"--config.solver.bks_generic.{k}={v}" for k, v in dict(
         steps=1, warmup_iters=0, dip_levels=2, dip_channels=4, dip_skip=2, kdip_nf=4, kdip_blocks=0).items()]
@@ -144,7 +145,10 @@ def test_runs_from_the_command_line_on_nonlinear_deblurring_only(tmp_path):
                                             "space: it takes the nonlinear_blur operator (task nonlinear_deblur) "
                                             "only; the operator is 'super_resolution'"),
         ("configs/nonlinear_deblur.py", [f"--config.solver.bks_generic.vgg19={tmp_path / 'none.msgpack'}"],
-         f"solver 'bks_generic': no VGG19 file {tmp_path / 'none.msgpack'}")], common, tmp_path)
+         f"solver 'bks_generic': no VGG19 file {tmp_path / 'none.msgpack'}"),
+        ("configs/nonlinear_deblur.py", ["--config.solver.bks_generic.dip_levels=5"],
+         "the image DIP with 5 levels needs sizes that are multiples of 64, got 32 x 32; lower its levels")],
+        common, tmp_path)
     out = io.StringIO()
     argv = ["dps_jax.main", "--config=configs/nonlinear_deblur.py", f"--config.output.root={tmp_path / 'run'}",
             f"--config.operator.checkpoint={kernel}", *common]

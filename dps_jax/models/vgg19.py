@@ -66,18 +66,6 @@ def features(params, x):
     return out
 
 
-def init_params(key, config: VGG19Config = VGG19Config()):
-    """Random weights in torch's Conv2d init (tests, fixtures; a real loss needs the ImageNet weights)."""
-    params = {}
-    for i, (name, s) in enumerate(sorted(param_shapes(config).items())):
-        kh, kw, cin, cout = s["kernel"].shape
-        bound = 1.0 / (cin * kh * kw) ** 0.5
-        k1, k2 = jax.random.split(jax.random.fold_in(key, i))
-        params[name] = {"kernel": jax.random.uniform(k1, s["kernel"].shape, jnp.float32, -bound, bound),
-                        "bias": jax.random.uniform(k2, (cout,), jnp.float32, -bound, bound)}
-    return params
-
-
 def load(path: str):
     """(params, config) of a dps_jax VGG19 file, checked against its config."""
     from dps_jax.models.checkpoint import read_checkpoint

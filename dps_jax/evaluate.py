@@ -267,7 +267,7 @@ def quality(out, cells, images, net, metric) -> Dict:
             continue
         recon = cell_store.load_samples(path, images.shape)      # checked again: read, not trusted
         q = {}
-        if net is not None:
+        if net is not None and len(images) > 1:       # a covariance needs two images (shown from MIN_FID_IMAGES)
             features = net(recon)
             q["fid"] = fid.fid(features, truth_features)
             q["kid"] = fid.kid(features, truth_features)[0]

@@ -64,7 +64,7 @@ def pytest_sessionfinish(session):
 # Run first: under `--dist worksteal` the two workers then end on short tests instead of one waiting for the
 # other's long one.
 HEAVY_FIRST = ("test_install.py", "test_main.py", "test_train.py", "test_pigdm_reddiff.py", "test_perceptual.py",
-               "test_own_operator.py", "test_bks.py", "test_dps_fixtures.py", "test_unet.py")
+               "test_own_operator.py", "test_bks.py", "test_bks_generic.py", "test_dps_fixtures.py", "test_unet.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -178,6 +178,17 @@ def block_average(n: int, r: int, channels: int = 3):
     return op, lambda y: np.asarray(y).reshape(channels, n // r, n // r).transpose(1, 2, 0)
 
 
+def paper_table_config():
+    """The comparison command's config, configs/eval/paper_table.py's get_config()."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "eval", "paper_table.py")
+    spec = importlib.util.spec_from_file_location("paper_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def assert_one_line_refusals(cases, common, root) -> None:
     """Each (config, extra args, message) run of `dps_jax.main` fails with status 1, one `error:` line holding
     the message, and writes nothing under root / "bad"."""

@@ -121,7 +121,7 @@ def test_the_grid_rows():
 
 def test_runs_from_the_command_line_on_nonlinear_deblurring_only(tmp_path):
     """A run on the nonlinear-deblurring config with a (random) generator: restarts from independent draws, the
-    best image of each in [-1, 1]; any other task, or no generator, is one line and nothing written."""
+    best image of each in [-1, 1]; any other task, or a missing generator file, is one line and nothing written."""
     gen = tiny_generator_file(tmp_path / "gen.msgpack")
     kernel = tiny_kernel_file(tmp_path / "kernel.msgpack")
     opts = [f"--config.solver.bks_stylegan.{k}={v}" for k, v in dict(
@@ -132,8 +132,8 @@ def test_runs_from_the_command_line_on_nonlinear_deblurring_only(tmp_path):
         ("configs/super_resolution.py", [], "solver 'bks_stylegan' deblurs blindly in the KernelWizard's blur "
                                             "space: it takes the nonlinear_blur operator (task nonlinear_deblur) "
                                             "only; the operator is 'super_resolution'"),
-        ("configs/nonlinear_deblur.py", ["--config.solver.bks_stylegan.generator="],
-         "solver 'bks_stylegan' needs a StyleGAN2 generator")], common, tmp_path)
+        ("configs/nonlinear_deblur.py", [f"--config.solver.bks_stylegan.generator={tmp_path / 'none.msgpack'}"],
+         f"solver 'bks_stylegan': no generator file {tmp_path / 'none.msgpack'}")], common, tmp_path)
     out = io.StringIO()
     argv = ["dps_jax.main", "--config=configs/nonlinear_deblur.py", f"--config.output.root={tmp_path / 'run'}",
             f"--config.operator.checkpoint={kernel}", *common]

@@ -15,10 +15,10 @@ import pytest
 
 from checkpoints_convert import kernel_wizard as ckw
 from checkpoints_convert.mapping import random_state_dict
-from dps_jax import main, operators, solvers
+from dps_jax import evaluate, main, operators, solvers
 from dps_jax.models import image_dip, kernel_dip, kernel_wizard, vgg19
 from dps_jax.solvers import bks_generic as bg
-from helpers import assert_one_line_refusals, load_npz, tiny_kernel_file
+from helpers import assert_one_line_refusals, load_npz, paper_table_config, tiny_generator_file, tiny_kernel_file
 
 FX = load_npz("bks_generic.npz")
 META = json.loads(str(FX["meta"]))
@@ -161,6 +161,34 @@ def test_runs_from_the_command_line_on_nonlinear_deblurring_only(tmp_path):
     samples = np.load(os.path.join(os.path.dirname(metrics), img["image"], "samples.npz"))["samples"]
     assert samples.shape == (2, 32, 32, 1) and np.abs(samples).max() <= 1
     assert np.abs(samples[0] - samples[1]).max() > 1e-3            # restarts from independent draws
+
+
+def test_both_bks_solvers_in_the_comparison_command(tmp_path, monkeypatch):
+    """`dps_jax.evaluate` runs bks_generic and bks_stylegan on nonlinear deblurring (small networks in place of the
+    shipped KernelWizard and generator: compile time) and gives every other task n/a with the solver's reason.
+    One image: the table skips FID / KID, whose covariance needs two."""
+    monkeypatch.setattr(kernel_wizard, "SHIPPED_KERNEL_MODEL", tiny_kernel_file(tmp_path / "kernel.msgpack"))
+    c = paper_table_config()
+    c.data.source, c.data.num_images = "folder", 1            # one of the shipped test images
+    c.tasks, c.methods = "nonlinear_deblur,super_resolution", "bks_generic,bks_stylegan"
+    c.output.root, c.compilation_cache = str(tmp_path / "table"), os.environ["DPS_JAX_SUITE_CACHE"]
+    for k, v in dict(steps=2, warmup_iters=1, dip_levels=2, dip_channels=4, dip_skip=2, kdip_nf=4,
+                     kdip_blocks=0).items():
+        setattr(c.cells.solver.bks_generic, k, v)
+    for k, v in dict(generator=tiny_generator_file(tmp_path / "gen.msgpack"), fit_samples=200, steps=1,
+                     warmup_iters=1, x_iters=1, k_iters=1, dip_nf=4, dip_blocks=0).items():
+        setattr(c.cells.solver.bks_stylegan, k, v)
+    evaluate.evaluate(c, io.StringIO())
+    summary = json.load(open(tmp_path / "table" / "table.json"))
+    cells = {(x["task"], x["method"]): x for x in summary["cells"]}
+    assert set(cells) == {("nonlinear_deblur", "bks_generic"), ("nonlinear_deblur", "bks_stylegan")}
+    for cell in cells.values():
+        assert np.isfinite(cell["metrics"]["psnr"]["mean"]) and cell["num_images"] == 1
+        assert cell["identity"]["solver.bks_generic.steps" if cell["method"] == "bks_generic"
+                                else "solver.bks_stylegan.generator"] in (2, str(tmp_path / "gen.msgpack"))
+    reasons = {(u["method"], tuple(u["tasks"])): u["reason"] for u in summary["unsupported"]}
+    assert set(reasons) == {("bks_generic", ("super_resolution",)), ("bks_stylegan", ("super_resolution",))}
+    assert all("takes the nonlinear_blur operator (task nonlinear_deblur) only" in r for r in reasons.values())
 
 
 def test_vgg19_converter_maps_torchvisions_trunk_and_refuses_other_files(tmp_path):

@@ -1,6 +1,5 @@
 """The comparison table command: cells, n/a reasons, outputs, resuming, bad input."""
 
-import importlib.util
 import io
 import json
 import os
@@ -12,7 +11,7 @@ from PIL import Image
 
 from dps_jax import data, evaluate
 from dps_jax.metrics import fid, lpips
-from helpers import random_lpips_file, tiny_prior_file
+from helpers import paper_table_config, random_lpips_file, tiny_prior_file
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.environ["DPS_JAX_SUITE_CACHE"]
@@ -23,10 +22,7 @@ CONFIG = os.path.join(TESTS, "..", "configs", "eval", "paper_table.py")
 
 def config(out, **over):
     """The paper-table config, shrunk: 2 shipped images, 2 tasks, 2 methods, few steps."""
-    spec = importlib.util.spec_from_file_location("paper_table", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = paper_table_config()
     c.data.source, c.data.num_images = "folder", 2           # two of the shipped test images
     c.tasks, c.methods = "super_resolution,phase_retrieval", "ddrm,hio"
     c.cells.solver.hio.steps, c.cells.solver.ddrm.steps = 20, 4          # every cell's overrides, typed fields

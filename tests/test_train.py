@@ -83,14 +83,15 @@ def test_stylegan2_trainer_resumes_and_exports_a_loadable_generator(tmp_path, ca
     from dps_jax.models import stylegan2
     from dps_jax.train import stylegan2 as train_sg
 
-    cfg = lambda n: ConfigDict(dict(
+    cfg = lambda n, eval_images: ConfigDict(dict(
         seed=0, data=dict(name="fashion_mnist", root=FMNIST_SAMPLE, image_size=32, channels=1),
         model=dict(size=32, style_dim=8, n_mlp=1, channel_base=64, channel_max=4, image_channels=1, lr_mlp=0.01),
         optim=dict(lr=0.002), r1_gamma=0.01, r1_every=1, ema_kimg=0.01, batch_size=4, num_steps=n, log_every=1,
-        eval_images=8, checkpoint_minutes=0.0))
+        eval_images=eval_images, checkpoint_minutes=0.0))
     work = tmp_path / "work"
-    train_sg.train(cfg(1), str(work))
-    train_sg.train(cfg(2), str(work))
+    train_sg.train(cfg(1, 0), str(work))
+    assert not (work / "eval.json").exists()                  # eval_images 0: no evaluation
+    train_sg.train(cfg(2, 8), str(work))
     out = capsys.readouterr().out
     assert "step 1/1 d " in out and "resumed from" in out and "at step 1" in out and "step 2/2" in out
     params, config = stylegan2.load(str(work / "stylegan2.msgpack"))

@@ -150,12 +150,13 @@ def test_bad_training_states_are_refused_saying_what_to_delete(tmp_path):
 
 
 def test_every_weight_loader_refuses_with_the_one_error_type(tmp_path):
-    from dps_jax.models import classifier, dncnn, kernel_wizard
+    from dps_jax.models import classifier, dncnn, kernel_wizard, stylegan2, vgg19
 
     garbage = write(tmp_path, "garbage.msgpack", b"\xc1\xc1 not msgpack")
     forged = write(tmp_path, "forged.msgpack", {"params": {"w": array_record(np.zeros(2, np.float32),
                                                                             dtype_name="float\xff6")}})
-    for load in (checkpoint.load_checkpoint, classifier.load, kernel_wizard.load, dncnn.load):
+    for load in (checkpoint.load_checkpoint, classifier.load, kernel_wizard.load, dncnn.load, stylegan2.load,
+                 vgg19.load):
         for path in (garbage, forged):
             with pytest.raises(msgpack_io.WeightFileError) as e:
                 load(path)

@@ -23,6 +23,6 @@ def get_config():
     c.batch_size = 32
     c.num_steps = 5000                   # 160k images; 1.3 s a step on 2 CPU cores (1.8 h)
     c.log_every = 100
-    c.eval_images = 2000                 # samples and held-out test images of the FID-FMNIST in eval.json
+    c.eval_images = 2000                 # samples and held-out test images of the FID-FMNIST in eval.json (0: none)
     c.checkpoint_minutes = 5.0
     return c

@@ -236,6 +236,8 @@ def train(cfg, workdir: str) -> None:
         return (params, opt_state, n), aux
 
     state, _ = training.loop(state, cfg, step, save, lambda m: f"d {m[0]:.3f} g {m[1]:.3f} r1 {m[2]:.3f}")
+    if not cfg.eval_images:
+        return
     held_out = data_lib.fashion_mnist("test", cfg.data.root, cfg.data.image_size)[:cfg.eval_images] \
         if cfg.data.name == "fashion_mnist" else data[-cfg.eval_images:]
     figures = evaluate(cfg, config, state[0]["g_ema"], fixed, held_out)

@@ -25,7 +25,7 @@ import msgpack
 import numpy as np
 
 from benchmarks.fuzz_reader import mutate, try_case
-from dps_jax.models import classifier, dncnn, kernel_wizard, msgpack_io
+from dps_jax.models import classifier, dncnn, kernel_wizard, msgpack_io, stylegan2
 from dps_jax.models.checkpoint import SHIPPED_PRIOR, load_checkpoint
 
 ASSETS = os.path.join(os.path.dirname(SHIPPED_PRIOR))
@@ -34,6 +34,7 @@ LOADERS = {
     "fmnist_classifier.msgpack": classifier.load,
     "kernel_wizard_fmnist32.msgpack": kernel_wizard.load,
     "dncnn_fmnist32.msgpack": dncnn.load,
+    "stylegan2_fmnist32.msgpack": stylegan2.load,
 }
 
 

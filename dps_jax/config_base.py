@@ -112,6 +112,12 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
         # (139 calls; benchmarks/pnpdm_grid.json, best on SR, Gaussian blur and box inpainting alike)
         c.solver.pnpdm.update(PNPDM_SHIPPED)
         c.solver.bks_generic.dip_levels = 4     # its image DIP's 5 levels need sides that are multiples of 64
+        # The BKS optimisations at the reference's counts take 20-30 min an image here (benchmarks/bks_cost.py);
+        # about a minute instead (docs/solvers.md has the 3-image probe): bks_generic 50 + 50 warm-up and 400
+        # joint iterations (its 300 + 300 and 5,000), bks_stylegan 50 warm-up and 4 epochs of 100 x and 50 k
+        # steps (its 150 and 25 of 300 and 200).
+        c.solver.bks_generic.warmup_iters, c.solver.bks_generic.steps = 50, 400
+        c.solver.bks_stylegan.update(dict(warmup_iters=50, steps=4, x_iters=100, k_iters=50))
     c.operator = ml_collections.ConfigDict()     # the task's A: `name` and the options of operators.build
     c.noise = ml_collections.ConfigDict(dict(name="gaussian", sigma=0.05, rate=1.0))
     c.data = ml_collections.ConfigDict(dict(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Dict, List, Optional, Tuple
 
 import jax
@@ -30,6 +31,10 @@ import numpy as np
 from dps_jax.models.config_json import JsonConfig
 
 FORMAT = "dps_jax.stylegan2"
+# The generator trained on Fashion-MNIST 32 x 32 that ships (`dps_jax.train.stylegan2`, docs/models.md):
+# BKS-styleGAN2's image prior on the shipped nonlinear-deblurring config.
+SHIPPED_GENERATOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                 "stylegan2_fmnist32.msgpack")
 
 
 def default_channels(size: int, channel_multiplier: int = 2) -> Tuple[Tuple[int, int], ...]:

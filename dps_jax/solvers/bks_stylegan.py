@@ -18,7 +18,7 @@ answer is G(w) at the lowest loss seen at the end of a phase (clamped to [0, 1])
 restarts from independent draws (w, noise maps, DIP weights and input), as for ER / HIO.
 
 What the reference fixes that dps_jax makes options: the generator (`generator`, a converted rosinality
-checkpoint: `python -m checkpoints_convert.stylegan2`), the warm-up z (`warmup_kernel`: its
+checkpoint: `python -m checkpoints_convert.stylegan2`; "" = the 32 x 32 Fashion-MNIST one that ships), the warm-up z (`warmup_kernel`: its
 experiments/pretrained/kernel.pth as `.npy`; "" = zeros, the VAE prior's mean, for a KernelWizard without one),
 the Gaussian fit's sample count (its 1,000,000). The DIP's input is (32 h, 32 w, 64) for a z of h x w (the
 reference's 64 x 64 gives its 2 x 2).
@@ -59,7 +59,7 @@ class Options:
     x_iters: int = base.static_field(300)
     k_iters: int = base.static_field(200)
     trainable_noise: int = base.static_field(5)
-    generator: str = base.static_field("")     # a converted StyleGAN2 generator (.msgpack)
+    generator: str = base.static_field("")     # a converted StyleGAN2 generator (.msgpack); "" = the shipped one
     warmup_kernel: str = base.static_field("")  # the DIP's warm-up z (.npy, (h, w, kernel_dim) or NCHW); "" = zeros
     fit_samples: int = base.static_field(1_000_000)   # mapped latents of the Gaussian fit
     dip_nf: int = base.static_field(64)
@@ -319,12 +319,9 @@ def _network(path: str, stamp, warmup: str, fit_samples: int, dip: tuple) -> Net
 
 
 def load_network(options: Options) -> Network:
-    """The generator of `options.generator` with its Gaussian fit, and the warm-up z."""
-    if not options.generator:
-        raise ValueError("solver 'bks_stylegan' needs a StyleGAN2 generator: set its option generator (the config's "
-                         "solver.bks_stylegan.generator) to a converted checkpoint (python -m "
-                         "checkpoints_convert.stylegan2 stylegan2.pt gen.msgpack)")
-    path = os.path.abspath(os.path.expanduser(options.generator))
+    """The generator of `options.generator` ("" = the shipped 32 x 32 Fashion-MNIST one) with its Gaussian fit,
+    and the warm-up z."""
+    path = os.path.abspath(os.path.expanduser(options.generator or stylegan2.SHIPPED_GENERATOR))
     if not os.path.isfile(path):
         raise ValueError(f"solver 'bks_stylegan': no generator file {path}")
     stat = os.stat(path)

@@ -172,11 +172,11 @@ def test_both_bks_solvers_in_the_comparison_command(tmp_path, monkeypatch):
     c.data.source, c.data.num_images = "folder", 1            # one of the shipped test images
     c.tasks, c.methods = "nonlinear_deblur,super_resolution", "bks_generic,bks_stylegan"
     c.output.root, c.compilation_cache = str(tmp_path / "table"), os.environ["DPS_JAX_SUITE_CACHE"]
-    for k, v in dict(steps=2, warmup_iters=1, dip_levels=2, dip_channels=4, dip_skip=2, kdip_nf=4,
+    for k, v in dict(steps=2, warmup_iters=0, dip_levels=2, dip_channels=4, dip_skip=2, kdip_nf=4,
                      kdip_blocks=0).items():
         setattr(c.cells.solver.bks_generic, k, v)
     for k, v in dict(generator=tiny_generator_file(tmp_path / "gen.msgpack"), fit_samples=200, steps=1,
-                     warmup_iters=1, x_iters=1, k_iters=1, dip_nf=4, dip_blocks=0).items():
+                     warmup_iters=0, x_iters=1, k_iters=1, dip_nf=4, dip_blocks=0).items():
         setattr(c.cells.solver.bks_stylegan, k, v)
     evaluate.evaluate(c, io.StringIO())
     summary = json.load(open(tmp_path / "table" / "table.json"))

@@ -70,9 +70,8 @@ def convolutions(kind: str):
 def parts(n: int) -> None:
     """Seconds per gradient step of each DIP alone, in a scanned loop of n steps, both ways."""
     from dps_jax.models import image_dip, kernel_dip
-    from dps_jax.solvers import bks_generic
-
     from dps_jax.operators import nonlinear_blur
+    from dps_jax.solvers import bks_generic
 
     o = bks_generic.Options()
     key = jax.random.PRNGKey(0)

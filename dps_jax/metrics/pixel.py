@@ -19,7 +19,8 @@ def psnr(x, ref) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
 
 
-def _gaussian_window(size=11, sigma=1.5):
+def gaussian_window(size=11, sigma=1.5):
+    """The normalised 1-D Gaussian (size,) of SSIM's window (also BKS-generic's SSIM loss)."""
     g = np.exp(-0.5 * ((np.arange(size) - size // 2) / sigma) ** 2)
     return g / g.sum()
 
@@ -40,7 +41,7 @@ def ssim(x, ref, window: int = 11) -> float:
         raise ValueError(f"ssim needs images of the same shape, got {x.shape} and {ref.shape}")
     window = min(window, x.shape[0], x.shape[1])
     window -= 1 - window % 2                     # odd
-    g = _gaussian_window(window, 1.5 * window / 11)
+    g = gaussian_window(window, 1.5 * window / 11)
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     vals = []
     for c in range(x.shape[-1]):

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dps_jax.metrics import pixel
 from dps_jax.models import image_dip, kernel_dip, kernel_wizard, vgg19
 from dps_jax.operators import nonlinear_blur
 from dps_jax.solvers import base
@@ -110,17 +111,12 @@ def perceptual(vgg, a, b):
     return sum(w * jnp.mean(jnp.abs(f[:n] - f[n:])) for w, f in zip(PERCEPTUAL_WEIGHTS, feats))
 
 
-def _window(size: int = 11, sigma: float = 1.5):
-    g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    return np.float32(np.outer(g, g))
-
-
 def ssim(a, b):
     """The reference's SSIM of images (N, H, W, C) in [0, 1]: a Gaussian window (11, sigma 1.5) per channel with
     zero padding, C1 = 0.01^2, C2 = 0.03^2, the map's mean."""
     n, h, w_, c = a.shape
-    w = jnp.asarray(_window()[:, :, None, None]).astype(a.dtype)           # float32 taps, as its
+    g = pixel.gaussian_window(11, 1.5)                                      # the SSIM metric's window
+    w = jnp.asarray(np.float32(np.outer(g, g))[:, :, None, None]).astype(a.dtype)     # float32 taps, as its
 
     def blur(t):              # each channel alone: channels into the batch (a grouped convolution is slow on CPU)
         t = jnp.moveaxis(t, -1, 1).reshape(n * c, h, w_, 1)

@@ -18,10 +18,10 @@ answer is G(w) at the lowest loss seen at the end of a phase (clamped to [0, 1])
 restarts from independent draws (w, noise maps, DIP weights and input), as for ER / HIO.
 
 What the reference fixes that dps_jax makes options: the generator (`generator`, a converted rosinality
-checkpoint: `python -m checkpoints_convert.stylegan2`; "" = the 32 x 32 Fashion-MNIST one that ships), the warm-up z (`warmup_kernel`: its
-experiments/pretrained/kernel.pth as `.npy`; "" = zeros, the VAE prior's mean, for a KernelWizard without one),
-the Gaussian fit's sample count (its 1,000,000). The DIP's input is (32 h, 32 w, 64) for a z of h x w (the
-reference's 64 x 64 gives its 2 x 2).
+checkpoint: `python -m checkpoints_convert.stylegan2`; "" = the 32 x 32 Fashion-MNIST one that ships), the
+warm-up z (`warmup_kernel`: its experiments/pretrained/kernel.pth as `.npy`; "" = zeros, the VAE prior's mean,
+for a KernelWizard without one), the Gaussian fit's sample count (its 1,000,000). The DIP's input is
+(32 h, 32 w, 64) for a z of h x w (the reference's 64 x 64 gives its 2 x 2).
 """
 
 from __future__ import annotations

@@ -108,8 +108,8 @@ def base(task: str, preset: str | None = None) -> ml_collections.ConfigDict:
     c.solver.daps.preset = "1k" if paper else "cpu"      # DAPS's published 1000 evaluations, or 50 on a CPU
     if not paper:      # MCGdiff's 64 particles x 99 steps is 6,336 network calls a sample: 16 x 24 on a CPU
         c.solver.mcgdiff.particles, c.solver.mcgdiff.steps = 16, 25
-        # PnP-DM's ~5,000 calls a sample: 30 iterations on 20 levels, rho 10 -> 0.1 over the first 10
-        # (139 calls; benchmarks/pnpdm_grid.json, best on SR, Gaussian blur and box inpainting alike)
+        # PnP-DM's published schedule makes 3,032 calls a sample here: 30 iterations on 20 levels, rho 10 -> 0.1
+        # over the first 10 (139 calls; benchmarks/pnpdm_grid.json, best on SR, Gaussian blur and box inpainting)
         c.solver.pnpdm.update(PNPDM_SHIPPED)
         c.solver.bks_generic.dip_levels = 4     # its image DIP's 5 levels need sides that are multiples of 64
         # The BKS optimisations at the reference's counts take 20-30 min an image here (benchmarks/bks_cost.py);

@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "linear_reversed")
 
 
 def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
@@ -21,12 +21,18 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
 
     linear: Ho et al.'s 1e-4 .. 0.02 for 1000 steps, scaled by 1000 / num_timesteps so that the
     schedule keeps its shape for any step count. cosine: Nichol & Dhariwal's alpha_bar(t) =
-    cos^2((t + 0.008) / 1.008 * pi / 2), betas capped at 0.999.
+    cos^2((t + 0.008) / 1.008 * pi / 2), betas capped at 0.999. linear_reversed: the schedule of MCGdiff's
+    Gaussian-mixture benchmark, alphas_cumprod[0] = 1 then betas linspace(0.02, 1e-4, T - 1) (decreasing; the
+    same total noise as linear, spent early); its beta_0 is 1e-6, not 0: the tables divide by 1 - alphas_cumprod, which must stay
+    above 0 in float32.
     """
     _check_steps(num_timesteps, "num_timesteps")
     if name == "linear":
         scale = 1000.0 / num_timesteps
         return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+    if name == "linear_reversed":
+        scale = 1000.0 / num_timesteps
+        return np.concatenate([[1e-6], np.linspace(scale * 0.02, scale * 1e-4, num_timesteps - 1)])
     if name == "cosine":
         return betas_for_alpha_bar(
             num_timesteps, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)

@@ -20,7 +20,8 @@ rho' = ab_{t'} / ab_{tau_i} and kappa the small variance that keeps the potentia
 the likelihood of y at x_0 over the potential the particles carried there (or minus that potential when
 sigma_y = 0), and the sample is one particle drawn by them, mapped back by V and clipped to [-1, 1] as the
 reference's image script does (for a prior that clips its x0_hat, i.e. of images). The grid is the reference's: `steps` times linspace(0, T - 1, steps) (floored),
-so steps - 1 transitions and P (steps - 1) network evaluations per sample. Defaults from its configs
+so steps - 1 transitions and P (steps - 1) network evaluations per sample; `timesteps` sets another grid (its
+Gaussian-mixture benchmark's, adapted to A and sigma_y: `adapted_timesteps`). Defaults from its configs
 (`mcg_diff/default.yaml`, `diffusion/ddim_100.yaml`): 64 particles, 100 times, eta 1, kappa 1e-4.
 """
 
@@ -42,10 +43,13 @@ class Options:
     steps: int = base.static_field(100)                # grid times linspace(0, T - 1, steps): steps - 1 transitions
     eta: float = 1.0                                   # DDIM stochasticity of the transitions
     kappa: float = 1e-4                                # the reference's gaussian_var
+    timesteps: str = base.static_field("")             # "t0,t1,...": this grid instead of steps' linspace
 
     def check(self) -> None:
         base.check_int("mcgdiff particles", self.particles, 1)
         base.check_int("mcgdiff steps", self.steps, 2)
+        if self.timesteps:
+            parse_timesteps(self.timesteps)
         if not (np.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
             raise ValueError(f"mcgdiff eta must be in [0, 1], got {self.eta!r}")
         if not (np.isfinite(self.kappa) and 0.0 < self.kappa < 1.0):
@@ -57,16 +61,64 @@ def timesteps(steps: int, num_timesteps: int) -> np.ndarray:
     return np.linspace(0, num_timesteps - 1, steps).astype(np.int64)
 
 
+def parse_timesteps(spec: str) -> np.ndarray:
+    """The times of a `timesteps` option "0,2,4,...": strictly increasing integers from 0, at least two."""
+    try:
+        ts = np.array([int(v) for v in str(spec).split(",")], np.int64)
+    except ValueError:
+        raise ValueError(f"mcgdiff timesteps {spec!r:.60}: expected comma-separated integers") from None
+    if len(ts) < 2 or ts[0] != 0 or np.any(np.diff(ts) <= 0):
+        raise ValueError(f"mcgdiff timesteps {spec!r:.60}: expected at least two strictly increasing times "
+                         "starting at 0")
+    return ts
+
+
+def adapted_timesteps(alphas_cumprod, singular_values, sigma_y: float, steps: int, taus=None) -> np.ndarray:
+    """The grid of MCGdiff's Gaussian-mixture benchmark (its `get_optimal_timesteps_from_singular_values`),
+    for one problem: from t = 0, a time wherever sqrt(ab_t) has fallen by (sqrt(ab_0) - sqrt(ab_e)) / (steps -
+    1 - k) since the last one, and at each coordinate's tau (the t minimising |sigma_y^2 ab_t - (1 - ab_t)
+    s_i^2|; k of them above 0), up to e, the first t with sqrt(ab_t) < 0.01; then ceil(linspace) to T - 1.
+    (The reference takes its taus' argmin over the flattened, sorted distances, which is not a time: here
+    they are the times its description names; `taus` replaces them.) Returns `steps` increasing times; pass
+    them as `timesteps`."""
+    ab = np.asarray(alphas_cumprod, np.float64)
+    s = np.asarray(singular_values, np.float64).reshape(-1)
+    root = np.sqrt(ab)
+    if taus is None:
+        taus = {int(np.argmin(np.abs(sigma_y ** 2 * ab - (1 - ab) * si ** 2))) for si in s}
+    taus = sorted(set(int(t) for t in taus) - {0})
+    end = int(np.argmax(root < 1e-2)) if np.any(root < 1e-2) else len(ab) - 1
+    if steps - 1 - len(taus) < 1:
+        raise ValueError(f"mcgdiff adapted grid: {steps} steps cannot hold the {len(taus)} taus and the ends")
+    drop = (root[0] - root[end]) / (steps - 1 - len(taus))
+    ts, last = [0], root[0]
+    for t in range(1, end):
+        if last - root[t] >= drop or t in taus:
+            ts.append(t)
+            last = root[t]
+    rest = steps - len(ts)
+    if rest < 1:
+        raise ValueError(f"mcgdiff adapted grid: {len(ts)} times before sqrt(ab) < 0.01 exceed steps {steps}")
+    ts += np.ceil(np.linspace(ts[-1], len(ab) - 1, rest + 1)).astype(np.int64).tolist()[1:]
+    return np.asarray(ts, np.int64)
+
+
 def grid(options: Options, schedule: base.Schedule) -> base.Grid:
     """One row per transition t -> t_prev, in reverse time; each row also holds the whole grid (times and
     alphas_cumprod), which the taus are read from."""
-    steps = base.check_int("steps", options.steps, 2)
     num_timesteps = base.check_int("num_timesteps", schedule.num_timesteps, 1)
-    if steps > num_timesteps:
-        raise ValueError(f"mcgdiff steps {steps} exceeds num_timesteps {num_timesteps}")
-    ts = timesteps(steps, num_timesteps)
-    if len(np.unique(ts)) != steps:
-        raise ValueError(f"mcgdiff steps {steps}: linspace(0, {num_timesteps - 1}, {steps}) repeats a time")
+    if options.timesteps:
+        ts = parse_timesteps(options.timesteps)
+        if ts[-1] >= num_timesteps:
+            raise ValueError(f"mcgdiff timesteps end at {ts[-1]}; the schedule has {num_timesteps} steps")
+        steps = len(ts)
+    else:
+        steps = base.check_int("steps", options.steps, 2)
+        if steps > num_timesteps:
+            raise ValueError(f"mcgdiff steps {steps} exceeds num_timesteps {num_timesteps}")
+        ts = timesteps(steps, num_timesteps)
+        if len(np.unique(ts)) != steps:
+            raise ValueError(f"mcgdiff steps {steps}: linspace(0, {num_timesteps - 1}, {steps}) repeats a time")
     ab = schedule_lib.build_tables(schedule.name, num_timesteps, num_timesteps).alphas_cumprod
     n = steps - 1
     rows = np.arange(n)[::-1]                           # transition k: ts[k + 1] -> ts[k]

@@ -6,10 +6,10 @@ The three problems of gabrielvc/benchopts_inverse_problem_diffusion_prior (torch
 d_y in {1, 2, 4}), as `tools/make_benchopt_gmm.py` wrote them from its own dataset file
 (`tests/fixtures/mcgdiff_benchopt_problems.npz`), on its decreasing schedule (`linear_reversed`). Each solver
 at that benchmark's settings, in dps_jax's terms: DPS with 100 DDIM steps of eta 0.6 (our respacing "100"
-rounds i 999 / 99 where its grid floors it: a timestep apart at most), zeta 1 on the squared residual over
-the residual (its step, 2 zeta grad ||r||: our scale 2); DDRM at 100 steps (eta 0.85, eta_b 1, singular values below 1e-3 counted as 0, as its H
-functions do); MCGdiff with 32 and 128 particles on its 100 grid times adapted to A and sigma
-(`mcgdiff.adapted_timesteps`), eta 0.6, kappa 1e-6 (its gaussian_var).
+rounds i 999 / 99 where its grid floors it: a timestep apart at most), zeta 1 on the squared residual over the
+residual (its step, 2 zeta grad ||r||: our scale 2); DDRM at 100 steps (eta 0.85, eta_b 1, singular values
+below 1e-3 counted as 0, as its H functions do); MCGdiff with 32 and 128 particles on its 100 grid times
+adapted to A and sigma (`mcgdiff.adapted_timesteps`), eta 0.6, kappa 1e-6 (its gaussian_var).
 1,000 samples a run, scored as that benchmark scores them: the max-sliced W_2 over 100 random directions
 to 10,000 exact posterior draws (`calibration.max_sliced_wasserstein`); `exact` is 1,000 exact draws scored
 the same way (the floor). --repeats runs a row with different seeds; the table gives mean +- std over them,
@@ -38,10 +38,11 @@ PROBLEMS = os.path.join(ROOT, "tests", "fixtures", "mcgdiff_benchopt_problems.np
 REFERENCE = os.path.join(ROOT, "benchmarks", "mcgdiff_benchopt.json")
 DIMS = ("1,8", "2,8", "4,8")
 NUM, N_REFERENCE, PROJECTIONS = 1000, 10_000, 100
+DDRM = "Python-DDRM[ddim_params=(100, 0.6)]"
 ROWS = {          # row -> (solver, options, the benchmark's solver of the same settings)
-    "ddrm": ("ddrm", {"steps": 100, "eta": 0.85, "eta_b": 1.0, "cutoff": 1e-3}, "Python-DDRM[ddim_params=(100, 0.6)]"),
+    "ddrm": ("ddrm", {"steps": 100, "eta": 0.85, "eta_b": 1.0, "cutoff": 1e-3}, DDRM),
     # eta_C = 1 as that benchmark sets it (dps_jax ties eta_C to eta, as DDRM's own runner does)
-    "ddrm-eta1": ("ddrm", {"steps": 100, "eta": 1.0, "eta_b": 1.0, "cutoff": 1e-3}, "Python-DDRM[ddim_params=(100, 0.6)]"),
+    "ddrm-eta1": ("ddrm", {"steps": 100, "eta": 1.0, "eta_b": 1.0, "cutoff": 1e-3}, DDRM),
     "ps": ("ps", {"steps": 100, "sampler": "ddim", "eta": 0.6, "scale": 2.0},
            "Python-DPS[ddim_params=(100, 0.6),zeta=1.0]"),
     "mcgdiff-32": ("mcgdiff", {"particles": 32, "steps": 100, "eta": 0.6, "kappa": 1e-6, "timesteps": "adapted"},

@@ -23,8 +23,8 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     schedule keeps its shape for any step count. cosine: Nichol & Dhariwal's alpha_bar(t) =
     cos^2((t + 0.008) / 1.008 * pi / 2), betas capped at 0.999. linear_reversed: the schedule of MCGdiff's
     Gaussian-mixture benchmark, alphas_cumprod[0] = 1 then betas linspace(0.02, 1e-4, T - 1) (decreasing; the
-    same total noise as linear, spent early); its beta_0 is 1e-6, not 0: the tables divide by 1 - alphas_cumprod, which must stay
-    above 0 in float32.
+    same total noise as linear, spent early); its beta_0 is 1e-6, not 0, as the tables divide by
+    1 - alphas_cumprod, which must stay above 0 in float32.
     """
     _check_steps(num_timesteps, "num_timesteps")
     if name == "linear":

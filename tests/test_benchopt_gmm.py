@@ -87,8 +87,8 @@ def test_wasserstein_1d_and_max_sliced():
     assert calibration.max_sliced_wasserstein(a, np.concatenate([a, a, a]) - 0.7, key) == pytest.approx(0.7, rel=1e-9)
     assert calibration.max_sliced_wasserstein(a, np.concatenate([a, a]), key) == pytest.approx(0.0, abs=1e-12)
     u, v = np.random.default_rng(1).normal(size=(2, 200, 5))
-    np.testing.assert_allclose(calibration.wasserstein_1d(u, v), np.sqrt(np.mean((np.sort(u, 0) - np.sort(v, 0)) ** 2, 0)),
-                               rtol=1e-12)
+    sorted_pairs = np.sqrt(np.mean((np.sort(u, 0) - np.sort(v, 0)) ** 2, 0))
+    np.testing.assert_allclose(calibration.wasserstein_1d(u, v), sorted_pairs, rtol=1e-12)
     x, z = np.random.default_rng(2).normal(size=(400, 3)), np.random.default_rng(3).normal(size=(900, 3))
     z[:, 0] += 2.0                                             # the sets differ along e_1 by a shift of 2
     m = calibration.max_sliced_wasserstein(x, z, key, projections=400)

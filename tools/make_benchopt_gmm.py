@@ -15,11 +15,11 @@ POT's max-sliced Wasserstein distance (100 random directions) to those draws. It
 adapted grid, eta 0.6, gaussian_var 1e-6).
 
 Written: --problems, the three problems as dps_jax's benchmark reads them (the mixture, A, y, the noise
-variance, x_0, the schedule's alphas_cumprod, the mean and covariance of the benchmark's own 10,000
-draws, so that our exact posterior can be checked against them, and the grid its MCGdiff solver runs on); --out, the figures of the benchmark's
-published run (`outputs/*.html`, 2024-03-15, 8-core i7-1185G7: one value per repetition) and, with
---repeats > 0, the same solvers run here by the benchmark's own files (benchopt's classes replaced by plain
-stand-ins, torch seeded per repetition), scored by its own objective.
+variance, x_0, the schedule's alphas_cumprod, the mean and covariance of the benchmark's own 10,000 draws, so
+that our exact posterior can be checked against them, and the grid its MCGdiff solver runs on); --out, the
+figures of the benchmark's published run (`outputs/*.html`, 2024-03-15, 8-core i7-1185G7: one value per
+repetition) and, with --repeats > 0, the same solvers run here by the benchmark's own files (benchopt's
+classes replaced by plain stand-ins, torch seeded per repetition), scored by its own objective.
 """
 
 from __future__ import annotations

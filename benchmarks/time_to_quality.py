@@ -95,10 +95,14 @@ def points_of(args):
     return out
 
 
-def ref_seconds(args, task):
-    """Seconds per image of the task's stored DPS reference (None before it ran)."""
+def ref_seconds(args, task, kept=None):
+    """Seconds per image of the task's DPS reference: the one stored under --out, else the one `kept` from the
+    --merge summary (without it, a run that merges would never skip); None before either exists."""
     path = store_path(args.out, task, "ps", args.ref_steps, ".json")
-    return json.load(open(path))["seconds_per_image"] if os.path.exists(path) else None
+    if os.path.exists(path):
+        return json.load(open(path))["seconds_per_image"]
+    ref = (kept or {}).get((task, "ps", args.ref_steps))
+    return ref["seconds_per_image"] if ref else None
 
 
 def slower_than_reference(ref_s, last, steps):
@@ -245,7 +249,7 @@ def main():
             if "seconds_per_image" in point:
                 done[task, method] = steps, point["seconds_per_image"]
             continue
-        why = slower_than_reference(ref_seconds(args, task), done.get((task, method)), steps)
+        why = slower_than_reference(ref_seconds(args, task, kept), done.get((task, method)), steps)
         if why:
             print(f"{task} {method} {steps}: skipped, {why}", file=sys.stderr, flush=True)
             continue

@@ -1,5 +1,6 @@
 """The JAX side of the speed benchmark measures the step it claims to (no torch needed)."""
 
+import os
 import sys
 
 import jax
@@ -57,6 +58,25 @@ def test_time_to_quality_step_counts_and_pick():
     # mcg is 0.3 dB short (more than one standard error); daps's FID is beyond 1.25 x the reference's
     assert [p["reaches"] for p in summary["points"]] == [True, True, False, True, False]
     assert summary["fastest_to_reference"]["method"] == "ddrm"
+
+
+def test_time_to_quality_skips_against_a_merged_reference(tmp_path):
+    """A run that merges an earlier summary has no reference of its own under --out: the skip rule then takes
+    the merged one (it once took none and ran every step count), and one stored under --out comes first."""
+    import argparse
+    import json
+
+    from benchmarks import time_to_quality as t2q
+
+    args = argparse.Namespace(out=str(tmp_path), ref_steps=1000)
+    kept = {("sr", "ps", 1000): {"seconds_per_image": 44.0}}
+    assert t2q.ref_seconds(args, "sr") is None and t2q.ref_seconds(args, "sr", kept) == 44.0
+    assert t2q.ref_seconds(args, "box", kept) is None
+    assert t2q.slower_than_reference(t2q.ref_seconds(args, "sr", kept), (25, 23.9), 50)
+    os.makedirs(tmp_path / "points")
+    with open(t2q.store_path(str(tmp_path), "sr", "ps", 1000, ".json"), "w") as f:
+        json.dump({"seconds_per_image": 30.0}, f)
+    assert t2q.ref_seconds(args, "sr", kept) == 30.0
 
 
 def test_head_to_head_rotates_and_takes_ratios_within_a_turn(tmp_path, monkeypatch):

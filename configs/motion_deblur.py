@@ -30,5 +30,5 @@ def get_config(preset=None):
     """What `--config=` runs; the paper presets run the paper's DPS, 1000 steps."""
     c = settings(preset)
     if not is_paper(c):     # the time-to-quality pick on the shipped prior (benchmarks/time_to_quality.json)
-        use_solver(c, "daps", steps=50)
+        use_solver(c, "diffpir", steps=50)
     return c

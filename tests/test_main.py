@@ -262,8 +262,8 @@ BAD_INPUTS = [
     (("--config.solver.ps.scale=-1",), None, "solver.ps.scale must lie in [0, 1000000], got -1.0"),
     (("--config.solver.name=ps", "--config.solver.ps.sampler=euler"), None, "unknown sampler 'euler'"),
     (("--config.sampler.name=ddim",), None, "--config.sampler.name is now --config.solver.<solver>.sampler"),
-    (("--config.solver.name=ps", "--config.solver.ddrm.eta=0.5"), None, "--config.solver.ddrm.eta is an option of another solver; the run's "
-                                              "solver is 'ps'"),
+    (("--config.solver.name=ps", "--config.solver.ddrm.eta=0.5"), None,
+     "--config.solver.ddrm.eta is an option of another solver; the run's solver is 'ps'"),
     (("--num_samples=2",), None, "unknown flag --num_samples; did you mean --config.num_samples?"),
     (("--config.solver.ps.scal=2",), None, "the config has no field 'solver.ps.scal'; did you mean "
                                            "--config.solver.ps.scale"),

@@ -5,10 +5,9 @@ count, on held-out images, for the tasks it is run on.
 
 The reference's schedule (100 iterations, rho 10 decaying by 0.9 to 0.3, 100 EDM levels: about 5,000
 network evaluations a sample) is kept in shape: rho starts at 10 and reaches rho_min after a third of the
-iterations (the reference: after 33 of 100), on a 20-level EDM grid. Images: Fashion-MNIST test images
-[first, first + n) (default 1000 .. 1007), away from the 0 .. 63 the comparison table reports on; each
-measurement made as the main job makes it. One sample per image; prints mean PSNR per setting and the best
-per task, which `configs/<task>.py` carries (`solver.pnpdm`).
+iterations (the reference: after 33 of 100), on a 20-level EDM grid. Images and measurements: held out, as
+`benchmarks/solver_grid.py` makes them. Prints mean PSNR per setting and the best per task, which
+`configs/<task>.py` carries (`solver.pnpdm`).
 """
 
 from __future__ import annotations
@@ -19,10 +18,8 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from dps_jax import config_base, data, experiment, metrics, solvers
+from benchmarks import solver_grid
 
 RHO_MINS = (0.1, 0.2, 0.3)
 STEPS = (15, 30)
@@ -37,24 +34,12 @@ def schedule(steps: int, rho_min: float, rho: float = 10.0) -> dict:
 
 
 def search(task: str, images, rho_mins=RHO_MINS, step_counts=STEPS, seed=0):
-    cfg = config_base.task_config(task, pick=False)
-    cfg.seed = seed
-    shape = images.shape[1:]
-    prior = experiment.load_prior(cfg)
-    problems = [experiment.measure(cfg, x, i, shape) for i, x in enumerate(images)]
+    prior, measured = solver_grid.problems(task, images, seed)
     rows = []
     for steps in step_counts:
         for rho_min in rho_mins:
-            opts = schedule(steps, rho_min)
-            runner = solvers.build(prior, shape, solver="pnpdm", options=opts, num_samples=1)   # static options
-            options = runner.options
-            t0 = time.time()
-            psnr = [metrics.psnr(runner(p, k, options=options)["samples"][0], x) for (p, k), x in zip(problems, images)]
-            evaluations = runner.solver.step_grid(options).evaluations
-            rows.append({**opts, "evaluations": evaluations, "psnr": float(np.mean(psnr)),
-                         "se": float(np.std(psnr, ddof=1) / np.sqrt(len(psnr))),
-                         "seconds": time.time() - t0})
-            print(f"{task}: steps {steps} rho_min {rho_min:g} ({evaluations} evaluations) PSNR "
+            rows.append(solver_grid.score(prior, measured, images, "pnpdm", schedule(steps, rho_min)))
+            print(f"{task}: steps {steps} rho_min {rho_min:g} ({rows[-1]['evaluations']} evaluations) PSNR "
                   f"{rows[-1]['psnr']:.2f} +- {rows[-1]['se']:.2f}  {rows[-1]['seconds']:.0f} s", flush=True)
     best = max(rows, key=lambda r: r["psnr"])
     print(f"{task}: best steps {best['steps']} rho_min {best['rho_min']:g} ({best['psnr']:.2f} dB)", flush=True)
@@ -70,7 +55,7 @@ def main(argv=None):
     ap.add_argument("--rho_mins", default=",".join(map(str, RHO_MINS)))
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    images = jnp.asarray(data.fashion_mnist("test")[args.first:args.first + args.num_images])
+    images = solver_grid.held_out(args.first, args.num_images)
     t0 = time.time()
     result = {"command": "python -m benchmarks.pnpdm_grid " + " ".join(argv if argv is not None else sys.argv[1:]),
               "tasks": {t: search(t, images, tuple(float(r) for r in args.rho_mins.split(",")),

@@ -202,3 +202,24 @@ def test_the_bks_solvers_run_the_references_counts_on_the_paper_presets_and_fewe
     assert (c.bks_generic.warmup_iters, c.bks_generic.steps, c.bks_generic.dip_levels) == (50, 400, 4)
     assert (c.bks_stylegan.warmup_iters, c.bks_stylegan.steps, c.bks_stylegan.x_iters,
             c.bks_stylegan.k_iters) == (50, 4, 100, 50)
+
+
+def test_sitcom_keeps_its_reference_learning_rate_within_the_noise_of_its_grid():
+    """Every config runs SITCOM's reference lr (0.02); benchmarks/sitcom_grid.json (and its widening on the
+    Gaussian blur) finds no rate better than that by half a standard error on any task searched."""
+    reference = solvers.make_options(solvers.get("sitcom")).lr
+    assert reference == pytest.approx(0.02)
+    for preset in ("fmnist32", "ffhq256"):
+        for task in config_base.TASKS:
+            assert config_base.task_config(task, preset).solver.sitcom.lr == pytest.approx(reference), (task, preset)
+    rows = {}
+    for name in ("sitcom_grid.json", "sitcom_grid_wide.json"):
+        with open(os.path.join(REPO, "benchmarks", name)) as f:
+            for task, found in json.load(f)["tasks"].items():
+                rows.setdefault(task, []).extend(found["grid"])
+    assert set(rows) == {"super_resolution", "gaussian_deblur", "inpainting_box"}
+    for task, grid in rows.items():
+        at_reference = [r for r in grid if r["lr"] == pytest.approx(reference)]
+        assert len(at_reference) == 1, task
+        best = max(grid, key=lambda r: r["psnr"])
+        assert best["psnr"] - at_reference[0]["psnr"] < 0.5 * best["se"], (task, best["lr"])

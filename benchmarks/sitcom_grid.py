@@ -11,13 +11,6 @@ per setting and the best per task.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-
-import jax
-
 from benchmarks import solver_grid
 
 LRS = (0.01, 0.02, 0.05)
@@ -25,36 +18,16 @@ TASKS = ("super_resolution", "gaussian_deblur", "inpainting_box")
 
 
 def search(task: str, images, lrs=LRS, steps: int = 20, seed: int = 0) -> dict:
-    prior, measured = solver_grid.problems(task, images, seed)
-    rows = []
-    for lr in lrs:
-        rows.append(solver_grid.score(prior, measured, images, "sitcom", {"steps": steps, "lr": lr}))
-        print(f"{task}: lr {lr:g} PSNR {rows[-1]['psnr']:.2f} +- {rows[-1]['se']:.2f}  "
-              f"{rows[-1]['seconds']:.0f} s", flush=True)
-    best = max(rows, key=lambda r: r["psnr"])
-    print(f"{task}: best lr {best['lr']:g} ({best['psnr']:.2f} dB)", flush=True)
-    return {"grid": rows, "best": best}
+    return solver_grid.search(task, images, "sitcom", [{"steps": steps, "lr": lr} for lr in lrs], seed)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--first", type=int, default=1000)
-    ap.add_argument("--num_images", type=int, default=8)
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap = solver_grid.parser(__doc__, TASKS)
     ap.add_argument("--lrs", default=",".join(map(str, LRS)))
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    images = solver_grid.held_out(args.first, args.num_images)
     lrs = tuple(float(v) for v in args.lrs.split(","))
-    t0 = time.time()
-    result = {"command": "python -m benchmarks.sitcom_grid " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "tasks": {t: search(t, images, lrs, args.steps) for t in args.tasks.split(",")},
-              "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d"),
-              "images": [args.first, args.first + len(images)], "device": jax.devices()[0].device_kind}
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+    solver_grid.run("benchmarks.sitcom_grid", argv, args, lambda t, images: search(t, images, lrs, args.steps))
 
 
 if __name__ == "__main__":

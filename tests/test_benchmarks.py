@@ -195,7 +195,8 @@ def test_solver_grid_passes_each_setting_and_records_the_best(tmp_path, monkeypa
 
     monkeypatch.setenv("DPS_JAX_FASHION_MNIST", FMNIST_SAMPLE)
     out = tmp_path / "grid.json"
-    argv = ["--first", "0", "--num_images", "2", "--steps", "1", "--lrs", "0.005,0.1", "--tasks", "super_resolution", "--out", str(out)]
+    argv = ["--first", "0", "--num_images", "2", "--steps", "1", "--lrs", "0.005,0.1", "--tasks", "super_resolution",
+            "--out", str(out)]
     sitcom_grid.main(argv)
     record = json.loads(out.read_text())
     assert record["command"] == "python -m benchmarks.sitcom_grid " + " ".join(argv)
